@@ -1,0 +1,104 @@
+"""The `raysoup` command: each subcommand parses, validates and calls one library function."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from sweeps import SweepError, load_sweep
+
+app = typer.Typer(help="Sweep fine-tunes of Hugging Face models on Ray, and merge the results.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+errors = Console(stderr=True)
+
+DEMO_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "examples" / "demo.yaml"
+StorageOption = typer.Option(None, "--storage", help="Folder that holds run directories "
+                             "(default: the sweep's `storage`, `runs`).")
+
+
+def user_errors(fn):
+    """Show a user's mistake as one clear message and exit 2, with no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (SweepError, FileNotFoundError) as err:
+            errors.print(f"error: {err}", style="red", highlight=False, markup=False)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+@app.command()
+@user_errors
+def validate(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py).")) -> None:
+    """Check a sweep file and its data files without running anything."""
+    from engine.preflight import check
+    from engine.runner import count_trials
+
+    definition = load_sweep(sweep)
+    check(definition)
+    spaces = definition.search_space()
+    console.print(f"[green]ok[/] {sweep}: sweep '{definition.name}', "
+                  f"{len(spaces)} searched field(s): {', '.join(spaces) or 'none'}; "
+                  f"{count_trials(definition, definition.data_scale)} trial(s)")
+
+
+@app.command()
+@user_errors
+def run(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."),
+        storage: Optional[str] = StorageOption) -> None:
+    """Run a sweep: prepare data, train every trial, write results to the run directory."""
+    _run(load_sweep(sweep), storage)
+
+
+@app.command()
+@user_errors
+def resume(run_dir: Path = typer.Argument(..., help="Run directory of an interrupted sweep.")
+           ) -> None:
+    """Finish an interrupted sweep without re-running finished trials."""
+    from engine.display import print_result
+    from engine.runner import resume as resume_sweep
+
+    result = resume_sweep(run_dir)
+    print_result(result.trials, result.sweep, result.run_dir, console)
+
+
+@app.command()
+@user_errors
+def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished sweep.")) -> None:
+    """Print the leaderboard of a finished sweep."""
+    from engine.display import print_result
+    from engine.runner import load_result
+
+    result = load_result(run_dir)
+    print_result(result.trials, result.sweep, result.run_dir, console)
+
+
+@app.command()
+@user_errors
+def demo(storage: Optional[str] = StorageOption) -> None:
+    """Run the built-in demo: a small pretrained model fine-tuned on bundled data, on local Ray."""
+    console.print(f"Demo sweep: {DEMO_SWEEP}")
+    _run(load_sweep(DEMO_SWEEP), storage)
+
+
+def _run(definition, storage: Optional[str]) -> None:
+    from engine.display import print_result
+    from engine.runner import run as run_sweep
+
+    result = run_sweep(definition, storage)
+    print_result(result.trials, result.sweep, result.run_dir, console)
+
+
+def main() -> None:
+    app(prog_name="raysoup")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

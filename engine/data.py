@@ -1,0 +1,157 @@
+"""The prepare stage: read, order, split and tokenize the data once per sweep, on Ray Data.
+
+The order is a hash of each example and the data seed, so it does not depend on how Ray splits
+the files into blocks: a data-scale subset of n examples is the n smallest keys, and a smaller
+subset is always inside a larger one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.rundir import RunDir, write_atomic
+from sweeps import Sweep, SweepError
+from sweeps.config import DataConfig
+
+MANIFEST_VERSION = 1
+KEY_BUCKETS = 10_000
+IGNORE = -100
+
+
+def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
+    """Tokenized train and eval Parquet shards plus `manifest.json`; reused when unchanged."""
+    key = cache_key(sweep.data, model_path)
+    cached = read_manifest(run)
+    if cached and cached["cache_key"] == key:
+        return cached
+    started = time.time()
+    train, held_out = _tokenized(sweep, sweep.data.train, model_path, sweep.data.eval is None)
+    evals = held_out if sweep.data.eval is None else _tokenized(sweep, sweep.data.eval,
+                                                               model_path, False)[0]
+    counts = {name: _write(ds, run.data / name) for name, ds in (("train", train), ("eval", evals))}
+    manifest = {"version": MANIFEST_VERSION, "cache_key": key, "model_path": model_path,
+                "format": sweep.data.format, "seed": sweep.data.seed,
+                "sources": {"train": sweep.data.train, "eval": sweep.data.eval},
+                "seconds": round(time.time() - started, 2), **counts}
+    write_atomic(run.manifest, json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(run: RunDir) -> dict | None:
+    if not run.manifest.is_file():
+        return None
+    manifest = json.loads(run.manifest.read_text())
+    return manifest if manifest.get("version") == MANIFEST_VERSION else None
+
+
+def cache_key(data: DataConfig, model_path: str) -> str:
+    """A hash of the data settings, the files' contents and the tokenizer."""
+    digest = hashlib.sha256(data.model_dump_json().encode())
+    for path in (data.train, data.eval):
+        if path:
+            digest.update(_file_digest(Path(path)).encode())
+    tokenizer = Path(model_path) / "tokenizer.json"
+    digest.update(_file_digest(tokenizer).encode() if tokenizer.is_file() else model_path.encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_source(path: str):
+    """A Ray Dataset over one data file, chosen by suffix."""
+    import ray.data
+
+    if path.endswith(".parquet"):
+        return ray.data.read_parquet(path)
+    if path.endswith(".csv"):
+        return ray.data.read_csv(path)
+    return ray.data.read_json(path, lines=path.endswith(".jsonl"))
+
+
+def _tokenized(sweep: Sweep, path: str, model_path: str, hold_out: bool):
+    data = sweep.data
+    source = read_source(path)
+    missing = [f for f in data.fields() if f not in source.schema().names]
+    if missing:
+        raise SweepError(f"data: {path} has no field {missing[0]!r} (its fields: "
+                         f"{', '.join(source.schema().names)}); set data.text_field or "
+                         "data.prompt_field / data.completion_field")
+    fn = functools.partial(tokenize_batch, data=data, model_path=model_path,
+                           trust_remote_code=sweep.model.trust_remote_code)
+    ds = source.select_columns(data.fields()).map_batches(fn, batch_format="pyarrow").materialize()
+    if not hold_out:
+        return ds, None
+    cut = int(round(data.eval_fraction * KEY_BUCKETS))
+    return ds.filter(expr=f"bucket >= {cut}"), ds.filter(expr=f"bucket < {cut}")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_path: str, trust_remote_code: bool):
+    from engine.models import load_tokenizer
+
+    return load_tokenizer(model_path, trust_remote_code)
+
+
+def example_keys(texts: list[str], seed: int) -> np.ndarray:
+    """A stable 63-bit key per example from its content and the seed: the one shuffled order."""
+    salt = seed.to_bytes(8, "little", signed=True)
+    keys = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8, key=salt).digest(), "little")
+            >> 1 for t in texts]
+    return np.asarray(keys, dtype=np.int64)
+
+
+def tokenize_batch(batch: pa.Table, data: DataConfig, model_path: str,
+                   trust_remote_code: bool) -> pa.Table:
+    """Token ids and labels for one batch; labels are IGNORE on prompt tokens."""
+    tok = _tokenizer(model_path, trust_remote_code)
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    columns = [[str(v) for v in batch.column(f).to_pylist()] for f in data.fields()]
+    if data.format == "text":
+        ids = [bos + t + eos for t in tok(columns[0], add_special_tokens=False)["input_ids"]]
+        labels = ids
+    else:
+        prompts = [bos + p for p in tok(columns[0], add_special_tokens=False)["input_ids"]]
+        completions = [c + eos for c in tok(columns[1], add_special_tokens=False)["input_ids"]]
+        ids = [p + c for p, c in zip(prompts, completions)]
+        labels = [[IGNORE] * len(p) + c for p, c in zip(prompts, completions)]
+    keys = example_keys(["\x1f".join(parts) for parts in zip(*columns)], data.seed)
+    # The key's low digits pick held-out rows (`bucket`); the order uses the whole key.
+    return pa.table({"key": keys, "bucket": keys % KEY_BUCKETS,
+                     "input_ids": pa.array(ids, pa.list_(pa.int32())),
+                     "labels": pa.array(labels, pa.list_(pa.int32())),
+                     "n_tokens": pa.array([len(i) for i in ids], pa.int32())})
+
+
+def _write(ds, folder: Path) -> dict:
+    if folder.exists():
+        for old in folder.glob("*.parquet"):
+            old.unlink()
+    ds.write_parquet(str(folder))
+    table = pq.read_table(folder, columns=["n_tokens"])
+    return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0)}
+
+
+def load_split(run_data: Path, split: str, limit: int | None = None) -> dict[str, list]:
+    """Examples of a prepared split in the sweep's order; `limit` takes the first n (a subset)."""
+    table = pq.read_table(run_data / split).sort_by("key")
+    if limit is not None:
+        if limit > table.num_rows:
+            raise SweepError(f"data_scale: {limit} examples asked, but the prepared {split} set "
+                             f"has {table.num_rows}")
+        table = table.slice(0, limit)
+    return {"input_ids": table["input_ids"].to_pylist(), "labels": table["labels"].to_pylist()}

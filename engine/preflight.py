@@ -1,0 +1,115 @@
+"""Checks that need the user's files, run before any work starts (no Ray, no torch)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from sweeps import Sweep, SweepError
+
+
+def check(sweep: Sweep) -> None:
+    """Raise `SweepError` naming the field for every problem found in files and settings."""
+    problems = []
+    for field in ("train", "eval"):
+        path = getattr(sweep.data, field)
+        if path is not None:
+            problems += _check_file(f"data.{field}", path, sweep.data.fields())
+    problems += _check_model(sweep)
+    problems += _check_precision(sweep)
+    if not problems:
+        problems += _check_sizes(sweep)
+    if problems:
+        raise SweepError("sweep: " + f"{len(problems)} problem(s)\n  " + "\n  ".join(problems))
+
+
+def _check_file(name: str, path: str, fields: list[str]) -> list[str]:
+    if "://" in path:
+        return []
+    if not Path(path).is_file():
+        return [f"{name}: no such file: {path}"]
+    try:
+        found = source_fields(path)
+    except (ValueError, OSError) as err:
+        return [f"{name}: cannot read {path}: {err}"]
+    missing = [f for f in fields if f not in found]
+    if missing:
+        return [f"{name}: {path} has no field {missing[0]!r}; its fields: {', '.join(found)}"]
+    return []
+
+
+def source_fields(path: str) -> list[str]:
+    """The field names of a data file, from its first record or its schema."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    with open(path, newline="") as handle:
+        if path.endswith(".csv"):
+            return next(csv.reader(handle), [])
+        if path.endswith(".json"):
+            first = json.load(handle)
+            first = first[0] if isinstance(first, list) and first else first
+        else:
+            line = next((line for line in handle if line.strip()), "{}")
+            first = json.loads(line)
+    if not isinstance(first, dict):
+        raise ValueError("records must be JSON objects")
+    return list(first)
+
+
+def count_rows(path: str) -> int:
+    """Rows in a data file, cheaply (Parquet metadata, or a line count)."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if path.endswith(".json"):
+        return len(json.loads(Path(path).read_text()))
+    with open(path, "rb") as handle:
+        lines = sum(1 for line in handle if line.strip())
+    return lines - 1 if path.endswith(".csv") else lines
+
+
+def _check_model(sweep: Sweep) -> list[str]:
+    path = sweep.model.path
+    if path is None or Path(path).is_dir():
+        return []
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        return [f"model.path: no such model folder: {path}"]
+    return []
+
+
+def _check_precision(sweep: Sweep) -> list[str]:
+    precision = sweep.train.precision
+    values = precision.values() if hasattr(precision, "values") else [precision]
+    if "fp16" in values and sweep.resources.gpus_per_trial == 0:
+        return ["train.precision: fp16 needs a GPU (set resources.gpus_per_trial); on CPU use "
+                "fp32 or bf16"]
+    return []
+
+
+def _check_sizes(sweep: Sweep) -> list[str]:
+    counts = [s for s in (sweep.data_scale or []) if isinstance(s, int)]
+    if not counts or "://" in sweep.data.train:
+        return []
+    rows = count_rows(sweep.data.train)
+    usable = rows if sweep.data.eval else int(rows * (1 - sweep.data.eval_fraction))
+    if max(counts) > usable:
+        held = "" if sweep.data.eval else f" (after holding out eval_fraction " \
+                                          f"{sweep.data.eval_fraction})"
+        return [f"data_scale: {max(counts)} examples asked, but data.train has {rows} rows, about "
+                f"{usable} for training{held}"]
+    return []
+
+
+def data_sizes(sweep: Sweep, train_rows: int) -> list[int] | None:
+    """The data-scale axis as exact example counts of the prepared training set."""
+    if sweep.data_scale is None:
+        return None
+    sizes = [s if isinstance(s, int) else max(1, round(s * train_rows)) for s in sweep.data_scale]
+    if max(sizes) > train_rows:
+        raise SweepError(f"data_scale: {max(sizes)} examples asked, but the prepared training set "
+                         f"has {train_rows}")
+    return sorted(set(sizes))

@@ -1,0 +1,83 @@
+"""The run directory: the contract between stages, the CLI and users.
+
+    <storage>/<sweep name>/
+      sweep.yaml        resolved definition
+      data/             manifest.json, train/*.parquet, eval/*.parquet
+      model/            the base model, when it is built rather than found (preset tiny-random)
+      tune/             the Ray Tune experiment (trial folders, checkpoints)
+      trials.parquet    one row per trial
+      leaderboard.md    trials ranked by the sweep's metric
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweeps import Sweep, SweepError, dump_sweep, load_sweep
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep, storage: str | None = None) -> "RunDir":
+        base = storage or sweep.storage
+        if "://" in base:
+            raise SweepError(f"storage: remote storage ('{base}') is not supported yet; give a "
+                             "local folder")
+        return cls(Path(base).expanduser().resolve() / sweep.name)
+
+    @property
+    def sweep_file(self) -> Path:
+        return self.root / "sweep.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def manifest(self) -> Path:
+        return self.data / "manifest.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials.parquet"
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.root / "leaderboard.md"
+
+    def load_sweep(self) -> Sweep:
+        if not self.sweep_file.is_file():
+            raise SweepError(f"{self.root}: not a run directory (no sweep.yaml)")
+        return load_sweep(self.sweep_file)
+
+    def claim(self, sweep: Sweep) -> None:
+        """Write `sweep.yaml`, refusing a run directory that holds a different sweep."""
+        text = dump_sweep(sweep)
+        if self.sweep_file.is_file() and self.sweep_file.read_text() != text:
+            raise SweepError(
+                f"{self.root} already holds a different sweep named '{sweep.name}'; resume it with "
+                f"`raysoup resume {self.root}`, or rename the sweep or pick another --storage")
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.sweep_file, text)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)

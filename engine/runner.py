@@ -1,0 +1,129 @@
+"""Running a sweep: prepare, train, collect. Each stage reads and writes the run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine import preflight
+from engine.rundir import RunDir
+from sweeps import Sweep
+from sweeps.space import grid_size
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced: its run directory and one row per trial."""
+
+    run_dir: Path
+    sweep: Sweep
+    trials: "pd.DataFrame"
+
+    def leaderboard(self) -> "pd.DataFrame":
+        """Trials best first by the sweep's metric."""
+        from engine.results import ranked
+
+        return ranked(self.trials, self.sweep)
+
+    def best(self) -> "pd.Series":
+        return self.leaderboard().iloc[0]
+
+
+def run(sweep: Sweep, storage: str | None = None, progress: bool = True) -> SweepResult:
+    """Validate, then run every stage of `sweep` in `<storage>/<sweep.name>`.
+
+    Re-running the same sweep into the same folder continues it; a different sweep is refused.
+    """
+    preflight.check(sweep)
+    run_dir = RunDir.for_sweep(sweep, storage)
+    sweep = sweep.model_copy(update={"storage": str(run_dir.root.parent)})
+    run_dir.claim(sweep)
+    return _execute(sweep, run_dir, progress)
+
+
+def resume(run_dir: str | Path, progress: bool = True) -> SweepResult:
+    """Finish an interrupted sweep; trials that finished are not run again."""
+    run = RunDir(Path(run_dir).expanduser().resolve())
+    sweep = run.load_sweep()
+    preflight.check(sweep)
+    return _execute(sweep, run, progress)
+
+
+def load_result(run_dir: str | Path) -> SweepResult:
+    """The result of a finished sweep, read from its run directory."""
+    run = RunDir(Path(run_dir).expanduser().resolve())
+    sweep = run.load_sweep()
+    if not run.trials.is_file():
+        from sweeps import SweepError
+
+        raise SweepError(f"{run.root}: no trials.parquet yet; finish the sweep with "
+                         f"`raysoup resume {run.root}`")
+    import pandas as pd
+
+    return SweepResult(run.root, sweep, pd.read_parquet(run.trials))
+
+
+def count_trials(sweep: Sweep, sizes: list[int] | None) -> int:
+    grids = math.prod(grid_size(s) for s in sweep.search_space().values())
+    return grids * sweep.num_samples * len(sizes or [None]) * len(sweep.seeds)
+
+
+def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
+    from engine.data import prepare
+    from engine.models import base_model_path
+    from engine.progress import TrialProgress, stage
+    from engine.results import trials_table, write_results
+    from engine.trials import tuner
+
+    with contextlib.ExitStack() as stack:
+        with stage("starting Ray", progress):
+            stack.enter_context(ray_session())
+        model_path = base_model_path(sweep, run.model)
+        with stage("preparing data", progress):
+            manifest = prepare(sweep, run, model_path)
+        sizes = preflight.data_sizes(sweep, manifest["train"]["rows"])
+        callbacks = [TrialProgress(count_trials(sweep, sizes), sweep.metric)] if progress else []
+        grid = tuner(sweep, model_path, run, sizes, callbacks).fit()
+    table = trials_table(grid, sweep)
+    write_results(table, sweep, run)
+    return SweepResult(run.root, sweep, table)
+
+
+# raysoup shows its own progress; Ray's per-stage banners and snapshot advice would bury it.
+QUIET_RAY = {"RAY_AIR_NEW_OUTPUT": "0",
+             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+def quiet_ray() -> None:
+    for name, value in QUIET_RAY.items():
+        os.environ.setdefault(name, value)
+    for logger in ("ray.data", "ray.tune", "ray.train"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+
+
+@contextlib.contextmanager
+def ray_session():
+    """Use the Ray the caller started, the cluster in RAY_ADDRESS, or a new local one."""
+    import ray
+
+    quiet_ray()
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+             log_to_driver=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,84 @@
+"""The train stage: the search space as one Ray Tune experiment of function trials."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ray import tune
+
+from engine.rundir import RunDir
+from engine.train_loop import TrialSpec, train
+from sweeps import Sweep
+from sweeps.space import to_tune
+
+AXES = ("data_size", "seed")
+
+
+class TuneSession:
+    """The `Session` of a trial that runs inside a Tune function trainable."""
+
+    def __init__(self) -> None:
+        self._restored = tune.get_checkpoint()
+        self._tmp: Path | None = None
+
+    def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
+        ckpt = tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+        tune.report(metrics, checkpoint=ckpt)
+
+    def restore_dir(self) -> Path | None:
+        if self._restored is None:
+            return None
+        self._tmp = Path(self._restored.to_directory())
+        return self._tmp
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def run_trial(config: dict, sweep_json: str, model_path: str, data_dir: str) -> None:
+    """A Tune function trainable: one trial of the sweep."""
+    sweep = Sweep.model_validate_json(sweep_json)
+    values = {k: v for k, v in config.items() if k not in AXES}
+    spec = TrialSpec(sweep=sweep.for_trial(values), model_path=model_path,
+                     data_dir=Path(data_dir), data_size=config["data_size"], seed=config["seed"])
+    session = TuneSession()
+    try:
+        train(spec, session)
+    finally:
+        session.close()
+
+
+def param_space(sweep: Sweep, data_sizes: list[int] | None) -> dict:
+    """Tune's param space: every search space by dotted path, plus the data-size and seed axes."""
+    space = {path: to_tune(s) for path, s in sweep.search_space().items()}
+    space["data_size"] = tune.grid_search(data_sizes) if data_sizes else None
+    space["seed"] = tune.grid_search(sweep.seeds)
+    return space
+
+
+def trainable(sweep: Sweep, model_path: str, run: RunDir):
+    fn = tune.with_parameters(run_trial, sweep_json=sweep.model_dump_json(),
+                              model_path=model_path, data_dir=str(run.data))
+    res = sweep.resources
+    return tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+
+
+def tuner(sweep: Sweep, model_path: str, run: RunDir, data_sizes: list[int] | None,
+          callbacks: list) -> tune.Tuner:
+    """A new Tune experiment in `<run>/tune`, or the interrupted one restored from there."""
+    fn = trainable(sweep, model_path, run)
+    if tune.Tuner.can_restore(str(run.tune)):
+        return tune.Tuner.restore(str(run.tune), trainable=fn, resume_unfinished=True,
+                                  resume_errored=True,
+                                  param_space=param_space(sweep, data_sizes))
+    run_config = tune.RunConfig(
+        name=run.tune.name, storage_path=str(run.root), callbacks=callbacks, verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=sweep.checkpoint.keep),
+        failure_config=tune.FailureConfig(max_failures=0))
+    tune_config = tune.TuneConfig(num_samples=sweep.num_samples, metric=sweep.metric,
+                                  mode=sweep.mode,
+                                  max_concurrent_trials=sweep.resources.max_concurrent)
+    return tune.Tuner(fn, param_space=param_space(sweep, data_sizes), tune_config=tune_config,
+                      run_config=run_config)

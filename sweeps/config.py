@@ -1,0 +1,263 @@
+"""The sweep definition: what a user writes, validated before any work starts.
+
+Every field carries a description; `docs/sweeps.md` is generated from these models
+(`python -m sweeps.reference`) and a test checks it is current.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, field_validator,
+                      model_validator)
+
+from sweeps.space import Space, searchable
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Method = Literal["full", "lora"]
+Schedule = Literal["constant", "linear", "cosine"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+PRESETS = ("demo", "tiny-random")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+METRICS = ("eval_loss", "eval_ppl", "train_loss")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelConfig(Strict):
+    """The base model every trial fine-tunes. Give exactly one of `preset` or `path`."""
+
+    preset: Optional[Literal["demo", "tiny-random"]] = Field(
+        None, description="A built-in model: `demo` (a small pretrained Llama shipped with raysoup) "
+        "or `tiny-random` (a randomly initialised 2-layer Llama, for tests).")
+    path: Optional[str] = Field(
+        None, description="A local model folder or a Hugging Face hub name.")
+    trust_remote_code: bool = Field(
+        False, description="Allow the model's own Python code to run. Off by default: only turn it "
+        "on for repositories you trust.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.preset is None) == (self.path is None):
+            raise ValueError("give exactly one of `model.preset` (demo, tiny-random) or `model.path`")
+        return self
+
+
+class LoraConfig(Strict):
+    """Low-rank adapter settings, used when `finetune.method` is `lora`."""
+
+    r: searchable(PositiveInt, "int") = Field(8, description="Adapter rank.")
+    alpha: searchable(PositiveFloat) = Field(16.0, description="Scale numerator: updates are "
+                                             "scaled by alpha / r.")
+    dropout: searchable(Fraction) = Field(0.0, description="Dropout on the adapter input.")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear", description="Module names to adapt (for example [q_proj, v_proj]), or "
+        "`all-linear` for every linear layer but the output head.")
+
+
+class FinetuneConfig(Strict):
+    """How the base model is fine-tuned."""
+
+    method: searchable(Method, "categorical") = Field(
+        "full", description="`full` (every weight) or `lora` (low-rank adapters; checkpoints hold "
+        "only the adapter).")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Settings for `lora`.")
+
+
+class DataConfig(Strict):
+    """Fine-tuning data: files, their fields, and how text becomes training examples."""
+
+    train: str = Field(..., description="Training file (.jsonl, .json, .parquet or .csv). A "
+                       "relative path is taken from the sweep file's folder.")
+    eval: Optional[str] = Field(None, description="Evaluation file. If absent, `eval_fraction` of "
+                                "the training file is held out (never trained on).")
+    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.1, description="Share of the training file held out for evaluation when `eval` is absent.")
+    format: Literal["text", "prompt_completion"] = Field(
+        "text", description="`text`: causal-LM loss on every token of `text_field`. "
+        "`prompt_completion`: loss on the completion tokens only.")
+    text_field: str = Field("text", description="Field with the text (format `text`).")
+    prompt_field: str = Field("prompt", description="Field with the prompt (format "
+                              "`prompt_completion`).")
+    completion_field: str = Field("completion", description="Field with the completion (format "
+                                  "`prompt_completion`).")
+    seed: int = Field(0, description="Seed of the one shuffle of the data; data-scale subsets "
+                      "are prefixes of that order, so smaller subsets lie inside larger ones.")
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _known_suffix(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.endswith(DATA_SUFFIXES):
+            raise ValueError(f"'{value}' is not a known data file; allowed suffixes: "
+                             + ", ".join(DATA_SUFFIXES))
+        return value
+
+    def fields(self) -> list[str]:
+        """The fields each example must have."""
+        if self.format == "text":
+            return [self.text_field]
+        return [self.prompt_field, self.completion_field]
+
+
+class TrainConfig(Strict):
+    """The optimisation of one trial (AdamW)."""
+
+    lr: searchable(PositiveFloat) = Field(3e-4, description="Peak learning rate.")
+    schedule: searchable(Schedule, "categorical") = Field(
+        "linear", description="Decay after warm-up: constant, linear (to 0) or cosine (to 0).")
+    warmup_steps: searchable(NonNegInt, "int") = Field(0, description="Steps of linear warm-up.")
+    epochs: searchable(PositiveFloat) = Field(
+        1.0, description="Passes over the trial's data subset (ignored when max_steps is set).")
+    max_steps: Optional[searchable(PositiveInt, "int")] = Field(
+        None, description="Optimizer steps to take; overrides `epochs`.")
+    batch_size: searchable(PositiveInt, "int") = Field(8, description="Examples per micro-batch.")
+    grad_accum: searchable(PositiveInt, "int") = Field(
+        1, description="Micro-batches per optimizer step.")
+    seq_len: searchable(PositiveInt, "int") = Field(
+        128, description="Longest example in tokens; longer ones are truncated.")
+    weight_decay: searchable(NonNegFloat) = Field(0.0, description="AdamW weight decay.")
+    max_grad_norm: Optional[PositiveFloat] = Field(1.0, description="Gradient clipping norm "
+                                                   "(null: no clipping).")
+    precision: searchable(Precision, "categorical") = Field(
+        "fp32", description="fp32, bf16 (autocast) or fp16 (autocast with loss scaling; GPU only).")
+    eval_every: PositiveInt = Field(50, description="Evaluate (and report) every N optimizer "
+                                    "steps, and at the end.")
+
+
+class CheckpointConfig(Strict):
+    """When trials save checkpoints (safetensors) and how many they keep."""
+
+    every: PositiveInt = Field(100, description="Save every N optimizer steps (and at the end).")
+    keep: Optional[PositiveInt] = Field(
+        2, description="Keep the last K checkpoints of each trial (null: keep all).")
+
+
+class ResourcesConfig(Strict):
+    """What each trial needs, and how many run at once."""
+
+    cpus_per_trial: PositiveFloat = Field(1.0, description="CPUs reserved for each trial.")
+    gpus_per_trial: NonNegFloat = Field(0.0, description="GPUs reserved for each trial.")
+    max_concurrent: Optional[PositiveInt] = Field(
+        None, description="Most trials at once (null: as many as resources allow).")
+
+
+DataScale = list[Union[StrictInt, float]]
+
+
+class Sweep(Strict):
+    """One sweep: a base model, data, a search space, and how trials run.
+
+    Any numeric or categorical field may hold a search space instead of a value:
+    `{grid: [...]}`, `{choice: [...]}`, `{uniform: [a, b]}`, `{loguniform: [a, b]}`,
+    `{randint: [a, b]}`.
+    """
+
+    name: str = Field(..., description="Sweep name; the run directory is `<storage>/<name>`.")
+    model: ModelConfig = Field(..., description="The base model.")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig,
+                                     description="Full fine-tuning or LoRA.")
+    data: DataConfig = Field(..., description="Fine-tuning data.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    data_scale: Optional[DataScale] = Field(
+        None, description="Data-scale axis: example counts ([500, 2000]) or fractions of the "
+        "prepared training set ([0.25, 1.0]). Null: the whole set.")
+    seeds: list[int] = Field([0], min_length=1, description="Seed axis: every setting is trained "
+                             "once per seed (model init of adapters, batch order, dropout).")
+    num_samples: PositiveInt = Field(1, description="Draws from the sampled spaces (choice, "
+                                     "uniform, ...), each crossed with every grid axis.")
+    metric: str = Field("eval_loss", description="Metric that ranks trials: "
+                        + ", ".join(METRICS) + ".")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` wins.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig,
+                                         description="Checkpoint schedule.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
+                                       description="Trial resources.")
+    storage: str = Field("runs", description="Folder that holds run directories (relative to "
+                         "the working directory).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(f"'{value}' is not a usable folder name; use letters, digits, "
+                             "'.', '_' and '-'")
+        return value
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric '{value}'; known: {', '.join(METRICS)}")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
+
+    @field_validator("data_scale")
+    @classmethod
+    def _sizes(cls, value):
+        if value is None:
+            return value
+        counts = all(isinstance(v, int) and v > 0 for v in value)
+        fractions = all(isinstance(v, float) and 0 < v <= 1 for v in value)
+        if not value or not (counts or fractions):
+            raise ValueError(f"give example counts (integers > 0) or fractions in (0, 1], not a "
+                             f"mix; got {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"data sizes must be distinct, got {value}")
+        return sorted(value)
+
+    def search_space(self) -> dict[str, Space]:
+        """Every search space in the definition, by dotted field path (`train.lr`)."""
+        return dict(_find_spaces(self, ""))
+
+    def for_trial(self, params: dict[str, Any]) -> "Sweep":
+        """This sweep with each search space replaced by the trial's value, re-validated."""
+        data = self.model_dump(mode="json")
+        for path, value in params.items():
+            _set_path(data, path, value)
+        return Sweep.model_validate(data)
+
+    def resolve_paths(self, base: Path) -> "Sweep":
+        """Data file paths made absolute against `base` (the sweep file's folder)."""
+        updates = {k: _absolute(getattr(self.data, k), base) for k in ("train", "eval")}
+        model = self.model
+        if model.path is not None and (base / model.path).exists():
+            model = model.model_copy(update={"path": str((base / model.path).resolve())})
+        return self.model_copy(update={"data": self.data.model_copy(update=updates),
+                                       "model": model})
+
+
+def _absolute(path: Optional[str], base: Path) -> Optional[str]:
+    if path is None or "://" in path or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def _find_spaces(node: Any, prefix: str):
+    if isinstance(node, Space):
+        yield prefix, node
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from _find_spaces(getattr(node, name), f"{prefix}.{name}" if prefix else name)
+
+
+def _set_path(data: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for key in parents:
+        data = data[key]
+    data[leaf] = value

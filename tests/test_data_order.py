@@ -1,0 +1,41 @@
+"""The one shuffled order behind data-scale subsets (property tests, no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.data import example_keys
+
+texts = st.lists(st.text(min_size=1, max_size=30), min_size=2, max_size=60, unique=True)
+
+
+def subset(all_texts: list[str], keys: np.ndarray, n: int) -> list[str]:
+    return [all_texts[i] for i in np.argsort(keys, kind="stable")[:n]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts, st.integers(0, 2**31), st.data())
+def test_subsets_are_nested_for_every_size_and_split_into_blocks(items, seed, data):
+    keys = example_keys(items, seed)
+    small = data.draw(st.integers(1, len(items)))
+    large = data.draw(st.integers(small, len(items)))
+    assert set(subset(items, keys, small)) <= set(subset(items, keys, large))
+    # Keys come from each example alone: computing them block by block, in any block layout
+    # and any block order, gives the same order.
+    cut = data.draw(st.integers(1, len(items) - 1))
+    blocks = np.concatenate([example_keys(items[cut:], seed), example_keys(items[:cut], seed)])
+    reordered = items[cut:] + items[:cut]
+    assert subset(reordered, blocks, large) == subset(items, keys, large)
+
+
+@settings(max_examples=30, deadline=None)
+@given(texts, st.integers(0, 2**31))
+def test_the_order_depends_on_the_seed_and_keys_are_non_negative(items, seed):
+    keys = example_keys(items, seed)
+    assert (keys >= 0).all()
+    assert len(set(keys.tolist())) == len(items)  # 63-bit keys: no collisions at this size
+    if len(items) >= 8:
+        other = example_keys(items, seed + 1)
+        assert np.argsort(keys).tolist() != np.argsort(other).tolist()

@@ -1,0 +1,82 @@
+"""Kill a running sweep's driver, then `raysoup resume`: finished trials are not run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from tests.conftest import DEMO_DATA, REPO
+
+SWEEP = {
+    "name": "killed",
+    "model": {"preset": "tiny-random"},
+    "data": {"train": str(DEMO_DATA / "add" / "train.jsonl"), "format": "prompt_completion"},
+    "train": {"lr": {"grid": [1e-3, 2e-3, 3e-3, 4e-3]}, "max_steps": 8, "batch_size": 8,
+              "seq_len": 24, "eval_every": 4},
+    "checkpoint": {"every": 4, "keep": 1},
+    "resources": {"max_concurrent": 1},
+}
+
+
+def _finished_trials(tune_dir: Path) -> set[str]:
+    """Trial ids that Tune's saved experiment state records as finished."""
+    done = set()
+    for state in tune_dir.glob("experiment_state*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (ValueError, KeyError):
+            continue
+        for data, _ in trials:
+            info = json.loads(data)
+            if info.get("status") == "TERMINATED":
+                done.add(info["trial_id"])
+    return done
+
+
+def _results(tune_dir: Path) -> dict[str, str]:
+    return {p.parent.name: p.read_text() for p in tune_dir.glob("*/result.json")}
+
+
+def _raysoup(*args, **kwargs):
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
+    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def test_resume_after_killing_the_driver_skips_finished_trials(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(SWEEP))
+    run_dir, tune_dir = tmp_path / "runs" / "killed", tmp_path / "runs" / "killed" / "tune"
+    driver = _raysoup("run", str(sweep_file), "--storage", str(tmp_path / "runs"),
+                      start_new_session=True)
+    deadline = time.time() + 240
+    while not _finished_trials(tune_dir) and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    finished = _finished_trials(tune_dir)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    assert finished, driver.stdout.read()
+    assert len(finished) < 4, "the sweep finished before it could be interrupted"
+    before = _results(tune_dir)
+    assert not (run_dir / "trials.parquet").exists()
+
+    resumed = _raysoup("resume", str(run_dir))
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(trials) == 4 and set(trials["status"]) == {"done"}, trials["error"].tolist()
+    after = _results(tune_dir)
+    kept = [d for d in before if any(d.startswith(f"run_trial_{t}_") for t in finished)]
+    assert len(kept) == len(finished)
+    for trial_dir in kept:
+        assert after[trial_dir] == before[trial_dir], f"finished trial {trial_dir} was run again"
+    assert set(trials["steps"]) == {8}

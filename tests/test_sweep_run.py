@@ -1,0 +1,125 @@
+"""A real local-Ray sweep of a tiny model, full and LoRA, and what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import engine
+from sweeps import SweepError, parse_sweep
+from tests.conftest import DEMO_DATA
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def tiny_sweep(name: str, **extra) -> dict:
+    sweep = {
+        "name": name,
+        "model": {"preset": "tiny-random"},
+        "finetune": {"method": {"grid": ["full", "lora"]}, "lora": {"r": 4, "alpha": 8}},
+        "data": {"train": str(DEMO_DATA / "add" / "train.jsonl"), "eval_fraction": 0.1,
+                 "format": "prompt_completion"},
+        "train": {"lr": 3e-3, "max_steps": 6, "batch_size": 8, "seq_len": 24, "eval_every": 3},
+        "data_scale": [40, 160],
+        "seeds": [0],
+        "checkpoint": {"every": 2, "keep": 2},
+    }
+    sweep.update(extra)
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    return engine.run(parse_sweep(tiny_sweep("tiny")), storage=str(storage), progress=False)
+
+
+def test_every_trial_finishes_with_metrics(result):
+    trials = result.trials
+    assert len(trials) == 4
+    assert set(trials["status"]) == {"done"}, trials["error"].tolist()
+    assert set(trials["finetune.method"]) == {"full", "lora"}
+    assert sorted(set(trials["data_size"])) == [40, 160]
+    assert (trials["steps"] == 6).all()
+    assert trials["eval_loss"].notna().all() and (trials["eval_loss"] > 0).all()
+
+
+def test_run_directory_has_the_documented_layout(result):
+    root = Path(result.run_dir)
+    for name in ("sweep.yaml", "data/manifest.json", "trials.parquet", "leaderboard.md", "tune"):
+        assert (root / name).exists(), name
+    columns = set(pq.read_schema(root / "trials.parquet").names)
+    assert {"trial_id", "status", "seed", "data_size", "eval_loss", "steps", "checkpoint",
+            "checkpoints", "finetune.method"} <= columns
+    board = (root / "leaderboard.md").read_text()
+    best = result.leaderboard().iloc[0]
+    assert best["trial_id"] in board.splitlines()[6]
+
+
+def test_checkpoints_are_safetensors_and_lora_keeps_only_the_adapter(result):
+    for _, row in result.trials.iterrows():
+        kept = list(row["checkpoints"])
+        assert len(kept) == 2 and row["checkpoint"] in kept
+        final = Path(row["checkpoint"])
+        assert json.loads((final / "trial.json").read_text())["step"] == 6
+        assert not list(final.glob("*.bin"))
+        if row["finetune.method"] == "lora":
+            assert (final / "adapter_model.safetensors").is_file()
+            assert not (final / "model.safetensors").exists()
+        else:
+            assert (final / "model.safetensors").is_file()
+
+
+def test_full_checkpoint_loads_as_a_model(result):
+    from transformers import AutoModelForCausalLM
+
+    row = result.trials[result.trials["finetune.method"] == "full"].iloc[0]
+    model = AutoModelForCausalLM.from_pretrained(row["checkpoint"])
+    assert model.num_parameters() > 0
+
+
+def test_prepared_subsets_are_nested_and_disjoint_from_eval(result):
+    from engine.data import load_split
+
+    data = Path(result.run_dir) / "data"
+    small, large = load_split(data, "train", 40), load_split(data, "train", 160)
+    assert small["input_ids"] == large["input_ids"][:40]
+    evals = {tuple(x) for x in load_split(data, "eval")["input_ids"]}
+    train = {tuple(x) for x in load_split(data, "train")["input_ids"]}
+    assert evals and not evals & train
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["train"]["rows"] + manifest["eval"]["rows"] == 2000
+
+
+def test_same_seed_gives_the_same_losses(result, tmp_path):
+    again = engine.run(parse_sweep(tiny_sweep("tiny")), storage=str(tmp_path), progress=False)
+    key = ["finetune.method", "data_size"]
+    first = result.trials.sort_values(key)["eval_loss"].tolist()
+    second = again.trials.sort_values(key)["eval_loss"].tolist()
+    assert first == pytest.approx(second, rel=1e-6, abs=1e-7)
+
+
+def test_rerunning_a_finished_sweep_reuses_everything(result):
+    manifest = Path(result.run_dir) / "data" / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    again = engine.run(parse_sweep(tiny_sweep("tiny")), storage=str(Path(result.run_dir).parent),
+                       progress=False)
+    assert manifest.stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(again.trials, result.trials)
+
+
+def test_a_different_sweep_in_the_same_folder_is_refused(result):
+    changed = tiny_sweep("tiny", seeds=[5])
+    with pytest.raises(SweepError, match="already holds a different sweep"):
+        engine.run(parse_sweep(changed), storage=str(Path(result.run_dir).parent), progress=False)
+
+
+def test_data_size_above_the_data_is_refused_before_any_work(tmp_path):
+    sweep = parse_sweep(tiny_sweep("big", data_scale=[100, 5000]))
+    with pytest.raises(SweepError, match="data_scale: 5000 examples asked"):
+        engine.run(sweep, storage=str(tmp_path), progress=False)
+    assert not (tmp_path / "big").exists()
