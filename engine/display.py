@@ -33,6 +33,9 @@ def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = Non
 def print_result(table: pd.DataFrame, sweep: Sweep, run_dir, console: Console | None = None):
     console = console or Console()
     console.print(leaderboard_table(table, sweep))
-    for _, row in table[table["status"] != "done"].iterrows():
+    for _, row in table[table["status"] == "error"].iterrows():
         console.print(f"[red]trial {row['trial_id']} failed:[/] {row['error']}")
+    if (table["status"] == "incomplete").any():
+        console.print(f"[yellow]Some trials did not finish; continue with "
+                      f"`raysoup resume {run_dir}`.")
     console.print(f"Run directory: {run_dir}  (trials.parquet, leaderboard.md)")

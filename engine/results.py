@@ -25,7 +25,7 @@ def _row(result, swept: list[str]) -> dict:
     kept = [c.path for c, _ in (result.best_checkpoints or [])]
     row = {
         "trial_id": metrics.get("trial_id") or result.path.rsplit("/", 1)[-1],
-        "status": "error" if result.error else "done",
+        "status": _status(result, metrics),
         "seed": config.get("seed"),
         "data_size": metrics.get("data_size", config.get("data_size")),
         "eval_loss": metrics.get("eval_loss"),
@@ -40,6 +40,14 @@ def _row(result, swept: list[str]) -> dict:
     }
     row.update({path: config.get(path) for path in swept})
     return row
+
+
+def _status(result, metrics: dict) -> str:
+    """`done`, `error`, or `incomplete` (stopped early, for example by Ctrl-C: resume it)."""
+    if result.error:
+        return "error"
+    finished = metrics.get("step") is not None and metrics.get("step") == metrics.get("total_steps")
+    return "done" if finished else "incomplete"
 
 
 def _first_line(error) -> str | None:

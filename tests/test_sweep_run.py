@@ -123,3 +123,50 @@ def test_data_size_above_the_data_is_refused_before_any_work(tmp_path):
     with pytest.raises(SweepError, match="data_scale: 5000 examples asked"):
         engine.run(sweep, storage=str(tmp_path), progress=False)
     assert not (tmp_path / "big").exists()
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "csv", "json"])
+def test_prepare_reads_every_format_as_text_and_holds_out_eval(suffix, tmp_path):
+    from engine.data import load_split, prepare
+    from engine.demo import save_tiny_model
+    from engine.rundir import RunDir
+
+    texts = [f"example number {i} says {i * 7 % 13}" for i in range(300)]
+    frame = pd.DataFrame({"body": texts, "other": range(300)})
+    path = tmp_path / f"train.{suffix}"
+    {"parquet": frame.to_parquet, "csv": lambda p: frame.to_csv(p, index=False),
+     "json": lambda p: frame.to_json(p, orient="records")}[suffix](path)
+    sweep = parse_sweep({"name": "fmt", "model": {"preset": "tiny-random"},
+                         "data": {"train": str(path), "text_field": "body",
+                                  "eval_fraction": 0.2}})
+    model = str(save_tiny_model(tmp_path / "model"))
+    manifest = prepare(sweep, RunDir(tmp_path / "run"), model)
+    assert manifest["train"]["rows"] + manifest["eval"]["rows"] == 300
+    assert 30 < manifest["eval"]["rows"] < 90
+    train = load_split(tmp_path / "run" / "data", "train")
+    assert all(ids == labels for ids, labels in zip(train["input_ids"], train["labels"]))
+
+
+def test_prepare_names_a_missing_field(tmp_path):
+    from engine.data import prepare
+    from engine.demo import save_tiny_model
+    from engine.rundir import RunDir
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"content": "a"}\n{"content": "b"}\n')
+    sweep = parse_sweep({"name": "f", "model": {"preset": "tiny-random"},
+                         "data": {"train": str(path)}})
+    with pytest.raises(SweepError, match="has no field 'text'.*its fields: content"):
+        prepare(sweep, RunDir(tmp_path / "run"), str(save_tiny_model(tmp_path / "m")))
+
+
+def test_a_failing_trial_is_recorded_and_the_others_finish(tmp_path):
+    sweep = tiny_sweep("fails", data_scale=None)
+    sweep["finetune"]["lora"]["target_modules"] = ["no_such_module"]
+    sweep["train"]["max_steps"] = 2
+    result = engine.run(parse_sweep(sweep), storage=str(tmp_path), progress=False)
+    status = dict(zip(result.trials["finetune.method"], result.trials["status"]))
+    assert status == {"full": "done", "lora": "error"}
+    failed = result.trials.set_index("finetune.method").loc["lora"]
+    assert "no_such_module" in failed["error"]
+    assert result.leaderboard().iloc[-1]["status"] == "error"

@@ -1,0 +1,110 @@
+"""The training loop on its own (no Ray): resume exactness, schedules, precision, LoRA."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.data import tokenize_batch
+from engine.demo import save_tiny_model
+from engine.train_loop import TrialSpec, train
+from sweeps import parse_sweep
+from tests.conftest import DEMO_DATA
+
+
+class RecordingSession:
+    """The loop's `Session` for tests: keeps every report and copies every checkpoint."""
+
+    def __init__(self, root: Path, restore: Path | None = None) -> None:
+        self.root, self.restore, self.reports, self.checkpoints = root, restore, [], []
+
+    def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint is not None:
+            kept = self.root / f"step{metrics['step']}"
+            shutil.copytree(checkpoint, kept)
+            self.checkpoints.append(kept)
+
+    def restore_dir(self) -> Path | None:
+        return self.restore
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    return str(save_tiny_model(tmp_path_factory.mktemp("model"), arch="llama", seed=0))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, model_path) -> Path:
+    """Prepared splits written without Ray, through the same tokenizer function."""
+    import json
+
+    sweep = parse_sweep(_sweep_dict())
+    root = tmp_path_factory.mktemp("data")
+    for split, name, n in (("train", "train.jsonl", 64), ("eval", "eval.jsonl", 16)):
+        rows = [json.loads(line) for line in (DEMO_DATA / "add" / name).read_text().splitlines()]
+        table = pa.Table.from_pylist([{k: r[k] for k in ("prompt", "completion")}
+                                      for r in rows[:n]])
+        (root / split).mkdir()
+        pq.write_table(tokenize_batch(table, sweep.data, model_path, False),
+                       root / split / "part.parquet")
+    return root
+
+
+def _sweep_dict(**train) -> dict:
+    return {"name": "loop", "model": {"preset": "tiny-random"},
+            "data": {"train": str(DEMO_DATA / "add" / "train.jsonl"),
+                     "format": "prompt_completion"},
+            "train": {"lr": 3e-3, "max_steps": 6, "batch_size": 4, "seq_len": 24,
+                      "eval_every": 3, "warmup_steps": 2, **train},
+            "checkpoint": {"every": 3}}
+
+
+def _spec(model_path, data_dir, size=None, seed=0, method="full", **train) -> TrialSpec:
+    sweep = parse_sweep({**_sweep_dict(**train), "finetune": {"method": method}})
+    return TrialSpec(sweep=sweep, model_path=model_path, data_dir=data_dir, data_size=size,
+                     seed=seed)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_resuming_from_a_checkpoint_gives_the_same_result_as_not_stopping(
+        method, model_path, data_dir, tmp_path):
+    straight = RecordingSession(tmp_path / "a")
+    final = train(_spec(model_path, data_dir, method=method), straight)
+    halfway = next(c for c in straight.checkpoints if c.name == "step3")
+    resumed = RecordingSession(tmp_path / "b", restore=halfway)
+    again = train(_spec(model_path, data_dir, method=method), resumed)
+    assert [r["step"] for r in resumed.reports] == [6]
+    assert again["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+
+
+def test_reports_follow_eval_every_and_training_lowers_the_loss(model_path, data_dir, tmp_path):
+    session = RecordingSession(tmp_path)
+    train(_spec(model_path, data_dir, max_steps=12, eval_every=4), session)
+    assert [r["step"] for r in session.reports] == [3, 4, 6, 8, 9, 12]
+    assert session.reports[-1]["eval_loss"] < session.reports[0]["eval_loss"]
+    assert all(r["total_steps"] == 12 for r in session.reports)
+
+
+def test_epochs_set_the_step_count_from_the_data_size(model_path, data_dir, tmp_path):
+    session = RecordingSession(tmp_path)
+    train(_spec(model_path, data_dir, size=40, max_steps=None, epochs=0.5, batch_size=4,
+                grad_accum=2), session)
+    assert session.reports[-1]["step"] == 3  # ceil(0.5 * 40 / (4 * 2))
+    assert session.reports[-1]["data_size"] == 40
+
+
+def test_bf16_autocast_trains_on_cpu(model_path, data_dir, tmp_path):
+    result = train(_spec(model_path, data_dir, precision="bf16", max_steps=3),
+                   RecordingSession(tmp_path))
+    assert 0 < result["eval_loss"] < 20
+
+
+def test_different_seeds_give_different_batches(model_path, data_dir, tmp_path):
+    first = train(_spec(model_path, data_dir, seed=0), RecordingSession(tmp_path / "a"))
+    second = train(_spec(model_path, data_dir, seed=1), RecordingSession(tmp_path / "b"))
+    assert first["eval_loss"] != second["eval_loss"]
