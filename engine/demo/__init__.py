@@ -1,0 +1,13 @@
+"""Embedded demo assets: a tiny pretrained base model, two synthetic tasks, and
+tiny random models for tests.
+
+``BASE_DIR`` is a Hugging Face model folder (model, tokenizer, generation
+config); ``DATA_DIR / <task> / {train,eval}.jsonl`` holds each task's bundled
+examples. Rebuild both with ``python -m engine.demo.build_assets``.
+"""
+
+from engine.demo.paths import BASE_DIR, DATA_DIR
+from engine.demo.tasks import TASKS, make_task
+from engine.demo.tiny import TINY_ARCHS, save_tiny_model
+
+__all__ = ["BASE_DIR", "DATA_DIR", "TASKS", "TINY_ARCHS", "make_task", "save_tiny_model"]
