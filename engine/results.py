@@ -9,14 +9,14 @@ from sweeps import Sweep
 
 FIXED = ["trial_id", "status", "seed", "data_size", "eval_loss", "steps", "checkpoint",
          "checkpoints"]
+EXTRA = ["train_loss", "examples_seen", "seconds", "peak_rss_mb", "error", "path"]
 
 
 def trials_table(grid, sweep: Sweep) -> pd.DataFrame:
     """One row per trial: identity, swept values (by dotted path), metrics, checkpoints."""
     swept = list(sweep.search_space())
     rows = [_row(result, swept) for result in grid]
-    table = pd.DataFrame(rows, columns=FIXED + swept + ["train_loss", "examples_seen", "seconds",
-                                                        "error", "path"])
+    table = pd.DataFrame(rows, columns=FIXED + swept + EXTRA)
     return table.sort_values("trial_id", ignore_index=True)
 
 
@@ -35,6 +35,7 @@ def _row(result, swept: list[str]) -> dict:
         "train_loss": metrics.get("train_loss"),
         "examples_seen": metrics.get("examples_seen"),
         "seconds": metrics.get("seconds"),
+        "peak_rss_mb": metrics.get("peak_rss_mb"),
         "error": _first_line(result.error),
         "path": result.path,
     }
