@@ -28,10 +28,19 @@ def user_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (SweepError, FileNotFoundError) as err:
+        except Exception as err:
+            if not _is_user_error(err):
+                raise
             errors.print(f"error: {err}", style="red", highlight=False, markup=False)
             raise typer.Exit(2) from None
     return wrapper
+
+
+def _is_user_error(err: Exception) -> bool:
+    # MergeError is looked up only if merging was imported: importing it costs torch's start-up.
+    merge_error = getattr(sys.modules.get("merging.errors"), "MergeError", None)
+    user = (SweepError, FileNotFoundError) + ((merge_error,) if merge_error else ())
+    return isinstance(err, user)
 
 
 @app.command()
@@ -78,6 +87,19 @@ def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished
 
     result = load_result(run_dir)
     print_result(result.trials, result.sweep, result.run_dir, console)
+
+
+@app.command()
+@user_errors
+def merge(recipe: Path = typer.Argument(..., help="Merge recipe: raysoup's or any mergekit YAML."),
+          out: Path = typer.Option(..., "--out", help="Output model folder; it appears only "
+                                   "when the merge is complete."),
+          overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+          workers: int = typer.Option(2, help="Threads reading and combining tensors.")) -> None:
+    """Merge models by a recipe into a Hugging Face model folder (per-tensor progress)."""
+    from merging.cli import merge_command
+
+    merge_command(recipe, out, overwrite=overwrite, workers=workers)
 
 
 @app.command()

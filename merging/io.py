@@ -1,0 +1,303 @@
+"""Reading and writing model folders one tensor at a time.
+
+Reading uses the safetensors header (offsets, dtype, shape) and ``os.preadv`` straight
+into a fresh tensor. We measured the alternatives on 4 x 536 MB float32 shards in the
+page cache (2-core machine): ``safe_open`` + ``get_tensor`` + copy took 3.4 s, ``pread``
+1.0 s; a ``safe_open`` handle kept open for the whole merge also leaves every page it
+touched resident (whole models in RSS), while ``pread`` holds only the tensors in flight.
+``pread`` also releases the GIL, so reader threads overlap with the merge arithmetic.
+
+Writing streams: the header of each shard is known from shapes and dtypes before any
+data is computed, so tensors are appended to the open shard as they are produced and
+a shard is never held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from .errors import MergeError
+
+INDEX_NAME = "model.safetensors.index.json"
+SIDE_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+CODES = {dtype: code for code, dtype in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Shape and dtype of a stored tensor, read from the shard header alone."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        numel = 1
+        for dim in self.shape:
+            numel *= dim
+        return numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+class ModelFiles:
+    """Read-only, per-tensor access to the safetensors shards of one model folder."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise MergeError(f"model folder {self.folder} does not exist")
+        self.files = _shard_files(self.folder)
+        self.info: dict[str, TensorInfo] = {}
+        self.location: dict[str, tuple[Path, int]] = {}
+        for path in self.files:
+            for name, (info, offset) in read_header(path).items():
+                self.info[name] = info
+                self.location[name] = (path, offset)
+        self._fds: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        """Tensor names in storage order (shard by shard)."""
+        return list(self.info)
+
+    def load(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The stored tensor (or its rows ``start:stop``), read into a fresh tensor.
+
+        The file is opened read-only; reading rows lets elementwise methods stream a
+        large tensor in blocks.
+        """
+        info = self.info[name]
+        path, offset = self.location[name]
+        shape = info.shape
+        if rows is not None:
+            offset += rows[0] * info.nbytes // max(1, shape[0])
+            shape = (rows[1] - rows[0], *shape[1:])
+        tensor = torch.empty(shape, dtype=info.dtype)
+        buffer = tensor.reshape(-1).view(torch.uint8).numpy()
+        done, fd = 0, self._fd(path)
+        while done < len(buffer):  # one preadv call reads at most ~2 GiB
+            read = os.preadv(fd, [buffer[done:]], offset + done)
+            if read <= 0:
+                raise MergeError(f"{path} ends before tensor {name!r} does")
+            done += read
+        return tensor
+
+    def load_float32(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The stored tensor as float32 (no second copy when it is stored as float32)."""
+        return self.load(name, rows).to(torch.float32)
+
+    def _fd(self, path: Path) -> int:
+        with self._lock:
+            if path not in self._fds:
+                self._fds[path] = os.open(path, os.O_RDONLY)
+            return self._fds[path]
+
+    def close(self) -> None:
+        """Close the shard files (they are also closed when the object is collected)."""
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
+
+    def config(self) -> dict:
+        path = self.folder / "config.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def __repr__(self) -> str:
+        return f"ModelFiles({str(self.folder)!r})"
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    index = folder / INDEX_NAME
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / name for name in dict.fromkeys(weight_map.values())]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise MergeError(f"model folder {folder} has no .safetensors files")
+    return files
+
+
+def read_header(path: Path) -> dict[str, tuple[TensorInfo, int]]:
+    """``{name: (info, absolute byte offset)}`` of one safetensors file, in data order."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    ordered = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+    start = 8 + length
+    return {
+        name: (TensorInfo(DTYPES[entry["dtype"]], tuple(entry["shape"])), start + entry["data_offsets"][0])
+        for name, entry in ordered
+    }
+
+
+def plan_shards(plan: list[tuple[str, TensorInfo]], shard_size: int) -> list[list[tuple[str, TensorInfo]]]:
+    """Split tensors, in order, into shards of at most ``shard_size`` bytes (one tensor may exceed it)."""
+    shards: list[list[tuple[str, TensorInfo]]] = [[]]
+    size = 0
+    for name, info in plan:
+        if shards[-1] and size + info.nbytes > shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, info))
+        size += info.nbytes
+    return shards
+
+
+class ShardedWriter:
+    """Writes tensors, in plan order, into ``model-0000i-of-0000n.safetensors`` plus an index.
+
+    A tensor may arrive in several consecutive row blocks; it is complete once all of
+    its bytes have been written.
+    """
+
+    def __init__(self, folder: Path, plan: list[tuple[str, TensorInfo]], shard_size: int):
+        self.folder = folder
+        self.shards = plan_shards(plan, shard_size)
+        self.expected = [name for shard in self.shards for name, _ in shard]
+        self.sizes = {name: info.nbytes for shard in self.shards for name, info in shard}
+        self.position = 0
+        self._written = 0
+        self._handle = None
+        self._shard = -1
+        self._remaining = 0
+
+    def _file_name(self, shard: int) -> str:
+        return f"model-{shard + 1:05d}-of-{len(self.shards):05d}.safetensors"
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next tensor of the plan (or its next row block) to its shard."""
+        if name != self.expected[self.position]:
+            raise RuntimeError(f"writer expected {self.expected[self.position]!r}, got {name!r}")
+        if self._remaining == 0 and self._written == 0:
+            self._open_next()
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._handle.write(memoryview(data))
+        self._written += len(data)
+        if self._written >= self.sizes[name]:
+            self.position += 1
+            self._remaining -= 1
+            self._written = 0
+
+    def _open_next(self) -> None:
+        if self._handle:
+            self._handle.close()
+        self._shard += 1
+        shard = self.shards[self._shard]
+        self._handle = open(self.folder / self._file_name(self._shard), "wb")
+        self._handle.write(_header_bytes(shard))
+        self._remaining = len(shard)
+
+    def close(self) -> None:
+        """Finish the last shard and write ``model.safetensors.index.json``."""
+        if self.position != len(self.expected):
+            raise RuntimeError(f"writer closed after {self.position} of {len(self.expected)} tensors")
+        if self._handle:
+            self._handle.close()
+        weight_map = {name: self._file_name(i) for i, shard in enumerate(self.shards) for name, _ in shard}
+        total = sum(info.nbytes for shard in self.shards for _, info in shard)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _header_bytes(shard: list[tuple[str, TensorInfo]]) -> bytes:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, info in shard:
+        span = [offset, offset + info.nbytes]
+        header[name] = {"dtype": CODES[info.dtype], "shape": list(info.shape), "data_offsets": span}
+        offset += info.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def copy_side_files(source: Path, target: Path, out_dtype: torch.dtype | None) -> None:
+    """Copy config (with the output dtype), generation config and tokenizer files."""
+    config = source / "config.json"
+    if config.exists():
+        data = json.loads(config.read_text())
+        if out_dtype is not None:
+            data["dtype"] = str(out_dtype).removeprefix("torch.")
+            data.pop("torch_dtype", None)
+        (target / "config.json").write_text(json.dumps(data, indent=2) + "\n")
+    for name in SIDE_FILES:
+        if (source / name).exists():
+            shutil.copy2(source / name, target / name)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+class StreamingHash:
+    """sha256 of a model's shard files, fed with the bytes the merge reads anyway.
+
+    A merge reads every byte of every input once; hashing those bytes as they pass,
+    in file order, saves reading the inputs a second time. A file whose tensors are
+    not read in storage order (another layout than the model that sets the order) is
+    hashed from disk at the end instead.
+    """
+
+    def __init__(self, files: ModelFiles):
+        self.files = files
+        self.state: dict[Path, list | None] = {}
+        for path in files.files:
+            with open(path, "rb") as handle:
+                (length,) = struct.unpack("<Q", handle.read(8))
+                handle.seek(0)
+                self.state[path] = [hashlib.sha256(handle.read(8 + length)), 8 + length]
+
+    def feed(self, name: str, rows: tuple[int, int] | None, raw: torch.Tensor) -> None:
+        """Hash the stored bytes of tensor ``name`` (or its ``rows``) just read."""
+        path, offset = self.files.location[name]
+        if rows is not None:
+            offset += rows[0] * self.files.info[name].nbytes // max(1, self.files.info[name].shape[0])
+        state = self.state[path]
+        if state is None:
+            return
+        if offset != state[1]:
+            self.state[path] = None  # out of order: hash from disk at the end
+            return
+        data = raw.reshape(-1).view(torch.uint8).numpy()
+        state[0].update(memoryview(data))
+        state[1] += len(data)
+
+    def digests(self) -> dict[str, str]:
+        """``{file name: sha256}``, re-reading only files that were not streamed whole."""
+        out = {}
+        for path, state in self.state.items():
+            complete = state is not None and state[1] == path.stat().st_size
+            out[path.name] = state[0].hexdigest() if complete else sha256_file(path)
+        return out

@@ -1,0 +1,92 @@
+"""LoRA: adapter-space merges (stack, SVD, PEFT's types) and baking into full weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from merging import MergeError
+from merging.bake import bake_adapter
+from merging.lora import Adapter, merge_adapters
+
+from .conftest import load_all
+
+
+def _peft_merged(base, adapter):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    return {k: v.detach() for k, v in model.merge_and_unload().state_dict().items()}
+
+
+def test_stack_equals_the_weighted_sum_of_deltas(lora_adapters, tmp_path):
+    weights = [0.7, -0.4]
+    out = merge_adapters(lora_adapters, tmp_path / "stacked", weights=weights, method="stack")
+    merged, inputs = Adapter(out), [Adapter(a) for a in lora_adapters]
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 6
+    for module in merged.modules:
+        expected = sum(w * a.delta(module) for w, a in zip(weights, inputs))
+        assert torch.allclose(merged.delta(module), expected, atol=1e-6)
+
+
+def test_stacked_adapter_loads_in_peft_and_matches(llama, lora_adapters, tmp_path):
+    out = merge_adapters(lora_adapters, tmp_path / "stacked", weights=[0.5, 0.5])
+    merged = _peft_merged(llama[0], out)
+    base = load_all(llama[0])
+    inputs = [Adapter(a) for a in lora_adapters]
+    name = "model.layers.1.self_attn.q_proj.weight"
+    module = "base_model.model.model.layers.1.self_attn.q_proj"
+    expected = base[name] + sum(0.5 * a.delta(module) for a in inputs)
+    assert torch.allclose(merged[name], expected, atol=1e-6)
+
+
+def test_svd_is_exact_at_full_rank_and_best_below(lora_adapters, tmp_path):
+    inputs = [Adapter(a) for a in lora_adapters]
+    full = Adapter(merge_adapters(lora_adapters, tmp_path / "full", method="svd", rank=6))
+    low = Adapter(merge_adapters(lora_adapters, tmp_path / "low", method="svd", rank=2))
+    for module in full.modules:
+        exact = sum(a.delta(module) for a in inputs)
+        assert torch.allclose(full.delta(module), exact, atol=1e-5)
+        s = torch.linalg.svdvals(exact)
+        assert torch.isclose(torch.linalg.norm(low.delta(module) - exact), s[2:].norm(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("method,density", [("linear", None), ("cat", None), ("ties", 0.5), ("dare_linear", 0.5)])
+def test_peft_combination_types_run_through_peft(method, density, llama, lora_adapters, tmp_path):
+    adapters = lora_adapters if method == "cat" else [lora_adapters[0], lora_adapters[0]]
+    out = merge_adapters(adapters, tmp_path / method, weights=[0.5, 0.5], method=method, density=density,
+                         base_model=llama[0])
+    assert (out / "adapter_model.safetensors").exists() and (out / "README.md").exists()
+    merged = _peft_merged(llama[0], out)
+    assert all(torch.isfinite(v).all() for v in merged.values())
+
+
+def test_bake_equals_peft_merge_and_unload(llama, lora_adapters, tmp_path):
+    out = bake_adapter(llama[0], lora_adapters[0], tmp_path / "baked")
+    ours, theirs = load_all(out), _peft_merged(llama[0], lora_adapters[0])
+    for name, value in ours.items():
+        assert torch.allclose(value, theirs[name], atol=1e-6), name
+    assert (out / "tokenizer.json").exists() and "sha256" in (out / "recipe.yaml").read_text()
+
+
+def test_bake_to_bfloat16_and_loads(llama, lora_adapters, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = bake_adapter(llama[0], lora_adapters[1], tmp_path / "baked", out_dtype="bfloat16")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.model.norm.weight.dtype == torch.bfloat16
+
+
+def test_adapters_on_different_modules_are_refused(llama, lora_adapters, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    other = get_peft_model(AutoModelForCausalLM.from_pretrained(llama[0]), LoraConfig(r=2, target_modules=["k_proj"]))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(MergeError, match="different modules"):
+        merge_adapters([lora_adapters[0], tmp_path / "other"], tmp_path / "out")
+    with pytest.raises(MergeError, match="method: unknown adapter merge 'avg'"):
+        merge_adapters(lora_adapters, tmp_path / "out", method="avg")

@@ -1,0 +1,166 @@
+"""Native method functions on plain tensors: registry behaviour and parity with mergekit and PEFT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mergekit.merge_methods import merge_tensors
+from peft.utils import merge_utils
+
+from merging.methods import get_method, merge_method, native_methods, unregister
+from merging.methods.sparsify import bernoulli, magnitude
+
+
+def _tensors(seed=0, shape=(48, 40)):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    return base, [base + 0.1 * torch.randn(shape, generator=g) for _ in range(2)]
+
+
+def run(name, base, models, **params):
+    spec = get_method(name)
+    return spec(base, models, {**spec.defaults(), **params}, torch.Generator().manual_seed(0))
+
+
+def test_registry_lists_native_methods():
+    assert native_methods() == ["dare_linear", "dare_ties", "graft", "linear", "slerp", "task_arithmetic", "ties"]
+
+
+def test_duplicate_names_are_rejected():
+    with pytest.raises(ValueError, match="already registered"):
+        merge_method("linear", base="ignored")(lambda models: models[0])
+
+
+def test_unknown_method_lists_known_ones():
+    with pytest.raises(ValueError, match="unknown merge method 'tie'.*ties"):
+        get_method("tie")
+
+
+def test_a_registered_method_reads_its_signature():
+    @merge_method("_scale", base="required")
+    def scale(base, models, *, factor: float = 2.0):
+        return base * factor
+
+    try:
+        spec = get_method("_scale")
+        assert spec.defaults() == {"factor": 2.0} and not spec.random
+        assert torch.equal(spec(torch.ones(2), [], {"factor": 3.0}), torch.full((2,), 3.0))
+    finally:
+        unregister("_scale")
+
+
+MERGEKIT_CASES = [
+    ("linear", {"weight": [0.3, 0.7]}),
+    ("linear", {"weight": [2.0, 1.0], "normalize": False}),
+    ("task_arithmetic", {"weight": [0.3, 0.7]}),
+    ("task_arithmetic", {"weight": [0.5, 0.5], "normalize": True, "lambda": 0.8}),
+    ("ties", {"weight": [0.3, 0.7], "density": [0.2, 0.5]}),
+    ("ties", {"weight": [1.0, -0.5], "density": [0.3, 0.3], "rescale": True}),
+    ("ties", {"weight": [0.5, 0.5]}),
+    ("dare_linear", {"weight": [0.4, 0.6]}),  # density 1: deterministic
+    ("dare_ties", {"weight": [0.4, 0.6], "normalize": True}),
+    ("slerp", {"t": 0.3}),
+    ("slerp", {"t": 0.9}),
+]
+
+
+@pytest.mark.parametrize("name,params", MERGEKIT_CASES, ids=lambda v: v if isinstance(v, str) else "")
+def test_matches_mergekit_on_tensors(name, params):
+    base, models = _tensors()
+    if name == "slerp":
+        models = models[:1]
+    ours = run(name, None if name == "linear" else base, models, **params)
+    if name == "linear":
+        theirs = merge_tensors(models, name, parameters=params)
+    else:
+        per_model = {k: dict(zip([1, 2], v)) if isinstance(v, list) else v for k, v in params.items()}
+        theirs = merge_tensors([base, *models], name, parameters=per_model, base_index=0)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_slerp_falls_back_to_lerp_for_collinear_inputs():
+    base = torch.randn(10)
+    assert torch.allclose(run("slerp", base, [2 * base], t=0.5), 1.5 * base)
+
+
+def test_ties_matches_peft_with_unit_weights():
+    base, models = _tensors(1)
+    deltas = [m - base for m in models]
+    theirs = base + merge_utils.ties(deltas, torch.ones(2), density=0.3)
+    ours = run("ties", base, models, weight=[1.0, 1.0], density=[0.3, 0.3])
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_magnitude_keeps_the_largest_entries_like_peft():
+    delta = torch.randn(64, 32)
+    ours = magnitude(delta, 0.25)
+    theirs = merge_utils.magnitude_based_pruning(delta, 0.25)
+    assert torch.equal(ours != 0, theirs != 0)
+
+
+def test_dare_mask_equals_peft_random_pruning_with_the_same_seed():
+    delta = torch.randn(64, 32)
+    ours = bernoulli(delta, 0.3, torch.Generator().manual_seed(7))
+    torch.manual_seed(7)
+    theirs = merge_utils.random_pruning(delta, 0.3, rescale=False)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("name", ["dare_linear", "dare_ties"])
+def test_dare_is_unbiased_like_peft(name):
+    """Averaged over many draws, DARE (ours: L1 rescale; PEFT: 1/density) recovers the undropped merge."""
+    base, models = _tensors(2, shape=(16, 16))
+    deltas = [m - base for m in models]
+    weights = [0.5, 0.5]
+    draws = 400
+    ours = torch.stack([
+        get_method(name)(base, models, {**get_method(name).defaults(), "weight": weights, "density": [0.5, 0.5]},
+                         torch.Generator().manual_seed(s)) - base
+        for s in range(draws)
+    ]).mean(0)
+    peft_fn = merge_utils.dare_linear if name == "dare_linear" else merge_utils.dare_ties
+    theirs = torch.stack([peft_fn(deltas, torch.tensor(weights), 0.5) for _ in range(draws)]).mean(0)
+    if name == "dare_linear":
+        exact = sum(w * d for w, d in zip(weights, deltas))
+        assert (ours - exact).abs().mean() < 0.1 * exact.abs().mean()
+        assert (theirs - exact).abs().mean() < 0.1 * exact.abs().mean()
+    # Both estimators agree in sign on almost every entry, and in size on average.
+    assert (ours.sign() == theirs.sign()).float().mean() > 0.9
+    assert abs(ours.abs().mean() / theirs.abs().mean() - 1) < 0.35
+
+
+def test_dare_is_reproducible_with_a_generator():
+    base, models = _tensors(3)
+    a = run("dare_ties", base, models, weight=[1.0, 1.0], density=[0.2, 0.2])
+    b = run("dare_ties", base, models, weight=[1.0, 1.0], density=[0.2, 0.2])
+    assert torch.equal(a, b)
+
+
+def test_graft_keeps_only_the_largest_fraction_of_the_update():
+    base, models = _tensors(4)
+    merged = run("graft", base, models[:1], density=[0.1])
+    changed = merged != base
+    assert changed.sum() == int(0.1 * base.numel())
+    delta = (models[0] - base).abs()
+    assert delta[changed].min() >= delta[~changed].max()
+    assert torch.equal(merged[changed], models[0][changed])
+
+
+@pytest.mark.parametrize("n", [1000, 600_000])
+def test_magnitude_keeps_exactly_k_with_many_ties_lowest_index_first(n):
+    delta = torch.randint(-20, 21, (n,), generator=torch.Generator().manual_seed(5)).float()
+    kept = magnitude(delta, 0.3)
+    k = int(0.3 * n)
+    assert int((kept != 0).sum()) == k
+    cut = kept[kept != 0].abs().min()
+    assert (delta.abs() > cut).sum() <= k and bool(((kept == 0) & (delta.abs() > cut)).sum() == 0)
+    tied_kept = ((kept != 0) & (delta.abs() == cut)).nonzero().squeeze(1)
+    tied_all = (delta.abs() == cut).nonzero().squeeze(1)
+    assert torch.equal(tied_kept, tied_all[: tied_kept.numel()])
+
+
+def test_magnitude_edge_densities():
+    delta = torch.randn(50)
+    assert torch.equal(magnitude(delta, 1.0), delta)
+    assert not magnitude(delta, 0.0).any()
+    assert int((magnitude(delta, 0.001) != 0).sum()) == 1

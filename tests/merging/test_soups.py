@@ -1,0 +1,62 @@
+"""Checkpoint selection, uniform soups and greedy soups."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from merging.soups import greedy_soup, select_checkpoints, uniform_soup
+
+from .conftest import load_all
+
+
+def test_select_checkpoints_orders_by_step():
+    names = [f"run/checkpoint-{s}" for s in (300, 20, 100, 200, 400)]
+    steps = lambda paths: [int(p.name.split("-")[1]) for p in paths]  # noqa: E731
+    assert steps(select_checkpoints(names)) == [20, 100, 200, 300, 400]
+    assert steps(select_checkpoints(names, "last", k=2)) == [300, 400]
+    assert steps(select_checkpoints(names, "every", n=2)) == [20, 200, 400]
+    with pytest.raises(ValueError, match="k: 'last' needs a positive k"):
+        select_checkpoints(names, "last")
+    with pytest.raises(ValueError, match="mode: unknown selection 'best'"):
+        select_checkpoints(names, "best")
+
+
+def test_uniform_soup_is_the_mean(llama, tmp_path):
+    out = uniform_soup(llama, tmp_path / "soup")
+    inputs = [load_all(m) for m in llama]
+    for name, value in load_all(out).items():
+        assert torch.allclose(value, sum(i[name] for i in inputs) / 3, atol=1e-6)
+
+
+@pytest.fixture
+def far_model(llama, tmp_path):
+    """A checkpoint far from the others (the base plus large noise)."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "far"
+    shutil.copytree(llama[0], folder)
+    state = {k: v + torch.randn_like(v) for k, v in load_all(llama[0]).items()}
+    (folder / "model.safetensors").unlink()
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_greedy_soup_keeps_only_ingredients_that_help(mode, llama, far_model, tmp_path):
+    _, ft1, ft2 = llama
+    target = {k: (load_all(ft1)[k] + load_all(ft2)[k]) / 2 for k in load_all(ft1)}
+
+    def distance(folder):
+        weights = load_all(folder)
+        return float(sum((weights[k] - target[k]).pow(2).sum() for k in target))
+
+    score = distance if mode == "min" else (lambda folder: -distance(folder))
+    result = greedy_soup([far_model, ft1, ft2], tmp_path / "greedy", score, mode=mode)
+    assert set(result.ingredients) == {ft1, ft2}
+    assert [kept for _, _, kept in result.tried] == [True, False]
+    assert result.individual[far_model] == score(far_model)
+    assert distance(result.path) < 1e-8
+    assert not list(tmp_path.glob("raysoup-greedy-*"))
