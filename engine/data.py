@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -27,16 +29,21 @@ IGNORE = -100
 
 
 def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
-    """Tokenized train and eval Parquet shards plus `manifest.json`; reused when unchanged."""
+    """Tokenized train and eval Parquet shards plus `manifest.json`; reused when unchanged.
+
+    One Ray Data job reads, tokenizes and writes both splits; the manifest is written last, so
+    an interrupted prepare is simply redone.
+    """
     key = cache_key(sweep.data, model_path)
     cached = read_manifest(run)
     if cached and cached["cache_key"] == key:
         return cached
     started = time.time()
-    train, held_out = _tokenized(sweep, sweep.data.train, model_path, sweep.data.eval is None)
-    evals = held_out if sweep.data.eval is None else _tokenized(sweep, sweep.data.eval,
-                                                               model_path, False)[0]
-    counts = {name: _write(ds, run.data / name) for name, ds in (("train", train), ("eval", evals))}
+    staging = run.data / f".staging-{os.getpid()}"
+    _pipeline(sweep, model_path).write_parquet(str(staging), partition_cols=["split"])
+    counts = {split: _publish(staging / f"split={split}", run.data / split, split)
+              for split in ("train", "eval")}
+    shutil.rmtree(staging, ignore_errors=True)
     manifest = {"version": MANIFEST_VERSION, "cache_key": key, "model_path": model_path,
                 "format": sweep.data.format, "seed": sweep.data.seed,
                 "sources": {"train": sweep.data.train, "eval": sweep.data.eval},
@@ -82,21 +89,52 @@ def read_source(path: str):
     return ray.data.read_json(path, lines=path.endswith(".jsonl"))
 
 
-def _tokenized(sweep: Sweep, path: str, model_path: str, hold_out: bool):
+def _pipeline(sweep: Sweep, model_path: str):
+    """The Ray Dataset of tokenized examples of both splits, with a `split` column."""
     data = sweep.data
-    source = read_source(path)
-    missing = [f for f in data.fields() if f not in source.schema().names]
+    tokenize = functools.partial(tokenize_batch, data=data, model_path=model_path,
+                                 trust_remote_code=sweep.model.trust_remote_code)
+    held_out = 0 if data.eval else int(round(data.eval_fraction * KEY_BUCKETS))
+    sources = [(data.train, held_out)] + ([(data.eval, KEY_BUCKETS)] if data.eval else [])
+    parts = []
+    for path, cut in sources:
+        _check_fields(path, data.fields())
+        split = functools.partial(_split, cut=cut)
+        parts.append(read_source(path).select_columns(data.fields())
+                     .map_batches(tokenize, batch_format="pyarrow")
+                     .map_batches(split, batch_format="pyarrow"))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _split(batch: pa.Table, cut: int) -> pa.Table:
+    """Rows whose key bucket is below `cut` are eval rows (cut 0: all train; KEY_BUCKETS: all
+    eval). The bucket is the key's low digits; the order uses the whole key."""
+    is_eval = pa.compute.less(batch["bucket"], cut)
+    return batch.append_column("split", pa.compute.if_else(is_eval, "eval", "train"))
+
+
+def _check_fields(path: str, fields: list[str]) -> None:
+    from engine.preflight import source_fields
+
+    if "://" in path:
+        return
+    found = source_fields(path)
+    missing = [f for f in fields if f not in found]
     if missing:
         raise SweepError(f"data: {path} has no field {missing[0]!r} (its fields: "
-                         f"{', '.join(source.schema().names)}); set data.text_field or "
+                         f"{', '.join(found)}); set data.text_field or "
                          "data.prompt_field / data.completion_field")
-    fn = functools.partial(tokenize_batch, data=data, model_path=model_path,
-                           trust_remote_code=sweep.model.trust_remote_code)
-    ds = source.select_columns(data.fields()).map_batches(fn, batch_format="pyarrow").materialize()
-    if not hold_out:
-        return ds, None
-    cut = int(round(data.eval_fraction * KEY_BUCKETS))
-    return ds.filter(expr=f"bucket >= {cut}"), ds.filter(expr=f"bucket < {cut}")
+
+
+def _publish(staged: Path, final: Path, split: str) -> dict:
+    """Move one staged split into place and count it; an empty split is an error."""
+    if not staged.is_dir():
+        raise SweepError(f"data: the prepared {split} set is empty; give more data, a larger "
+                         "data.eval_fraction, or a data.eval file")
+    shutil.rmtree(final, ignore_errors=True)
+    staged.rename(final)
+    table = pq.read_table(final, columns=["n_tokens"])
+    return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0)}
 
 
 @functools.lru_cache(maxsize=4)
@@ -135,15 +173,6 @@ def tokenize_batch(batch: pa.Table, data: DataConfig, model_path: str,
                      "input_ids": pa.array(ids, pa.list_(pa.int32())),
                      "labels": pa.array(labels, pa.list_(pa.int32())),
                      "n_tokens": pa.array([len(i) for i in ids], pa.int32())})
-
-
-def _write(ds, folder: Path) -> dict:
-    if folder.exists():
-        for old in folder.glob("*.parquet"):
-            old.unlink()
-    ds.write_parquet(str(folder))
-    table = pq.read_table(folder, columns=["n_tokens"])
-    return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0)}
 
 
 def load_split(run_data: Path, split: str, limit: int | None = None) -> dict[str, list]:
