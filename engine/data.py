@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.encode import fast_path_agrees, text_encoder
 from engine.rundir import RunDir, write_atomic
 from sweeps import Sweep, SweepError
 from sweeps.config import DataConfig
@@ -92,8 +93,9 @@ def read_source(path: str):
 def _pipeline(sweep: Sweep, model_path: str):
     """The Ray Dataset of tokenized examples of both splits, with a `split` column."""
     data = sweep.data
+    trust = sweep.model.trust_remote_code
     tokenize = functools.partial(tokenize_batch, data=data, model_path=model_path,
-                                 trust_remote_code=sweep.model.trust_remote_code)
+                                 trust_remote_code=trust, fast=fast_path_agrees(model_path, trust))
     held_out = 0 if data.eval else int(round(data.eval_fraction * KEY_BUCKETS))
     sources = [(data.train, held_out)] + ([(data.eval, KEY_BUCKETS)] if data.eval else [])
     parts = []
@@ -137,13 +139,6 @@ def _publish(staged: Path, final: Path, split: str) -> dict:
     return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0)}
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(model_path: str, trust_remote_code: bool):
-    from engine.models import load_tokenizer
-
-    return load_tokenizer(model_path, trust_remote_code)
-
-
 def example_keys(texts: list[str], seed: int) -> np.ndarray:
     """A stable 63-bit key per example from its content and the seed: the one shuffled order."""
     salt = seed.to_bytes(8, "little", signed=True)
@@ -153,18 +148,20 @@ def example_keys(texts: list[str], seed: int) -> np.ndarray:
 
 
 def tokenize_batch(batch: pa.Table, data: DataConfig, model_path: str,
-                   trust_remote_code: bool) -> pa.Table:
-    """Token ids and labels for one batch; labels are IGNORE on prompt tokens."""
-    tok = _tokenizer(model_path, trust_remote_code)
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+                   trust_remote_code: bool, fast: bool = False) -> pa.Table:
+    """Token ids and labels for one batch; labels are IGNORE on prompt tokens.
+
+    `fast` encodes with the `tokenizers` library alone (see `engine.encode`).
+    """
+    enc = text_encoder(model_path, trust_remote_code, fast)
+    bos, eos = enc.bos, enc.eos
     columns = [[str(v) for v in batch.column(f).to_pylist()] for f in data.fields()]
     if data.format == "text":
-        ids = [bos + t + eos for t in tok(columns[0], add_special_tokens=False)["input_ids"]]
+        ids = [bos + t + eos for t in enc.encode(columns[0])]
         labels = ids
     else:
-        prompts = [bos + p for p in tok(columns[0], add_special_tokens=False)["input_ids"]]
-        completions = [c + eos for c in tok(columns[1], add_special_tokens=False)["input_ids"]]
+        prompts = [bos + p for p in enc.encode(columns[0])]
+        completions = [c + eos for c in enc.encode(columns[1])]
         ids = [p + c for p, c in zip(prompts, completions)]
         labels = [[IGNORE] * len(p) + c for p, c in zip(prompts, completions)]
     keys = example_keys(["\x1f".join(parts) for parts in zip(*columns)], data.seed)

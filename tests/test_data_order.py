@@ -39,3 +39,27 @@ def test_the_order_depends_on_the_seed_and_keys_are_non_negative(items, seed):
     if len(items) >= 8:
         other = example_keys(items, seed + 1)
         assert np.argsort(keys).tolist() != np.argsort(other).tolist()
+
+
+def test_the_torch_free_encoder_matches_the_transformers_tokenizer():
+    import json
+
+    import pyarrow as pa
+
+    from engine.data import tokenize_batch
+    from engine.demo import BASE_DIR
+    from engine.encode import fast_path_agrees
+    from sweeps import parse_sweep
+    from tests.conftest import DEMO_DATA
+
+    assert fast_path_agrees(str(BASE_DIR))
+    rows = [json.loads(line) for line in
+            (DEMO_DATA / "reverse" / "train.jsonl").read_text().splitlines()[:200]]
+    table = pa.Table.from_pylist([{"prompt": r["prompt"], "completion": r["completion"]}
+                                  for r in rows])
+    data = parse_sweep({"name": "e", "model": {"preset": "demo"},
+                        "data": {"train": "x.jsonl", "format": "prompt_completion"}}).data
+    fast = tokenize_batch(table, data, str(BASE_DIR), False, fast=True)
+    slow = tokenize_batch(table, data, str(BASE_DIR), False, fast=False)
+    assert fast.equals(slow)
+    assert fast["labels"][0].as_py()[0] == -100  # the prompt is masked
