@@ -77,8 +77,10 @@ def tuner(sweep: Sweep, model_path: str, run: RunDir, data_sizes: list[int] | No
         name=run.tune.name, storage_path=str(run.root), callbacks=callbacks, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=sweep.checkpoint.keep),
         failure_config=tune.FailureConfig(max_failures=0))
+    # Reusing trial processes saves each trial the start of a Ray worker and the import of
+    # torch and transformers; every trial seeds everything it uses, so results do not change.
     tune_config = tune.TuneConfig(num_samples=sweep.num_samples, metric=sweep.metric,
-                                  mode=sweep.mode,
+                                  mode=sweep.mode, reuse_actors=True,
                                   max_concurrent_trials=sweep.resources.max_concurrent)
     return tune.Tuner(fn, param_space=param_space(sweep, data_sizes), tune_config=tune_config,
                       run_config=run_config)
