@@ -24,37 +24,32 @@ def _pruner(rescale: bool, generator: torch.Generator | None):
     return prune
 
 
-@merge_method("dare_linear", base="required")
-def dare_linear(
-    base: torch.Tensor,
-    models: Sequence[torch.Tensor],
-    *,
-    weight: PerModel[float] = 1.0,
-    density: PerModel[float] = 1.0,
-    normalize: bool = False,
-    rescale: bool = True,
-    int8_mask: bool = False,
-    lambda_: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Random drop with keep probability ``density`` (default 1.0: no drop), then task arithmetic."""
-    deltas = weighted_deltas(base, models, weight, density, _pruner(rescale, generator))
-    return combine(base, deltas, weight, consensus=False, normalize=normalize, lambda_=lambda_)
+def _dare(consensus: bool, doc: str):
+    """One DARE method; `consensus` adds TIES's sign election after the random drop."""
+
+    def method(
+        base: torch.Tensor,
+        models: Sequence[torch.Tensor],
+        *,
+        weight: PerModel[float] = 1.0,
+        density: PerModel[float] = 1.0,
+        normalize: bool = False,
+        rescale: bool = True,
+        int8_mask: bool = False,
+        lambda_: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        deltas = weighted_deltas(base, models, weight, density, _pruner(rescale, generator))
+        return combine(base, deltas, weight, consensus=consensus, normalize=normalize,
+                       lambda_=lambda_)
+
+    method.__doc__ = doc  # the registry reads the summary line from it
+    return method
 
 
-@merge_method("dare_ties", base="required")
-def dare_ties(
-    base: torch.Tensor,
-    models: Sequence[torch.Tensor],
-    *,
-    weight: PerModel[float] = 1.0,
-    density: PerModel[float] = 1.0,
-    normalize: bool = False,
-    rescale: bool = True,
-    int8_mask: bool = False,
-    lambda_: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Random drop with keep probability ``density`` (default 1.0: no drop), then TIES sign election."""
-    deltas = weighted_deltas(base, models, weight, density, _pruner(rescale, generator))
-    return combine(base, deltas, weight, consensus=True, normalize=normalize, lambda_=lambda_)
+dare_linear = merge_method("dare_linear", base="required")(_dare(
+    False, "Random drop with keep probability ``density`` (default 1.0: no drop), then task "
+    "arithmetic."))
+dare_ties = merge_method("dare_ties", base="required")(_dare(
+    True, "Random drop with keep probability ``density`` (default 1.0: no drop), then TIES sign "
+    "election."))
