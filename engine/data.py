@@ -39,6 +39,10 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
     cached = read_manifest(run)
     if cached and cached["cache_key"] == key:
         return cached
+    if cached and run.tune.exists():
+        raise SweepError(f"data: the data or tokenizer changed since {run.root} started training; "
+                         "run the sweep under a new name (or --storage) instead of mixing trials "
+                         "trained on different data")
     started = time.time()
     staging = run.data / f".staging-{os.getpid()}"
     _pipeline(sweep, model_path).write_parquet(str(staging), partition_cols=["split"])

@@ -14,7 +14,7 @@ from sweeps import Sweep
 def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = None) -> Table:
     """The leaderboard as a rich table, best first; failed trials show their error."""
     board = ranked(table, sweep)
-    columns = [c for c in leaderboard_columns(board, sweep) if c in board.columns]
+    columns = [c for c in leaderboard_columns(sweep) if c in board.columns]
     out = Table(title=f"{sweep.name}: {len(board)} trials by {sweep.metric} ({sweep.mode})",
                 box=box.SIMPLE_HEAD, pad_edge=False)
     out.add_column("#", justify="right", min_width=2)

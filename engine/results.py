@@ -65,7 +65,7 @@ def ranked(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
     return pd.concat([done, table[table["status"] != "done"]], ignore_index=True)
 
 
-def leaderboard_columns(table: pd.DataFrame, sweep: Sweep) -> list[str]:
+def leaderboard_columns(sweep: Sweep) -> list[str]:
     metric = [sweep.metric] if sweep.metric != "eval_loss" else []
     return (["trial_id", *sweep.search_space(), "data_size", "seed", "eval_loss", *metric,
              "steps", "status"])
@@ -73,7 +73,7 @@ def leaderboard_columns(table: pd.DataFrame, sweep: Sweep) -> list[str]:
 
 def leaderboard_markdown(table: pd.DataFrame, sweep: Sweep) -> str:
     board = ranked(table, sweep)
-    columns = [c for c in leaderboard_columns(board, sweep) if c in board.columns]
+    columns = [c for c in leaderboard_columns(sweep) if c in board.columns]
     lines = [f"# {sweep.name}: leaderboard", "",
              f"{len(board)} trials, ranked by {sweep.metric} ({sweep.mode}).", "",
              "| rank | " + " | ".join(columns) + " |",

@@ -170,3 +170,18 @@ def test_a_failing_trial_is_recorded_and_the_others_finish(tmp_path):
     failed = result.trials.set_index("finetune.method").loc["lora"]
     assert "no_such_module" in failed["error"]
     assert result.leaderboard().iloc[-1]["status"] == "error"
+
+
+def test_changed_data_under_a_started_sweep_is_refused(tmp_path):
+    import shutil
+
+    train = tmp_path / "train.jsonl"
+    shutil.copy(DEMO_DATA / "add" / "train.jsonl", train)
+    sweep = tiny_sweep("changed", data_scale=None)
+    sweep["finetune"]["method"] = "full"
+    sweep["data"]["train"] = str(train)
+    sweep["train"]["max_steps"] = 2
+    engine.run(parse_sweep(sweep), storage=str(tmp_path / "runs"), progress=False)
+    train.write_text("\n".join(train.read_text().splitlines()[:500]) + "\n")
+    with pytest.raises(SweepError, match="changed since"):
+        engine.run(parse_sweep(sweep), storage=str(tmp_path / "runs"), progress=False)
