@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pandas as pd
 
 from engine.rundir import RunDir, write_atomic
@@ -90,7 +92,7 @@ def cell(value) -> str:
 
 
 def write_results(table: pd.DataFrame, sweep: Sweep, run: RunDir) -> None:
-    tmp = run.trials.with_name(".trials.parquet.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(run.trials)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    write_atomic(run.trials, buffer.getvalue())
     write_atomic(run.leaderboard, leaderboard_markdown(table, sweep))
