@@ -55,7 +55,7 @@ def validate(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."
     spaces = definition.search_space()
     console.print(f"[green]ok[/] {sweep}: sweep '{definition.name}', "
                   f"{len(spaces)} searched field(s): {', '.join(spaces) or 'none'}; "
-                  f"{count_trials(definition, definition.data_scale)} trial(s)")
+                  f"{count_trials(definition)} trial(s)")
 
 
 @app.command()

@@ -24,18 +24,19 @@ from engine.rundir import RunDir, write_atomic
 from sweeps import Sweep, SweepError
 from sweeps.config import DataConfig
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 KEY_BUCKETS = 10_000
 IGNORE = -100
 
 
 def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
-    """Tokenized train and eval Parquet shards plus `manifest.json`; reused when unchanged.
+    """Tokenized train and eval Parquet shards of every task plus `manifest.json`; reused when
+    unchanged.
 
-    One Ray Data job reads, tokenizes and writes both splits; the manifest is written last, so
-    an interrupted prepare is simply redone.
+    One Ray Data job reads, tokenizes and writes every task's splits into `data/<task>/<split>`;
+    the manifest is written last, so an interrupted prepare is simply redone.
     """
-    key = cache_key(sweep.data, model_path)
+    key = cache_key(sweep, model_path)
     cached = read_manifest(run)
     if cached and cached["cache_key"] == key:
         return cached
@@ -45,14 +46,19 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
                          "trained on different data")
     started = time.time()
     staging = run.data / f".staging-{os.getpid()}"
-    _pipeline(sweep, model_path).write_parquet(str(staging), partition_cols=["split"])
-    counts = {split: _publish(staging / f"split={split}", run.data / split, split)
-              for split in ("train", "eval")}
+    _pipeline(sweep, model_path).write_parquet(str(staging), partition_cols=["task", "split"])
+    tasks = {}
+    for task in sweep.task_names():
+        data = sweep.task_data(task)
+        counts = {split: _publish(staging / f"task={task}" / f"split={split}",
+                                  run.data / task / split, f"{task} {split}")
+                  for split in ("train", "eval")}
+        tasks[task] = {"sources": {k: getattr(data, k) for k in ("train", "eval", "test")},
+                       **counts}
     shutil.rmtree(staging, ignore_errors=True)
     manifest = {"version": MANIFEST_VERSION, "cache_key": key, "model_path": model_path,
                 "format": sweep.data.format, "seed": sweep.data.seed,
-                "sources": {"train": sweep.data.train, "eval": sweep.data.eval},
-                "seconds": round(time.time() - started, 2), **counts}
+                "seconds": round(time.time() - started, 2), "tasks": tasks}
     write_atomic(run.manifest, json.dumps(manifest, indent=2))
     return manifest
 
@@ -64,12 +70,15 @@ def read_manifest(run: RunDir) -> dict | None:
     return manifest if manifest.get("version") == MANIFEST_VERSION else None
 
 
-def cache_key(data: DataConfig, model_path: str) -> str:
-    """A hash of the data settings, the files' contents and the tokenizer."""
-    digest = hashlib.sha256(data.model_dump_json().encode())
-    for path in (data.train, data.eval):
-        if path:
-            digest.update(_file_digest(Path(path)).encode())
+def cache_key(sweep: Sweep, model_path: str) -> str:
+    """A hash of every task's data settings, the files' contents and the tokenizer."""
+    digest = hashlib.sha256()
+    for task in sweep.task_names():
+        data = sweep.task_data(task)
+        digest.update(f"{task}\0{data.model_dump_json()}".encode())
+        for path in (data.train, data.eval):
+            if path:
+                digest.update(_file_digest(Path(path)).encode())
     tokenizer = Path(model_path) / "tokenizer.json"
     digest.update(_file_digest(tokenizer).encode() if tokenizer.is_file() else model_path.encode())
     return digest.hexdigest()[:16]
@@ -95,28 +104,32 @@ def read_source(path: str):
 
 
 def _pipeline(sweep: Sweep, model_path: str):
-    """The Ray Dataset of tokenized examples of both splits, with a `split` column."""
-    data = sweep.data
-    trust = sweep.model.trust_remote_code
-    tokenize = functools.partial(tokenize_batch, data=data, model_path=model_path,
-                                 trust_remote_code=trust, fast=fast_path_agrees(model_path, trust))
-    held_out = 0 if data.eval else int(round(data.eval_fraction * KEY_BUCKETS))
-    sources = [(data.train, held_out)] + ([(data.eval, KEY_BUCKETS)] if data.eval else [])
+    """The Ray Dataset of tokenized examples of every task and split, with `task` and `split`
+    columns."""
     parts = []
-    for path, cut in sources:
-        _check_fields(path, data.fields())
-        split = functools.partial(_split, cut=cut)
-        parts.append(read_source(path).select_columns(data.fields())
-                     .map_batches(tokenize, batch_format="pyarrow")
-                     .map_batches(split, batch_format="pyarrow"))
+    for task in sweep.task_names():
+        data = sweep.task_data(task)
+        tokenize = functools.partial(tokenize_batch, data=data, model_path=model_path,
+                                     trust_remote_code=sweep.model.trust_remote_code,
+                                     fast=fast_path_agrees(model_path, sweep.model.trust_remote_code))
+        held_out = 0 if data.eval else int(round(data.eval_fraction * KEY_BUCKETS))
+        sources = [(data.train, held_out)] + ([(data.eval, KEY_BUCKETS)] if data.eval else [])
+        for path, cut in sources:
+            _check_fields(path, data.fields())
+            label = functools.partial(_label, cut=cut, task=task)
+            parts.append(read_source(path).select_columns(data.fields())
+                         .map_batches(tokenize, batch_format="pyarrow")
+                         .map_batches(label, batch_format="pyarrow"))
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _split(batch: pa.Table, cut: int) -> pa.Table:
-    """Rows whose key bucket is below `cut` are eval rows (cut 0: all train; KEY_BUCKETS: all
-    eval). The bucket is the key's low digits; the order uses the whole key."""
+def _label(batch: pa.Table, cut: int, task: str) -> pa.Table:
+    """The task, and the split: rows whose key bucket is below `cut` are eval rows (cut 0: all
+    train; KEY_BUCKETS: all eval). The bucket is the key's low digits; the order uses the whole
+    key."""
     is_eval = pa.compute.less(batch["bucket"], cut)
-    return batch.append_column("split", pa.compute.if_else(is_eval, "eval", "train"))
+    batch = batch.append_column("split", pa.compute.if_else(is_eval, "eval", "train"))
+    return batch.append_column("task", pa.array([task] * batch.num_rows, pa.string()))
 
 
 def _check_fields(path: str, fields: list[str]) -> None:
@@ -138,6 +151,7 @@ def _publish(staged: Path, final: Path, split: str) -> dict:
         raise SweepError(f"data: the prepared {split} set is empty; give more data, a larger "
                          "data.eval_fraction, or a data.eval file")
     shutil.rmtree(final, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
     staged.rename(final)
     table = pq.read_table(final, columns=["n_tokens"])
     return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0)}

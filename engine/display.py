@@ -7,8 +7,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from engine.results import cell, leaderboard_columns, ranked
+from engine.results import leaderboard_columns, ranked
 from sweeps import Sweep
+from sweeps.leaderboard import format_cell as cell
 
 
 def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = None) -> Table:

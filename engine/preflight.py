@@ -7,19 +7,28 @@ import json
 from pathlib import Path
 
 from sweeps import Sweep, SweepError
+from sweeps.plans import check_plans
+
+
+def _where(sweep: Sweep, task: str) -> str:
+    """The field path of a task's files: `data` alone, or `tasks.<name>`."""
+    return f"tasks.{task}" if sweep.tasks else "data"
 
 
 def check(sweep: Sweep) -> None:
     """Raise `SweepError` naming the field for every problem found in files and settings."""
     problems = []
-    for field in ("train", "eval"):
-        path = getattr(sweep.data, field)
-        if path is not None:
-            problems += _check_file(f"data.{field}", path, sweep.data.fields())
+    for task in sweep.task_names():
+        data = sweep.task_data(task)
+        for field in ("train", "eval", "test"):
+            path = getattr(data, field)
+            if path is not None:
+                problems += _check_file(f"{_where(sweep, task)}.{field}", path, data.fields())
     problems += _check_model(sweep)
     problems += _check_precision(sweep)
+    problems += check_plans(sweep)
     if not problems:
-        problems += _check_sizes(sweep)
+        problems += [p for task in sweep.task_names() for p in _check_sizes(sweep, task)]
     if problems:
         raise SweepError("sweep: " + f"{len(problems)} problem(s)\n  " + "\n  ".join(problems))
 
@@ -90,17 +99,17 @@ def _check_precision(sweep: Sweep) -> list[str]:
     return []
 
 
-def _check_sizes(sweep: Sweep) -> list[str]:
+def _check_sizes(sweep: Sweep, task: str) -> list[str]:
     counts = [s for s in (sweep.data_scale or []) if isinstance(s, int)]
-    if not counts or "://" in sweep.data.train:
+    data = sweep.task_data(task)
+    if not counts or "://" in data.train:
         return []
-    rows = count_rows(sweep.data.train)
-    usable = rows if sweep.data.eval else int(rows * (1 - sweep.data.eval_fraction))
+    rows = count_rows(data.train)
+    usable = rows if data.eval else int(rows * (1 - data.eval_fraction))
     if max(counts) > usable:
-        held = "" if sweep.data.eval else f" (after holding out eval_fraction " \
-                                          f"{sweep.data.eval_fraction})"
-        return [f"data_scale: {max(counts)} examples asked, but data.train has {rows} rows, about "
-                f"{usable} for training{held}"]
+        held = "" if data.eval else f" (after holding out eval_fraction {data.eval_fraction})"
+        return [f"data_scale: {max(counts)} examples asked, but {_where(sweep, task)}.train has "
+                f"{rows} rows, about {usable} for training{held}"]
     return []
 
 
@@ -108,8 +117,13 @@ def data_sizes(sweep: Sweep, train_rows: int) -> list[int] | None:
     """The data-scale axis as exact example counts of the prepared training set."""
     if sweep.data_scale is None:
         return None
-    sizes = [s if isinstance(s, int) else max(1, round(s * train_rows)) for s in sweep.data_scale]
-    if max(sizes) > train_rows:
-        raise SweepError(f"data_scale: {max(sizes)} examples asked, but the prepared training set "
+    return sorted({resolve_size(value, train_rows) for value in sweep.data_scale})
+
+
+def resolve_size(value: int | float, train_rows: int) -> int:
+    """One data-scale value (a count, or a fraction of the prepared set) as an exact count."""
+    size = value if isinstance(value, int) else max(1, round(value * train_rows))
+    if size > train_rows:
+        raise SweepError(f"data_scale: {size} examples asked, but the prepared training set "
                          f"has {train_rows}")
-    return sorted(set(sizes))
+    return size

@@ -22,6 +22,25 @@ def stage(message: str, show: bool = True):
     console.print(f"[green]done[/] {message} ({time.time() - started:.1f} s)")
 
 
+@contextlib.contextmanager
+def job_bar(message: str, total: int, show: bool = True):
+    """A bar for a stage of `total` jobs; yields `done(name, status)` to call as each ends."""
+    if not show or not total:
+        yield lambda name, status: None
+        return
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=Console(stderr=True))
+    task = progress.add_task(message, total=total)
+
+    def done(name: str, status: str) -> None:
+        progress.advance(task)
+        if status not in ("done", "ok"):
+            progress.console.print(f"[red]{status}[/] {name}")
+
+    with progress:
+        yield done
+
+
 class TrialProgress(tune.Callback):
     """One bar for the sweep and one per running trial (steps), with the latest eval loss.
 

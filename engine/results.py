@@ -8,10 +8,11 @@ import pandas as pd
 
 from engine.rundir import RunDir, write_atomic
 from sweeps import Sweep
+from sweeps.leaderboard import format_cell as cell
 
-FIXED = ["trial_id", "status", "seed", "data_size", "eval_loss", "steps", "checkpoint",
+FIXED = ["trial_id", "status", "task", "seed", "data_size", "eval_loss", "steps", "checkpoint",
          "checkpoints"]
-EXTRA = ["train_loss", "examples_seen", "seconds", "peak_rss_mb", "error", "path"]
+EXTRA = ["train_loss", "examples_seen", "seconds", "peak_rss_mb", "finished_at", "error", "path"]
 
 
 def trials_table(grid, sweep: Sweep) -> pd.DataFrame:
@@ -23,31 +24,49 @@ def trials_table(grid, sweep: Sweep) -> pd.DataFrame:
 
 
 def _row(result, swept: list[str]) -> dict:
-    metrics, config = result.metrics or {}, result.config or {}
     kept = [c.path for c, _ in (result.best_checkpoints or [])]
+    return _fields(result.metrics or {}, result.config or {}, swept, error=result.error,
+                   checkpoint=result.checkpoint.path if result.checkpoint else None,
+                   kept=kept, path=result.path)
+
+
+def trial_row(trial, sweep: Sweep) -> dict:
+    """The row of a trial Tune reports finished, while the experiment still runs."""
+    manager = trial.run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result
+    return _fields(trial.last_result or {}, trial.config, list(sweep.search_space()),
+                   error=None, checkpoint=latest.checkpoint.path if latest else None,
+                   kept=[r.checkpoint.path for r in manager.best_checkpoint_results],
+                   path=trial.path)
+
+
+def _fields(metrics: dict, config: dict, swept: list[str], *, error, checkpoint, kept,
+            path) -> dict:
     row = {
-        "trial_id": metrics.get("trial_id") or result.path.rsplit("/", 1)[-1],
-        "status": _status(result, metrics),
+        "trial_id": metrics.get("trial_id") or path.rsplit("/", 1)[-1],
+        "status": _status(error, metrics),
+        "task": config.get("task"),
         "seed": config.get("seed"),
         "data_size": metrics.get("data_size", config.get("data_size")),
         "eval_loss": metrics.get("eval_loss"),
         "steps": metrics.get("step"),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": checkpoint,
         "checkpoints": kept,
         "train_loss": metrics.get("train_loss"),
         "examples_seen": metrics.get("examples_seen"),
         "seconds": metrics.get("seconds"),
         "peak_rss_mb": metrics.get("peak_rss_mb"),
-        "error": _first_line(result.error),
-        "path": result.path,
+        "finished_at": metrics.get("timestamp"),
+        "error": _first_line(error),
+        "path": path,
     }
-    row.update({path: config.get(path) for path in swept})
+    row.update({name: config.get(name) for name in swept})
     return row
 
 
-def _status(result, metrics: dict) -> str:
+def _status(error, metrics: dict) -> str:
     """`done`, `error`, or `incomplete` (stopped early, for example by Ctrl-C: resume it)."""
-    if result.error:
+    if error:
         return "error"
     finished = metrics.get("step") is not None and metrics.get("step") == metrics.get("total_steps")
     return "done" if finished else "incomplete"
@@ -69,7 +88,8 @@ def ranked(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
 
 def leaderboard_columns(sweep: Sweep) -> list[str]:
     metric = [sweep.metric] if sweep.metric != "eval_loss" else []
-    return (["trial_id", *sweep.search_space(), "data_size", "seed", "eval_loss", *metric,
+    task = ["task"] if sweep.tasks else []
+    return (["trial_id", *task, *sweep.search_space(), "data_size", "seed", "eval_loss", *metric,
              "steps", "status"])
 
 
@@ -85,14 +105,13 @@ def leaderboard_markdown(table: pd.DataFrame, sweep: Sweep) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
-
-
 def write_results(table: pd.DataFrame, sweep: Sweep, run: RunDir) -> None:
+    write_table(table, run.trials)
+    write_atomic(run.leaderboard, leaderboard_markdown(table, sweep))
+
+
+def write_table(table: pd.DataFrame, path) -> None:
+    """A table as Parquet, written atomically."""
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
-    write_atomic(run.trials, buffer.getvalue())
-    write_atomic(run.leaderboard, leaderboard_markdown(table, sweep))
+    write_atomic(path, buffer.getvalue())

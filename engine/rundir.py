@@ -2,11 +2,16 @@
 
     <storage>/<sweep name>/
       sweep.yaml        resolved definition
-      data/             manifest.json, train/*.parquet, eval/*.parquet
+      data/             manifest.json, <task>/train/*.parquet, <task>/eval/*.parquet
       model/            the base model, when it is built rather than found (preset tiny-random)
       tune/             the Ray Tune experiment (trial folders, checkpoints)
       trials.parquet    one row per trial
-      leaderboard.md    trials ranked by the sweep's metric
+      merges/           one model folder per merge candidate, with recipe.yaml
+      merges.parquet    one row per merge job: ingredients, status
+      evals.parquet     one row per (candidate, eval set, metric)
+      leaderboard.md    trials and merges ranked together
+      report.html       the leaderboard with plots
+      plots/            the report's plots as PNG files
 """
 
 from __future__ import annotations
@@ -59,6 +64,26 @@ class RunDir:
     @property
     def leaderboard(self) -> Path:
         return self.root / "leaderboard.md"
+
+    @property
+    def merges(self) -> Path:
+        return self.root / "merges"
+
+    @property
+    def merges_table(self) -> Path:
+        return self.root / "merges.parquet"
+
+    @property
+    def evals(self) -> Path:
+        return self.root / "evals.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
 
     def load_sweep(self) -> Sweep:
         if not self.sweep_file.is_file():

@@ -26,6 +26,7 @@ class SweepResult:
     run_dir: Path
     sweep: Sweep
     trials: "pd.DataFrame"
+    merges: "pd.DataFrame | None" = None
 
     def leaderboard(self) -> "pd.DataFrame":
         """Trials best first by the sweep's metric."""
@@ -71,13 +72,24 @@ def load_result(run_dir: str | Path) -> SweepResult:
     return SweepResult(run.root, sweep, pd.read_parquet(run.trials))
 
 
-def count_trials(sweep: Sweep, sizes: list[int] | None) -> int:
+def count_trials(sweep: Sweep) -> int:
     grids = math.prod(grid_size(s) for s in sweep.search_space().values())
-    return grids * sweep.num_samples * len(sizes or [None]) * len(sweep.seeds)
+    return (grids * sweep.num_samples * len(sweep.data_scale or [None]) * len(sweep.seeds)
+            * len(sweep.task_names()))
+
+
+def task_sizes(sweep: Sweep, manifest: dict) -> dict[str, dict[str, int]]:
+    """Each task's exact example count for each data-size value (a count or a fraction)."""
+    sizes = {}
+    for task in sweep.task_names():
+        rows = manifest["tasks"][task]["train"]["rows"]
+        sizes[task] = {str(v): preflight.resolve_size(v, rows) for v in sweep.data_scale or []}
+    return sizes
 
 
 def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
     from engine.data import prepare
+    from engine.merge_stage import EarlyMerges, merge_stage
     from engine.models import base_model_path
     from engine.progress import TrialProgress, stage
     from engine.results import trials_table, write_results
@@ -89,12 +101,14 @@ def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
         model_path = base_model_path(sweep, run.model)
         with stage("preparing data", progress):
             manifest = prepare(sweep, run, model_path)
-        sizes = preflight.data_sizes(sweep, manifest["train"]["rows"])
-        callbacks = [TrialProgress(count_trials(sweep, sizes), sweep.metric)] if progress else []
+        sizes = task_sizes(sweep, manifest)
+        callbacks = [TrialProgress(count_trials(sweep), sweep.metric)] if progress else []
+        callbacks += [EarlyMerges(sweep, run, model_path)] if sweep.merge else []
         grid = tuner(sweep, model_path, run, sizes, callbacks).fit()
-    table = trials_table(grid, sweep)
-    write_results(table, sweep, run)
-    return SweepResult(run.root, sweep, table)
+        table = trials_table(grid, sweep)
+        write_results(table, sweep, run)
+        merges = merge_stage(sweep, run, table, model_path, progress) if sweep.merge else None
+    return SweepResult(run.root, sweep, table, merges)
 
 
 # raysoup shows its own progress; Ray's per-stage banners and snapshot advice would bury it.

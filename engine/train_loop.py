@@ -21,6 +21,7 @@ import torch
 from engine import models
 from engine.data import IGNORE, load_split
 from sweeps import Sweep
+from sweeps.config import DEFAULT_TASK
 
 
 class Session(Protocol):
@@ -38,6 +39,7 @@ class TrialSpec:
     data_dir: Path
     data_size: int | None
     seed: int
+    task: str = DEFAULT_TASK
 
 
 def seed_everything(seed: int) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, field_validator,
                       model_validator)
 
+from sweeps.plans import MergePlan
 from sweeps.space import Space, searchable
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -28,6 +29,7 @@ PRESETS = ("demo", "tiny-random")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 METRICS = ("eval_loss", "eval_ppl", "train_loss")
+DEFAULT_TASK = "default"
 
 
 class Strict(BaseModel):
@@ -77,10 +79,15 @@ class FinetuneConfig(Strict):
 class DataConfig(Strict):
     """Fine-tuning data: files, their fields, and how text becomes training examples."""
 
-    train: str = Field(..., description="Training file (.jsonl, .json, .parquet or .csv). A "
-                       "relative path is taken from the sweep file's folder.")
-    eval: Optional[str] = Field(None, description="Evaluation file. If absent, `eval_fraction` of "
-                                "the training file is held out (never trained on).")
+    train: Optional[str] = Field(
+        None, description="Training file (.jsonl, .json, .parquet or .csv). A relative path is "
+        "taken from the sweep file's folder. Required unless `tasks` gives each task's files.")
+    eval: Optional[str] = Field(None, description="Evaluation file: the selection set (training "
+                                "reports its loss; soups and rankings read it). If absent, "
+                                "`eval_fraction` of the training file is held out (never trained "
+                                "on).")
+    test: Optional[str] = Field(None, description="Test file: evaluated for every candidate but "
+                                "never read by any selection (greedy soups, choosing the best).")
     eval_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.1, description="Share of the training file held out for evaluation when `eval` is absent.")
     format: Literal["text", "prompt_completion"] = Field(
@@ -94,7 +101,7 @@ class DataConfig(Strict):
     seed: int = Field(0, description="Seed of the one shuffle of the data; data-scale subsets "
                       "are prefixes of that order, so smaller subsets lie inside larger ones.")
 
-    @field_validator("train", "eval")
+    @field_validator("train", "eval", "test")
     @classmethod
     def _known_suffix(cls, value: Optional[str]) -> Optional[str]:
         if value is not None and not value.endswith(DATA_SUFFIXES):
@@ -107,6 +114,14 @@ class DataConfig(Strict):
         if self.format == "text":
             return [self.text_field]
         return [self.prompt_field, self.completion_field]
+
+
+class TaskConfig(Strict):
+    """One task of the `task` axis: its own files; every other data setting comes from `data`."""
+
+    train: str = Field(..., description="The task's training file.")
+    eval: Optional[str] = Field(None, description="The task's selection set (see `data.eval`).")
+    test: Optional[str] = Field(None, description="The task's test set (see `data.test`).")
 
 
 class TrainConfig(Strict):
@@ -166,7 +181,11 @@ class Sweep(Strict):
     model: ModelConfig = Field(..., description="The base model.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig,
                                      description="Full fine-tuning or LoRA.")
-    data: DataConfig = Field(..., description="Fine-tuning data.")
+    data: DataConfig = Field(..., description="Fine-tuning data (with `tasks`: the settings "
+                             "every task shares).")
+    tasks: Optional[dict[str, TaskConfig]] = Field(
+        None, description="Task axis: several tasks, each with its own files, trained from the "
+        "same base model (so task models can be merged). Keys are task names.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
     data_scale: Optional[DataScale] = Field(
         None, description="Data-scale axis: example counts ([500, 2000]) or fractions of the "
@@ -184,6 +203,9 @@ class Sweep(Strict):
                                        description="Trial resources.")
     storage: str = Field("runs", description="Folder that holds run directories (relative to "
                          "the working directory).")
+    merge: list[MergePlan] = Field(
+        default_factory=list, description="Merge plans, each producing candidates: "
+        "`checkpoint_average`, `soup`, `task_merge` (see docs/pipeline.md).")
 
     @field_validator("name")
     @classmethod
@@ -221,6 +243,29 @@ class Sweep(Strict):
             raise ValueError(f"data sizes must be distinct, got {value}")
         return sorted(value)
 
+    @model_validator(mode="after")
+    def _task_files(self):
+        if self.tasks is None and self.data.train is None:
+            raise ValueError("give `data.train`, or a `tasks` section with each task's files")
+        if self.tasks is not None:
+            if not self.tasks:
+                raise ValueError("`tasks` needs at least one task")
+            bad = [name for name in self.tasks if not NAME_PATTERN.match(name)]
+            if bad:
+                raise ValueError(f"task name '{bad[0]}' is not a usable folder name; use letters, "
+                                 "digits, '.', '_' and '-'")
+        return self
+
+    def task_names(self) -> list[str]:
+        """The task axis: the names in `tasks`, or the one task `default`."""
+        return list(self.tasks) if self.tasks else [DEFAULT_TASK]
+
+    def task_data(self, task: str) -> DataConfig:
+        """The data settings of one task: `data` with the task's files."""
+        if not self.tasks:
+            return self.data
+        return self.data.model_copy(update=self.tasks[task].model_dump())
+
     def search_space(self) -> dict[str, Space]:
         """Every search space in the definition, by dotted field path (`train.lr`)."""
         return dict(_find_spaces(self, ""))
@@ -234,12 +279,16 @@ class Sweep(Strict):
 
     def resolve_paths(self, base: Path) -> "Sweep":
         """Data file paths made absolute against `base` (the sweep file's folder)."""
-        updates = {k: _absolute(getattr(self.data, k), base) for k in ("train", "eval")}
+        files = ("train", "eval", "test")
+        updates = {k: _absolute(getattr(self.data, k), base) for k in files}
+        tasks = self.tasks and {
+            name: task.model_copy(update={k: _absolute(getattr(task, k), base) for k in files})
+            for name, task in self.tasks.items()}
         model = self.model
         if model.path is not None and (base / model.path).exists():
             model = model.model_copy(update={"path": str((base / model.path).resolve())})
         return self.model_copy(update={"data": self.data.model_copy(update=updates),
-                                       "model": model})
+                                       "tasks": tasks, "model": model})
 
 
 def _absolute(path: Optional[str], base: Path) -> Optional[str]:

@@ -51,6 +51,27 @@ def _models(model: type[BaseModel], title: str):
         sub = _submodel(field.annotation)
         if sub is not None:
             yield from _models(sub, f"`{_prefix(title)}{name}`")
+        for suffix, item in _items(field.annotation):
+            yield from _models(item, f"`{_prefix(title)}{name}{suffix}")
+
+
+def _items(annotation):
+    """Models inside a container field: `tasks.<name>` of a dict, `merge[]` of a list (one per
+    `type` of a union)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+        return _items(args[0])
+    origin = typing.get_origin(annotation)
+    if origin is dict and _submodel(args[1]):
+        return [(".<name>`", args[1])]
+    if origin is list and args:
+        inner = args[0]
+        if typing.get_origin(inner) is typing.Annotated:
+            inner = typing.get_args(inner)[0]
+        models = [m for m in typing.get_args(inner) or (inner,) if _submodel(m)]
+        return [(f"[]` with type {_type(m.model_fields['type'].annotation)}"
+                 if "type" in m.model_fields else "[]`", m) for m in models]
+    return []
 
 
 def _prefix(title: str) -> str:
@@ -77,7 +98,8 @@ def _default(field) -> str:
     if field.is_required():
         return "required"
     if field.default is PydanticUndefined:
-        return "(section)"
+        made = field.default_factory()
+        return "(section)" if isinstance(made, BaseModel) else f"`{made}`"
     return f"`{field.default}`" if field.default is not None else "`null`"
 
 

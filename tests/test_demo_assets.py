@@ -62,12 +62,12 @@ def test_tokenizer_special_tokens(tokenizer):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_bundled_data(task):
-    train = _read_jsonl(DATA_DIR / task / "train.jsonl")
-    evals = _read_jsonl(DATA_DIR / task / "eval.jsonl")
-    assert (len(train), len(evals)) == (2000, 200)
-    for example in train + evals:
+    splits = [_read_jsonl(DATA_DIR / task / f"{split}.jsonl") for split in ("train", "eval", "test")]
+    assert [len(rows) for rows in splits] == [2000, 100, 100]
+    prompts = [{e["prompt"] for e in rows} for rows in splits]
+    for example in sum(splits, []):
         _check_example(example)
-    assert not {e["prompt"] for e in train} & {e["prompt"] for e in evals}
+    assert len(set().union(*prompts)) == 2200
 
 
 @pytest.mark.parametrize("task", TASKS)

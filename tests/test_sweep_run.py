@@ -85,13 +85,13 @@ def test_full_checkpoint_loads_as_a_model(result):
 def test_prepared_subsets_are_nested_and_disjoint_from_eval(result):
     from engine.data import load_split
 
-    data = Path(result.run_dir) / "data"
+    data = Path(result.run_dir) / "data" / "default"
     small, large = load_split(data, "train", 40), load_split(data, "train", 160)
     assert small["input_ids"] == large["input_ids"][:40]
     evals = {tuple(x) for x in load_split(data, "eval")["input_ids"]}
     train = {tuple(x) for x in load_split(data, "train")["input_ids"]}
     assert evals and not evals & train
-    manifest = json.loads((data / "manifest.json").read_text())
+    manifest = json.loads((data.parent / "manifest.json").read_text())["tasks"]["default"]
     assert manifest["train"]["rows"] + manifest["eval"]["rows"] == 2000
 
 
@@ -140,10 +140,10 @@ def test_prepare_reads_every_format_as_text_and_holds_out_eval(suffix, tmp_path)
                          "data": {"train": str(path), "text_field": "body",
                                   "eval_fraction": 0.2}})
     model = str(save_tiny_model(tmp_path / "model"))
-    manifest = prepare(sweep, RunDir(tmp_path / "run"), model)
+    manifest = prepare(sweep, RunDir(tmp_path / "run"), model)["tasks"]["default"]
     assert manifest["train"]["rows"] + manifest["eval"]["rows"] == 300
     assert 30 < manifest["eval"]["rows"] < 90
-    train = load_split(tmp_path / "run" / "data", "train")
+    train = load_split(tmp_path / "run" / "data" / "default", "train")
     assert all(ids == labels for ids, labels in zip(train["input_ids"], train["labels"]))
 
 

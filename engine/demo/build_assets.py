@@ -27,7 +27,7 @@ from engine.demo.tasks import TASKS, make_task
 from engine.demo.tokenizer import train_tokenizer
 
 SEED = 0
-N_TRAIN, N_EVAL = 2000, 200
+N_TRAIN, N_EVAL, N_TEST = 2000, 100, 100
 # About 1.3% of pretraining tokens: enough for the base to learn the prompt
 # formats, far too little for it to get good at them.
 PRETRAIN_EXAMPLES_PER_TASK = 500
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def build(out: Path, cfg: PretrainConfig) -> None:
-    """Write ``out/data/<task>/{train,eval}.jsonl`` and ``out/base/``."""
+    """Write ``out/data/<task>/{train,eval,test}.jsonl`` and ``out/base/``."""
     start = time.perf_counter()
     write_task_data(out / "data")
     print("[build] reading stdlib docstrings", flush=True)
-    docs = pretraining_documents(PRETRAIN_EXAMPLES_PER_TASK, SEED, skip=N_EVAL + N_TRAIN)
+    docs = pretraining_documents(PRETRAIN_EXAMPLES_PER_TASK, SEED, skip=N_EVAL + N_TEST + N_TRAIN)
     print(f"[build] {len(docs)} documents, {sum(map(len, docs)):,} characters; training tokenizer", flush=True)
     tokenizer = train_tokenizer(docs, vocab_size=VOCAB_SIZE, max_length=cfg.max_positions)
     result = pretrain(docs, tokenizer, cfg)
@@ -57,14 +57,15 @@ def build(out: Path, cfg: PretrainConfig) -> None:
 
 
 def write_task_data(data_dir: Path) -> None:
-    """Write disjoint train and eval splits of every task as JSONL."""
+    """Write disjoint train, eval (selection) and test splits of every task as JSONL."""
     for name in TASKS:
-        # One stream per task: eval is its head and train the next stretch, so
-        # no prompt is in both (make_task never repeats a prompt).
-        examples = make_task(name, N_EVAL + N_TRAIN, SEED)
+        # One stream per task: eval is its head, test the next stretch and train the rest, so
+        # no prompt is in two splits (make_task never repeats a prompt).
+        examples = make_task(name, N_EVAL + N_TEST + N_TRAIN, SEED)
         _write_jsonl(data_dir / name / "eval.jsonl", examples[:N_EVAL])
-        _write_jsonl(data_dir / name / "train.jsonl", examples[N_EVAL:])
-        print(f"[build] data/{name}: {N_TRAIN} train, {N_EVAL} eval", flush=True)
+        _write_jsonl(data_dir / name / "test.jsonl", examples[N_EVAL:N_EVAL + N_TEST])
+        _write_jsonl(data_dir / name / "train.jsonl", examples[N_EVAL + N_TEST:])
+        print(f"[build] data/{name}: {N_TRAIN} train, {N_EVAL} eval, {N_TEST} test", flush=True)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -1,0 +1,107 @@
+"""One leaderboard of every candidate (trials, merges, the base), from `evals.parquet`.
+
+A candidate's selection score is its metric averaged over the `selection` eval sets and its test
+score the same over the `test` sets; candidates are ranked by selection score only, so the test
+column is an honest estimate of the chosen model. Each merge is compared with its ingredients
+(the trials it was made from): the gain over the best and over the mean ingredient, positive when
+the merge is better, on the test sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+KINDS = ("trial", "checkpoint_average", "soup", "task_merge", "base")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Which metric ranks candidates and whether higher is better."""
+
+    metric: str
+    higher_is_better: bool
+
+    def sign(self) -> int:
+        """+1 when higher is better: `sign * (a - b) > 0` means a beats b."""
+        return 1 if self.higher_is_better else -1
+
+
+def candidate_scores(evals: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per candidate: its kind and mean `metric` over selection and over test sets."""
+    ok = evals[(evals["metric"] == metric) & (evals["status"] == "ok")]
+    scores = ok.pivot_table(index="candidate", columns="split", values="value", aggfunc="mean")
+    scores = scores.reindex(columns=["selection", "test"])
+    kinds = evals.drop_duplicates("candidate").set_index("candidate")["kind"]
+    frame = pd.DataFrame({"candidate": kinds.index, "kind": kinds.values})
+    return frame.join(scores, on="candidate")
+
+
+def leaderboard(evals: pd.DataFrame, ingredients: dict[str, list[str]],
+                ranking: Ranking) -> pd.DataFrame:
+    """Every candidate ranked by selection score, with merge gains over their ingredients."""
+    board = candidate_scores(evals, ranking.metric)
+    by_name = board.set_index("candidate")["test"]
+    gains = [_gains(by_name, ingredients.get(c, []), by_name.get(c), ranking)
+             for c in board["candidate"]]
+    board["ingredients"] = [ingredients.get(c, []) for c in board["candidate"]]
+    board["gain_vs_best"] = [g[0] for g in gains]
+    board["gain_vs_mean"] = [g[1] for g in gains]
+    key = board["selection"] * -ranking.sign()
+    board = board.assign(_key=key).sort_values(["_key", "candidate"], na_position="last",
+                                               kind="stable")
+    board.insert(0, "rank", range(1, len(board) + 1))
+    return board.drop(columns="_key").reset_index(drop=True)
+
+
+def _gains(test: pd.Series, ingredients: list[str], score, ranking: Ranking):
+    """(gain over the best ingredient, gain over the mean ingredient) on the test score."""
+    values = [test.get(i) for i in ingredients if i in test.index]
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    if not values or score is None or np.isnan(score):
+        return None, None
+    best = max(values) if ranking.higher_is_better else min(values)
+    sign = ranking.sign()
+    return sign * (score - best), sign * (score - float(np.mean(values)))
+
+
+def merge_summary(board: pd.DataFrame) -> pd.DataFrame:
+    """The merges only: did each beat its best ingredient and its mean ingredient on test?"""
+    merges = board[board["kind"].isin(["checkpoint_average", "soup", "task_merge"])].copy()
+    merges["beats_best"] = merges["gain_vs_best"].map(_verdict)
+    merges["beats_mean"] = merges["gain_vs_mean"].map(_verdict)
+    return merges
+
+
+def _verdict(gain) -> str:
+    if gain is None or (isinstance(gain, float) and np.isnan(gain)):
+        return "n/a"
+    return "yes" if gain > 0 else "no"
+
+
+def board_markdown(board: pd.DataFrame, ranking: Ranking, title: str) -> str:
+    """The leaderboard as a Markdown table."""
+    columns = ["rank", "candidate", "kind", "selection", "test", "gain_vs_best", "gain_vs_mean",
+               "ingredients"]
+    arrow = "higher" if ranking.higher_is_better else "lower"
+    lines = [f"## {title}", "",
+             f"{len(board)} candidates ranked by mean `{ranking.metric}` on the selection sets "
+             f"({arrow} is better); `test` is never used for ranking. Gains are on test, "
+             "positive when the merge beats its ingredients.", "",
+             "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for _, row in board.iterrows():
+        lines.append("| " + " | ".join(format_cell(row[c]) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_cell(value) -> str:
+    """A table cell: floats to 4 significant digits, lists joined, missing values blank."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(str(v) for v in value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
