@@ -45,14 +45,15 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
                          "trained on different data")
     started = time.time()
     staging = run.data / f".staging-{os.getpid()}"
-    _pipeline(sweep, model_path).write_parquet(str(staging), partition_cols=["split"])
+    dataset, selection = _pipeline(sweep, model_path)
+    dataset.write_parquet(str(staging), partition_cols=["split"])
     counts = {split: _publish(staging / f"split={split}", run.data / split, split)
               for split in ("train", "eval")}
     shutil.rmtree(staging, ignore_errors=True)
     manifest = {"version": MANIFEST_VERSION, "cache_key": key, "model_path": model_path,
                 "format": sweep.data.format, "seed": sweep.data.seed,
                 "sources": {"train": sweep.data.train, "eval": sweep.data.eval},
-                "seconds": round(time.time() - started, 2), **counts}
+                "seconds": round(time.time() - started, 2), **counts, **selection}
     write_atomic(run.manifest, json.dumps(manifest, indent=2))
     return manifest
 
@@ -67,7 +68,8 @@ def read_manifest(run: RunDir) -> dict | None:
 def cache_key(data: DataConfig, model_path: str) -> str:
     """A hash of the data settings, the files' contents and the tokenizer."""
     digest = hashlib.sha256(data.model_dump_json().encode())
-    for path in (data.train, data.eval):
+    targets = [getattr(stage, "target", None) for stage in data.select]
+    for path in (data.train, data.eval, *targets):
         if path:
             digest.update(_file_digest(Path(path)).encode())
     tokenizer = Path(model_path) / "tokenizer.json"
@@ -95,21 +97,66 @@ def read_source(path: str):
 
 
 def _pipeline(sweep: Sweep, model_path: str):
-    """The Ray Dataset of tokenized examples of both splits, with a `split` column."""
+    """(the Ray Dataset of tokenized examples of both splits, with a `split` column, the data
+    manifest's selection entries). Selection runs on the training file before the split."""
+    from engine.selection import apply_selection
+
     data = sweep.data
     trust = sweep.model.trust_remote_code
     tokenize = functools.partial(tokenize_batch, data=data, model_path=model_path,
                                  trust_remote_code=trust, fast=fast_path_agrees(model_path, trust))
     held_out = 0 if data.eval else int(round(data.eval_fraction * KEY_BUCKETS))
     sources = [(data.train, held_out)] + ([(data.eval, KEY_BUCKETS)] if data.eval else [])
-    parts = []
+    parts, skipped, selection = [], {}, []
     for path, cut in sources:
         _check_fields(path, data.fields())
+        records, skipped[path] = read_records(path, data.fields(), data.on_bad_line)
+        if path == data.train:
+            records, selection = apply_selection(records, data.select, data, functools.partial(
+                read_texts, on_bad_line=data.on_bad_line))
         split = functools.partial(_split, cut=cut)
-        parts.append(read_source(path).select_columns(data.fields())
-                     .map_batches(tokenize, batch_format="pyarrow")
+        parts.append(records.map_batches(tokenize, batch_format="pyarrow")
                      .map_batches(split, batch_format="pyarrow"))
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return dataset, {"selection": selection,
+                     "skipped_lines": {p: n for p, n in skipped.items() if n}}
+
+
+def read_records(path: str, fields: list[str], on_bad_line: str = "error"):
+    """(a Ray Dataset of `fields` from one data file, how many malformed JSONL lines it skipped).
+
+    Ray's JSON reader stops at a malformed line without naming it, so JSONL files are scanned
+    first; one with bad lines is either refused (file and line named) or parsed line by line.
+    """
+    import ray.data
+
+    from engine.preflight import scan_jsonl
+
+    bad = scan_jsonl(path, fields) if path.endswith(".jsonl") and "://" not in path else None
+    if not bad or not bad.count:
+        return read_source(path).select_columns(fields), 0
+    if on_bad_line == "error":
+        raise SweepError(f"data: {path} line {bad.first_line}: {bad.first_reason} ({bad.count} "
+                         "bad line(s) in all); fix the file, or set data.on_bad_line: skip")
+    parse = functools.partial(_parse_lines, fields=fields)
+    return ray.data.read_text(path).map_batches(parse, batch_format="pyarrow"), bad.count
+
+
+def _parse_lines(batch: pa.Table, fields: list[str]) -> pa.Table:
+    from engine.preflight import line_problem
+
+    lines = [line for line in batch["text"].to_pylist() if not line_problem(line, fields)]
+    records = [json.loads(line) for line in lines]
+    return pa.table({f: pa.array([str(r[f]) for r in records], pa.string()) for f in fields})
+
+
+def read_texts(path: str, fields: list[str], on_bad_line: str = "error") -> list[str]:
+    """A side file's rows (a target sample) as texts: `fields` joined by newlines."""
+    from engine.selection.pipeline import joined_texts
+
+    records, _ = read_records(path, fields, on_bad_line)
+    return [text for batch in records.iter_batches(batch_size=None, batch_format="pyarrow")
+            for text in joined_texts(batch, fields)]
 
 
 def _split(batch: pa.Table, cut: int) -> pa.Table:

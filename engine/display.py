@@ -39,3 +39,15 @@ def print_result(table: pd.DataFrame, sweep: Sweep, run_dir, console: Console | 
         console.print(f"[yellow]Some trials did not finish; continue with "
                       f"`raysoup resume {run_dir}`.")
     console.print(f"Run directory: {run_dir}  (trials.parquet, leaderboard.md)")
+
+
+def selection_table(stages: list[dict]) -> Table:
+    """The data selection stages of a run: rows in and out of each, and why rows were removed."""
+    out = Table(title="data selection", box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("#", "stage", "rows in", "rows out", "removed", "seconds"):
+        out.add_column(header, justify="left" if header in ("stage", "removed") else "right")
+    for index, stage in enumerate(stages):
+        why = ", ".join(f"{reason} {count}" for reason, count in stage["removed"].items())
+        out.add_row(str(index), stage["type"], str(stage["rows_in"]), str(stage["rows_out"]),
+                    why or "-", f"{stage['seconds']:.1f}")
+    return out

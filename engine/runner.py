@@ -89,7 +89,9 @@ def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
         model_path = base_model_path(sweep, run.model)
         with stage("preparing data", progress):
             manifest = prepare(sweep, run, model_path)
-        sizes = preflight.data_sizes(sweep, manifest["train"]["rows"])
+        selection = manifest.get("selection") or [{}]
+        sizes = preflight.data_sizes(sweep, manifest["train"]["rows"],
+                                     selection[-1].get("rows_out"))
         callbacks = [TrialProgress(count_trials(sweep, sizes), sweep.metric)] if progress else []
         grid = tuner(sweep, model_path, run, sizes, callbacks).fit()
     table = trials_table(grid, sweep)

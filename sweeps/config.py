@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import (BaseModel, ConfigDict, Field, StrictInt, field_validator,
                       model_validator)
 
+from sweeps.selection import Stage, check_stage_types
 from sweeps.space import Space, searchable
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -93,6 +94,13 @@ class DataConfig(Strict):
                                   "`prompt_completion`).")
     seed: int = Field(0, description="Seed of the one shuffle of the data; data-scale subsets "
                       "are prefixes of that order, so smaller subsets lie inside larger ones.")
+    select: list[Stage] = Field([], description="Selection stages run on the training file, in "
+                                "order, before tokenizing: exact_dedup, near_dedup, filter, "
+                                "importance_resample, random (see docs/data.md).")
+    on_bad_line: Literal["error", "skip"] = Field(
+        "error", description="A malformed JSONL line (not JSON, not an object, or missing a "
+        "field): `error` stops and names the file and line; `skip` drops it and records the "
+        "count in the data manifest.")
 
     @field_validator("train", "eval")
     @classmethod
@@ -101,6 +109,11 @@ class DataConfig(Strict):
             raise ValueError(f"'{value}' is not a known data file; allowed suffixes: "
                              + ", ".join(DATA_SUFFIXES))
         return value
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _known_stages(cls, value):
+        return check_stage_types(value)
 
     def fields(self) -> list[str]:
         """The fields each example must have."""
@@ -235,6 +248,8 @@ class Sweep(Strict):
     def resolve_paths(self, base: Path) -> "Sweep":
         """Data file paths made absolute against `base` (the sweep file's folder)."""
         updates = {k: _absolute(getattr(self.data, k), base) for k in ("train", "eval")}
+        updates["select"] = [s.model_copy(update={"target": _absolute(s.target, base)})
+                             if hasattr(s, "target") else s for s in self.data.select]
         model = self.model
         if model.path is not None and (base / model.path).exists():
             model = model.model_copy(update={"path": str((base / model.path).resolve())})

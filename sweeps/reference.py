@@ -51,6 +51,19 @@ def _models(model: type[BaseModel], title: str):
         sub = _submodel(field.annotation)
         if sub is not None:
             yield from _models(sub, f"`{_prefix(title)}{name}`")
+        for item in _list_items(field.annotation):
+            kind = typing.get_args(item.model_fields["type"].annotation)[0]
+            yield f"`{_prefix(title)}{name}[]` with `type: {kind}`", item
+
+
+def _list_items(annotation) -> list[type[BaseModel]]:
+    """The models a list field may hold (a list of a union of sections, such as `select`)."""
+    if typing.get_origin(annotation) is not list:
+        return []
+    (item,) = typing.get_args(annotation)
+    if typing.get_origin(item) is typing.Annotated:
+        item = typing.get_args(item)[0]
+    return [a for a in typing.get_args(item) if _submodel(a)]
 
 
 def _prefix(title: str) -> str:
