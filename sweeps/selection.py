@@ -122,6 +122,10 @@ class ImportanceResample(StageConfig):
         2, description="Longest word n-gram counted (2: words and word pairs).")
     buckets: Annotated[int, Field(ge=16)] = Field(10_000, description="Hash buckets of the "
                                                   "n-gram counts.")
+    smoothing: Annotated[float, Field(gt=0)] = Field(
+        0.001, description="Pseudo-count added to every bucket of both n-gram counts: smaller "
+        "follows the target more closely (n-grams the target lacks weigh heavily against a "
+        "row), larger is gentler.")
     seed: int = Field(0, description="Seed of the Gumbel draw.")
 
     @field_validator("target")

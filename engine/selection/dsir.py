@@ -19,10 +19,10 @@ def bucket_counts(texts: list[str], ngrams: int, buckets: int) -> np.ndarray:
     return np.bincount((hashes % np.uint64(buckets)).astype(np.int64), minlength=buckets)
 
 
-def log_ratio(target_counts: np.ndarray, pool_counts: np.ndarray, smoothing: float = 1.0
+def log_ratio(target_counts: np.ndarray, pool_counts: np.ndarray, smoothing: float
               ) -> np.ndarray:
-    """log p_target(bucket) - log p_pool(bucket), both with additive smoothing, so a bucket the
-    pool never shows does not give an infinite weight."""
+    """log p_target(bucket) - log p_pool(bucket), both with `smoothing` added to every count, so
+    a bucket that one side never shows does not give an infinite weight."""
     target = (target_counts + smoothing) / (target_counts.sum() + smoothing * len(target_counts))
     pool = (pool_counts + smoothing) / (pool_counts.sum() + smoothing * len(pool_counts))
     return np.log(target) - np.log(pool)
@@ -56,7 +56,7 @@ def importance_resample(config, data: StageInput) -> dict[str, np.ndarray]:
     target = bucket_counts(data.read_texts(config.target, fields), config.ngrams, config.buckets)
     pool = data.scan(functools.partial(_count_batch, ngrams=config.ngrams,
                                        buckets=config.buckets))["counts"].sum(axis=0)
-    ratio = log_ratio(target, pool)
+    ratio = log_ratio(target, pool, config.smoothing)
     found = data.scan(functools.partial(_weigh_batch, ratio=ratio, ngrams=config.ngrams))
     kept = resample(found["weight"], found["key"], found["row"], k, config.seed)
     return {"not_selected": found["row"][~kept]}
