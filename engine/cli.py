@@ -81,11 +81,17 @@ def resume(run_dir: Path = typer.Argument(..., help="Run directory of an interru
 @app.command()
 @user_errors
 def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished sweep.")) -> None:
-    """Print the leaderboard of a finished sweep."""
-    from engine.display import print_result
+    """Print the data selection counts and the leaderboard of a finished sweep."""
+    from engine.data import read_manifest
+    from engine.display import print_result, selection_table
+    from engine.rundir import RunDir
     from engine.runner import load_result
 
     result = load_result(run_dir)
+    manifest = read_manifest(RunDir(result.run_dir)) or {}
+    for task, entry in manifest.get("tasks", {}).items():
+        if entry.get("selection"):
+            console.print(selection_table(entry["selection"], task))
     print_result(result.trials, result.sweep, result.run_dir, console)
 
 

@@ -46,7 +46,8 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
                          "trained on different data")
     started = time.time()
     staging = run.data / f".staging-{os.getpid()}"
-    _pipeline(sweep, model_path).write_parquet(str(staging), partition_cols=["task", "split"])
+    dataset, entries = _pipeline(sweep, model_path)
+    dataset.write_parquet(str(staging), partition_cols=["task", "split"])
     tasks = {}
     for task in sweep.task_names():
         data = sweep.task_data(task)
@@ -54,7 +55,7 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
                                   run.data / task / split, f"{task} {split}")
                   for split in ("train", "eval")}
         tasks[task] = {"sources": {k: getattr(data, k) for k in ("train", "eval", "test")},
-                       **counts}
+                       **counts, **entries[task]}
     shutil.rmtree(staging, ignore_errors=True)
     manifest = {"version": MANIFEST_VERSION, "cache_key": key, "model_path": model_path,
                 "format": sweep.data.format, "seed": sweep.data.seed,
@@ -71,12 +72,14 @@ def read_manifest(run: RunDir) -> dict | None:
 
 
 def cache_key(sweep: Sweep, model_path: str) -> str:
-    """A hash of every task's data settings, the files' contents and the tokenizer."""
+    """A hash of every task's data settings, the files' contents (targets of selection stages
+    included) and the tokenizer."""
     digest = hashlib.sha256()
     for task in sweep.task_names():
         data = sweep.task_data(task)
         digest.update(f"{task}\0{data.model_dump_json()}".encode())
-        for path in (data.train, data.eval):
+        targets = [getattr(stage, "target", None) for stage in data.select]
+        for path in (data.train, data.eval, *targets):
             if path:
                 digest.update(_file_digest(Path(path)).encode())
     tokenizer = Path(model_path) / "tokenizer.json"
@@ -104,23 +107,73 @@ def read_source(path: str):
 
 
 def _pipeline(sweep: Sweep, model_path: str):
-    """The Ray Dataset of tokenized examples of every task and split, with `task` and `split`
-    columns."""
-    parts = []
+    """(the Ray Dataset of tokenized examples of every task and split, with `task` and `split`
+    columns; each task's manifest entries). Selection runs on a task's training file before
+    the split."""
+    parts, entries = [], {}
     for task in sweep.task_names():
-        data = sweep.task_data(task)
-        tokenize = functools.partial(tokenize_batch, data=data, model_path=model_path,
-                                     trust_remote_code=sweep.model.trust_remote_code,
-                                     fast=fast_path_agrees(model_path, sweep.model.trust_remote_code))
-        held_out = 0 if data.eval else int(round(data.eval_fraction * KEY_BUCKETS))
-        sources = [(data.train, held_out)] + ([(data.eval, KEY_BUCKETS)] if data.eval else [])
-        for path, cut in sources:
-            _check_fields(path, data.fields())
-            label = functools.partial(_label, cut=cut, task=task)
-            parts.append(read_source(path).select_columns(data.fields())
-                         .map_batches(tokenize, batch_format="pyarrow")
-                         .map_batches(label, batch_format="pyarrow"))
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        task_parts, entries[task] = _task_parts(sweep.task_data(task), task, sweep, model_path)
+        parts += task_parts
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0], entries
+
+
+def _task_parts(data: DataConfig, task: str, sweep: Sweep, model_path: str):
+    from engine.selection import apply_selection
+
+    trust = sweep.model.trust_remote_code
+    tokenize = functools.partial(tokenize_batch, data=data, model_path=model_path,
+                                 trust_remote_code=trust, fast=fast_path_agrees(model_path, trust))
+    held_out = 0 if data.eval else int(round(data.eval_fraction * KEY_BUCKETS))
+    sources = [(data.train, held_out)] + ([(data.eval, KEY_BUCKETS)] if data.eval else [])
+    parts, skipped, selection = [], {}, []
+    for path, cut in sources:
+        _check_fields(path, data.fields())
+        records, skipped[path] = read_records(path, data.fields(), data.on_bad_line)
+        if path == data.train:
+            records, selection = apply_selection(records, data.select, data, functools.partial(
+                read_texts, on_bad_line=data.on_bad_line))
+        label = functools.partial(_label, cut=cut, task=task)
+        parts.append(records.map_batches(tokenize, batch_format="pyarrow")
+                     .map_batches(label, batch_format="pyarrow"))
+    return parts, {"selection": selection,
+                   "skipped_lines": {p: n for p, n in skipped.items() if n}}
+
+
+def read_records(path: str, fields: list[str], on_bad_line: str = "error"):
+    """(a Ray Dataset of `fields` from one data file, how many malformed JSONL lines it skipped).
+
+    Ray's JSON reader stops at a malformed line without naming it, so JSONL files are scanned
+    first; one with bad lines is either refused (file and line named) or parsed line by line.
+    """
+    import ray.data
+
+    from engine.preflight import scan_jsonl
+
+    bad = scan_jsonl(path, fields) if path.endswith(".jsonl") and "://" not in path else None
+    if not bad or not bad.count:
+        return read_source(path).select_columns(fields), 0
+    if on_bad_line == "error":
+        raise SweepError(f"data: {path} line {bad.first_line}: {bad.first_reason} ({bad.count} "
+                         "bad line(s) in all); fix the file, or set data.on_bad_line: skip")
+    parse = functools.partial(_parse_lines, fields=fields)
+    return ray.data.read_text(path).map_batches(parse, batch_format="pyarrow"), bad.count
+
+
+def _parse_lines(batch: pa.Table, fields: list[str]) -> pa.Table:
+    from engine.preflight import line_problem
+
+    lines = [line for line in batch["text"].to_pylist() if not line_problem(line, fields)]
+    records = [json.loads(line) for line in lines]
+    return pa.table({f: pa.array([str(r[f]) for r in records], pa.string()) for f in fields})
+
+
+def read_texts(path: str, fields: list[str], on_bad_line: str = "error") -> list[str]:
+    """A side file's rows (a target sample) as texts: `fields` joined by newlines."""
+    from engine.selection.pipeline import joined_texts
+
+    records, _ = read_records(path, fields, on_bad_line)
+    return [text for batch in records.iter_batches(batch_size=None, batch_format="pyarrow")
+            for text in joined_texts(batch, fields)]
 
 
 def _label(batch: pa.Table, cut: int, task: str) -> pa.Table:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from engine.results import leaderboard_columns, ranked
 from sweeps import Sweep
+from sweeps.config import DEFAULT_TASK
 from sweeps.leaderboard import format_cell as cell
 
 
@@ -40,3 +41,16 @@ def print_result(table: pd.DataFrame, sweep: Sweep, run_dir, console: Console | 
         console.print(f"[yellow]Some trials did not finish; continue with "
                       f"`raysoup resume {run_dir}`.")
     console.print(f"Run directory: {run_dir}  (trials.parquet, leaderboard.md)")
+
+
+def selection_table(stages: list[dict], task: str) -> Table:
+    """The data selection stages of a task: rows in and out of each, and why rows were removed."""
+    title = "data selection" + ("" if task == DEFAULT_TASK else f" of task {task}")
+    out = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("#", "stage", "rows in", "rows out", "removed", "seconds"):
+        out.add_column(header, justify="left" if header in ("stage", "removed") else "right")
+    for index, stage in enumerate(stages):
+        why = ", ".join(f"{reason} {count}" for reason, count in stage["removed"].items())
+        out.add_row(str(index), stage["type"], str(stage["rows_in"]), str(stage["rows_out"]),
+                    why or "-", f"{stage['seconds']:.1f}")
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from sweeps import Sweep, SweepError
@@ -23,7 +24,9 @@ def check(sweep: Sweep) -> None:
         for field in ("train", "eval", "test"):
             path = getattr(data, field)
             if path is not None:
-                problems += _check_file(f"{_where(sweep, task)}.{field}", path, data.fields())
+                problems += _check_file(f"{_where(sweep, task)}.{field}", path, data.fields(),
+                                        data.on_bad_line)
+    problems += _check_targets(sweep)
     problems += _check_model(sweep)
     problems += _check_precision(sweep)
     problems += check_plans(sweep)
@@ -33,7 +36,7 @@ def check(sweep: Sweep) -> None:
         raise SweepError("sweep: " + f"{len(problems)} problem(s)\n  " + "\n  ".join(problems))
 
 
-def _check_file(name: str, path: str, fields: list[str]) -> list[str]:
+def _check_file(name: str, path: str, fields: list[str], on_bad_line: str) -> list[str]:
     if "://" in path:
         return []
     if not Path(path).is_file():
@@ -45,7 +48,63 @@ def _check_file(name: str, path: str, fields: list[str]) -> list[str]:
     missing = [f for f in fields if f not in found]
     if missing:
         return [f"{name}: {path} has no field {missing[0]!r}; its fields: {', '.join(found)}"]
+    bad = scan_jsonl(path, fields) if path.endswith(".jsonl") else BadLines()
+    if bad.count and on_bad_line == "error":
+        return [f"{name}: {path} line {bad.first_line}: {bad.first_reason} ({bad.count} bad "
+                "line(s) in all); fix the file, or set data.on_bad_line: skip to drop them"]
     return []
+
+
+def _check_targets(sweep: Sweep) -> list[str]:
+    """The target sample of each importance_resample stage exists, has rows and its field."""
+    problems = []
+    for index, stage in enumerate(sweep.data.select):
+        target = getattr(stage, "target", None)
+        if target is None or "://" in target:
+            continue
+        name = f"data.select[{index}].target"
+        if Path(target).is_file() and count_rows(target) == 0:
+            problems.append(f"{name}: {target} is empty; give a file of target examples")
+            continue
+        fields = [stage.target_field] if stage.target_field else sweep.data.fields()
+        problems += _check_file(name, target, fields, sweep.data.on_bad_line)
+    return problems
+
+
+@dataclass
+class BadLines:
+    """Malformed lines of a JSONL file: how many, and the first one."""
+
+    count: int = 0
+    first_line: int = 0
+    first_reason: str = ""
+
+
+def scan_jsonl(path: str, fields: list[str]) -> BadLines:
+    """Every line that is not a JSON object with `fields` (blank lines are allowed)."""
+    bad = BadLines()
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            reason = line_problem(line, fields)
+            if reason:
+                bad.count += 1
+                if bad.count == 1:
+                    bad.first_line, bad.first_reason = number, reason
+    return bad
+
+
+def line_problem(line: str, fields: list[str]) -> str:
+    """Why a JSONL line is not a usable record ('' when it is, or is blank)."""
+    if not line.strip():
+        return ""
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        return f"not valid JSON ({err})"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [f for f in fields if record.get(f) is None]
+    return f"has no field {missing[0]!r} (or it is null)" if missing else ""
 
 
 def source_fields(path: str) -> list[str]:
@@ -113,17 +172,19 @@ def _check_sizes(sweep: Sweep, task: str) -> list[str]:
     return []
 
 
-def data_sizes(sweep: Sweep, train_rows: int) -> list[int] | None:
-    """The data-scale axis as exact example counts of the prepared training set."""
+def data_sizes(sweep: Sweep, train_rows: int, selected: int | None = None) -> list[int] | None:
+    """The data-scale axis as exact example counts of the prepared training set (`selected`:
+    the rows the selection stages kept, named in the error)."""
     if sweep.data_scale is None:
         return None
-    return sorted({resolve_size(value, train_rows) for value in sweep.data_scale})
+    return sorted({resolve_size(value, train_rows, selected) for value in sweep.data_scale})
 
 
-def resolve_size(value: int | float, train_rows: int) -> int:
+def resolve_size(value: int | float, train_rows: int, selected: int | None = None) -> int:
     """One data-scale value (a count, or a fraction of the prepared set) as an exact count."""
     size = value if isinstance(value, int) else max(1, round(value * train_rows))
     if size > train_rows:
+        kept = f" (selection kept {selected} rows of the training file)" if selected else ""
         raise SweepError(f"data_scale: {size} examples asked, but the prepared training set "
-                         f"has {train_rows}")
+                         f"has {train_rows}{kept}")
     return size

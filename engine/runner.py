@@ -82,8 +82,10 @@ def task_sizes(sweep: Sweep, manifest: dict) -> dict[str, dict[str, int]]:
     """Each task's exact example count for each data-size value (a count or a fraction)."""
     sizes = {}
     for task in sweep.task_names():
-        rows = manifest["tasks"][task]["train"]["rows"]
-        sizes[task] = {str(v): preflight.resolve_size(v, rows) for v in sweep.data_scale or []}
+        entry = manifest["tasks"][task]
+        rows, selected = entry["train"]["rows"], (entry["selection"] or [{}])[-1].get("rows_out")
+        sizes[task] = {str(v): preflight.resolve_size(v, rows, selected)
+                       for v in sweep.data_scale or []}
     return sizes
 
 

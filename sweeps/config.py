@@ -14,6 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictInt, field_validator,
                       model_validator)
 
 from sweeps.plans import MergePlan
+from sweeps.selection import Stage, check_stage_types
 from sweeps.space import Space, searchable
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -100,6 +101,13 @@ class DataConfig(Strict):
                                   "`prompt_completion`).")
     seed: int = Field(0, description="Seed of the one shuffle of the data; data-scale subsets "
                       "are prefixes of that order, so smaller subsets lie inside larger ones.")
+    select: list[Stage] = Field([], description="Selection stages run on the training file, in "
+                                "order, before tokenizing: exact_dedup, near_dedup, filter, "
+                                "importance_resample, random (see docs/data.md).")
+    on_bad_line: Literal["error", "skip"] = Field(
+        "error", description="A malformed JSONL line (not JSON, not an object, or missing a "
+        "field): `error` stops and names the file and line; `skip` drops it and records the "
+        "count in the data manifest.")
 
     @field_validator("train", "eval", "test")
     @classmethod
@@ -108,6 +116,11 @@ class DataConfig(Strict):
             raise ValueError(f"'{value}' is not a known data file; allowed suffixes: "
                              + ", ".join(DATA_SUFFIXES))
         return value
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _known_stages(cls, value):
+        return check_stage_types(value)
 
     def fields(self) -> list[str]:
         """The fields each example must have."""
@@ -281,6 +294,8 @@ class Sweep(Strict):
         """Data file paths made absolute against `base` (the sweep file's folder)."""
         files = ("train", "eval", "test")
         updates = {k: _absolute(getattr(self.data, k), base) for k in files}
+        updates["select"] = [s.model_copy(update={"target": _absolute(s.target, base)})
+                             if hasattr(s, "target") else s for s in self.data.select]
         tasks = self.tasks and {
             name: task.model_copy(update={k: _absolute(getattr(task, k), base) for k in files})
             for name, task in self.tasks.items()}

@@ -39,6 +39,19 @@ def stdlib_docstrings(max_chars: int = 2_000_000) -> list[str]:
     return docs
 
 
+def stdlib_docstrings_by_module(packages: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """(dotted module name, docstring) for every docstring of the standard library (or of the
+    top-level `packages` given), in sorted file order: a real corpus on every machine, with its
+    topics named (tests and benchmarks of data selection use it)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in _stdlib_files():
+        module = ".".join(path.relative_to(root).with_suffix("").parts)
+        if packages and module.split(".")[0] not in packages:
+            continue
+        for doc in _file_docstrings(path):
+            yield module, doc
+
+
 def pretraining_documents(task_examples_per_task: int, seed: int, skip: int) -> list[str]:
     """Stdlib docstrings mixed with a few task examples, shuffled.
 
