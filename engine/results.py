@@ -11,7 +11,7 @@ from sweeps import Sweep
 
 FIXED = ["trial_id", "status", "seed", "data_size", "eval_loss", "steps", "checkpoint",
          "checkpoints"]
-EXTRA = ["train_loss", "examples_seen", "seconds", "peak_rss_mb", "error", "path"]
+EXTRA = ["train_loss", "examples_seen", "tokens_seen", "seconds", "peak_rss_mb", "error", "path"]
 
 
 def trials_table(grid, sweep: Sweep) -> pd.DataFrame:
@@ -36,6 +36,7 @@ def _row(result, swept: list[str]) -> dict:
         "checkpoints": kept,
         "train_loss": metrics.get("train_loss"),
         "examples_seen": metrics.get("examples_seen"),
+        "tokens_seen": metrics.get("tokens_seen"),
         "seconds": metrics.get("seconds"),
         "peak_rss_mb": metrics.get("peak_rss_mb"),
         "error": _first_line(result.error),
