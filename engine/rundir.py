@@ -7,6 +7,7 @@
       tune/             the Ray Tune experiment (trial folders, checkpoints)
       trials.parquet    one row per trial
       leaderboard.md    trials ranked by the sweep's metric
+      scaling.json      scaling-law fit of a data-scale sweep; plots/scaling.png draws it
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ class RunDir:
     @property
     def leaderboard(self) -> Path:
         return self.root / "leaderboard.md"
+
+    @property
+    def scaling(self) -> Path:
+        return self.root / "scaling.json"
+
+    @property
+    def scaling_plot(self) -> Path:
+        return self.root / "plots" / "scaling.png"
 
     def load_sweep(self) -> Sweep:
         if not self.sweep_file.is_file():
