@@ -54,6 +54,7 @@ def group_columns(trials, sweep) -> list[str]:
 
 
 def group_label(group: dict) -> str:
+    """`task=a, finetune.method=full`, or `all trials` when nothing is swept."""
     return ", ".join(f"{k}={v}" for k, v in group.items()) or "all trials"
 
 
