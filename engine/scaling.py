@@ -50,8 +50,9 @@ def scaling_table(analysis: dict) -> Table:
     law = LAWS[analysis["law"]]
     out = Table(title=f"scaling: {analysis['metric']} ~ {law.formula}  (D = examples)",
                 box=box.SIMPLE_HEAD, pad_edge=False)
-    target = analysis.get("target")
-    headers = ("group", "fit", "held-out error", f"{analysis['metric']} at D={_first_at(analysis)}",
+    target, at = analysis.get("target"), _shared_size(analysis)
+    headers = ("group", "fit", "held-out error",
+               f"{analysis['metric']} at D={at:,.0f}" if at else "prediction",
                f"D for {target:.4g}" if target is not None else "target")
     for header in headers:
         out.add_column(header, no_wrap=header == "fit", overflow="fold")
@@ -62,7 +63,8 @@ def scaling_table(analysis: dict) -> Table:
             continue
         values = {name: p["value"] for name, p in group["params"].items()}
         out.add_row(label, law.show(values), _holdout_cell(group["holdout"]),
-                    _prediction_cell(group["predictions"][0]), _target_cell(group["target"]))
+                    _prediction_cell(group["predictions"][0], at is None),
+                    _target_cell(group["target"]))
     return out
 
 
@@ -71,10 +73,10 @@ def _short_label(group: dict) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in group.items()) or "all"
 
 
-def _first_at(analysis: dict) -> str:
-    """The size of the prediction the table shows (the first of `scaling.predict_at`)."""
+def _shared_size(analysis: dict) -> float | None:
+    """The size of the prediction the table shows, if every group predicts at the same one."""
     sizes = {g["predictions"][0]["data_size"] for g in analysis["groups"] if g["status"] == "ok"}
-    return f"{sizes.pop():,.0f}" if len(sizes) == 1 else "..."
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _holdout_cell(holdout: dict | None) -> str:
@@ -85,13 +87,14 @@ def _holdout_cell(holdout: dict | None) -> str:
     return f"{worst['abs_error']:.3g}{relative}"
 
 
-def _prediction_cell(prediction: dict) -> str:
+def _prediction_cell(prediction: dict, with_size: bool) -> str:
     if prediction["value"] is None:
         return "-"
     interval = ""
     if prediction["low"] is not None:
         interval = f" [{prediction['low']:.3g}, {prediction['high']:.3g}]"
-    return f"{prediction['value']:.4g}{interval}"
+    where = f" at D={prediction['data_size']:,.0f}" if with_size else ""
+    return f"{prediction['value']:.4g}{interval}{where}"
 
 
 def _target_cell(target: dict | None) -> str:
