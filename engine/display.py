@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.results import leaderboard_columns, ranked
+from engine.scaling import print_scaling
 from sweeps import Sweep
 from sweeps.config import DEFAULT_TASK
 from sweeps.leaderboard import format_cell as cell
@@ -35,6 +36,7 @@ def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = Non
 def print_result(table: pd.DataFrame, sweep: Sweep, run_dir, console: Console | None = None):
     console = console or Console()
     console.print(leaderboard_table(table, sweep))
+    print_scaling(run_dir, console)
     for _, row in table[table["status"] == "error"].iterrows():
         console.print(f"[red]trial {row['trial_id']} failed:[/] {row['error']}")
     if (table["status"] == "incomplete").any():

@@ -12,7 +12,8 @@ from sweeps.leaderboard import format_cell as cell
 
 FIXED = ["trial_id", "status", "task", "seed", "data_size", "eval_loss", "steps", "checkpoint",
          "checkpoints"]
-EXTRA = ["train_loss", "examples_seen", "seconds", "peak_rss_mb", "finished_at", "error", "path"]
+EXTRA = ["train_loss", "examples_seen", "tokens_seen", "seconds", "peak_rss_mb", "finished_at",
+         "error", "path"]
 
 
 def trials_table(grid, sweep: Sweep) -> pd.DataFrame:
@@ -54,6 +55,7 @@ def _fields(metrics: dict, config: dict, swept: list[str], *, error, checkpoint,
         "checkpoints": kept,
         "train_loss": metrics.get("train_loss"),
         "examples_seen": metrics.get("examples_seen"),
+        "tokens_seen": metrics.get("tokens_seen"),
         "seconds": metrics.get("seconds"),
         "peak_rss_mb": metrics.get("peak_rss_mb"),
         "finished_at": metrics.get("timestamp"),

@@ -11,6 +11,7 @@
       evals.parquet     one row per (candidate, eval set, metric)
       leaderboard.md    trials and merges ranked together
       report.html       the leaderboard with plots
+      scaling.json      scaling-law fit of a data-scale sweep; plots/scaling.png draws it
       plots/            the report's plots as PNG files
 """
 
@@ -84,6 +85,14 @@ class RunDir:
     @property
     def plots(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def scaling(self) -> Path:
+        return self.root / "scaling.json"
+
+    @property
+    def scaling_plot(self) -> Path:
+        return self.root / "plots" / "scaling.png"
 
     def load_sweep(self) -> Sweep:
         if not self.sweep_file.is_file():

@@ -37,6 +37,13 @@ class SweepResult:
     def best(self) -> "pd.Series":
         return self.leaderboard().iloc[0]
 
+    def scaling(self) -> dict | None:
+        """The scaling-law analysis (`scaling.json`): the fitted law per group, its held-out
+        error, intervals and predictions; None when the sweep has no data-scale axis."""
+        from engine.scaling import load_scaling
+
+        return load_scaling(self.run_dir)
+
 
 def run(sweep: Sweep, storage: str | None = None, progress: bool = True) -> SweepResult:
     """Validate, then run every stage of `sweep` in `<storage>/<sweep.name>`.
@@ -95,6 +102,7 @@ def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
     from engine.models import base_model_path
     from engine.progress import TrialProgress, stage
     from engine.results import trials_table, write_results
+    from engine.scaling import write_scaling
     from engine.trials import tuner
 
     with contextlib.ExitStack() as stack:
@@ -109,6 +117,7 @@ def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
         grid = tuner(sweep, model_path, run, sizes, callbacks).fit()
         table = trials_table(grid, sweep)
         write_results(table, sweep, run)
+        write_scaling(table, sweep, run)
         merges = merge_stage(sweep, run, table, model_path, progress) if sweep.merge else None
     return SweepResult(run.root, sweep, table, merges)
 

@@ -65,7 +65,7 @@ def train(spec: TrialSpec, session: Session) -> dict:
     per_step = cfg.batch_size * cfg.grad_accum
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * n / per_step))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total))
-    step = _restore(session, model, optimizer, scheduler)
+    step, tokens = _restore(session, model, optimizer, scheduler)
     batches = _batch_order(n, per_step, spec.seed)
     pad = tokenizer.pad_token_id
     started, losses, last = time.time(), [], {}
@@ -73,6 +73,7 @@ def train(spec: TrialSpec, session: Session) -> dict:
         model.train()
         for micro in np.array_split(batches(step), cfg.grad_accum):
             batch = _collate(data, micro, cfg.seq_len, pad, device)
+            tokens += int(batch["attention_mask"].sum())  # real tokens, padding excluded
             with _autocast(cfg.precision, device):
                 loss = model(**batch).loss
             (loss / cfg.grad_accum).backward()
@@ -87,7 +88,7 @@ def train(spec: TrialSpec, session: Session) -> dict:
         if save or step % cfg.eval_every == 0:
             last = {"step": step, "total_steps": total, "train_loss": float(np.mean(losses)),
                     "eval_loss": evaluate(model, evals, cfg, pad, device),
-                    "examples_seen": step * per_step, "data_size": n,
+                    "examples_seen": step * per_step, "tokens_seen": tokens, "data_size": n,
                     "epoch": step * per_step / n, "seconds": round(time.time() - started, 2)}
             last["eval_ppl"] = math.exp(min(last["eval_loss"], 50.0))
             last["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -184,18 +185,19 @@ def _report(session: Session, metrics: dict, model, tokenizer, optimizer, schedu
         session.report(metrics)
         return
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "step": metrics["step"]}
+             "step": metrics["step"], "tokens_seen": metrics["tokens_seen"]}
     with tempfile.TemporaryDirectory(prefix="raysoup-ckpt-") as tmp:
         models.save_checkpoint(model, tokenizer, Path(tmp), state, metrics)
         session.report(metrics, checkpoint=Path(tmp))
 
 
-def _restore(session: Session, model, optimizer, scheduler) -> int:
+def _restore(session: Session, model, optimizer, scheduler) -> tuple[int, int]:
+    """The step and the tokens seen so far: (0, 0), or those of the checkpoint resumed from."""
     folder = session.restore_dir()
     if folder is None:
-        return 0
+        return 0, 0
     models.load_checkpoint_weights(model, folder)
     state = models.load_trainer_state(folder)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return int(state["step"]), int(state.get("tokens_seen", 0))

@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictInt, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sweeps.plans import MergePlan
 from sweeps.selection import Stage, check_stage_types
+from sweeps.scale import DataScale, ScalingConfig
 from sweeps.space import Space, searchable
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -179,9 +179,6 @@ class ResourcesConfig(Strict):
         None, description="Most trials at once (null: as many as resources allow).")
 
 
-DataScale = list[Union[StrictInt, float]]
-
-
 class Sweep(Strict):
     """One sweep: a base model, data, a search space, and how trials run.
 
@@ -201,8 +198,9 @@ class Sweep(Strict):
         "same base model (so task models can be merged). Keys are task names.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
     data_scale: Optional[DataScale] = Field(
-        None, description="Data-scale axis: example counts ([500, 2000]) or fractions of the "
-        "prepared training set ([0.25, 1.0]). Null: the whole set.")
+        None, description="Data-scale axis: example counts ([500, 2000]), fractions of the "
+        "prepared training set ([0.25, 1.0]), or a log-spaced range of either "
+        "({log_range: [100, 10000], points: 5}). Null: the whole set.")
     seeds: list[int] = Field([0], min_length=1, description="Seed axis: every setting is trained "
                              "once per seed (model init of adapters, batch order, dropout).")
     num_samples: PositiveInt = Field(1, description="Draws from the sampled spaces (choice, "
@@ -214,6 +212,8 @@ class Sweep(Strict):
                                          description="Checkpoint schedule.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
                                        description="Trial resources.")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig,
+                                   description="Scaling-law fit over the data-scale axis.")
     storage: str = Field("runs", description="Folder that holds run directories (relative to "
                          "the working directory).")
     merge: list[MergePlan] = Field(
@@ -241,20 +241,6 @@ class Sweep(Strict):
         if len(set(value)) != len(value):
             raise ValueError(f"seeds must be distinct, got {value}")
         return value
-
-    @field_validator("data_scale")
-    @classmethod
-    def _sizes(cls, value):
-        if value is None:
-            return value
-        counts = all(isinstance(v, int) and v > 0 for v in value)
-        fractions = all(isinstance(v, float) and 0 < v <= 1 for v in value)
-        if not value or not (counts or fractions):
-            raise ValueError(f"give example counts (integers > 0) or fractions in (0, 1], not a "
-                             f"mix; got {value}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"data sizes must be distinct, got {value}")
-        return sorted(value)
 
     @model_validator(mode="after")
     def _task_files(self):

@@ -108,3 +108,21 @@ def test_different_seeds_give_different_batches(model_path, data_dir, tmp_path):
     first = train(_spec(model_path, data_dir, seed=0), RecordingSession(tmp_path / "a"))
     second = train(_spec(model_path, data_dir, seed=1), RecordingSession(tmp_path / "b"))
     assert first["eval_loss"] != second["eval_loss"]
+
+
+def test_tokens_seen_counts_every_real_token_once_per_epoch(model_path, data_dir, tmp_path):
+    from engine.data import load_split
+
+    result = train(_spec(model_path, data_dir, size=40, max_steps=None, epochs=1, batch_size=4,
+                         seq_len=24), RecordingSession(tmp_path))
+    subset = load_split(data_dir, "train", 40)["input_ids"]
+    assert result["examples_seen"] == 40
+    assert result["tokens_seen"] == sum(min(len(ids), 24) for ids in subset)
+
+
+def test_a_resumed_trial_reports_the_same_tokens_seen(model_path, data_dir, tmp_path):
+    straight = RecordingSession(tmp_path / "a")
+    final = train(_spec(model_path, data_dir), straight)
+    halfway = next(c for c in straight.checkpoints if c.name == "step3")
+    again = train(_spec(model_path, data_dir), RecordingSession(tmp_path / "b", restore=halfway))
+    assert again["tokens_seen"] == final["tokens_seen"] > 0
