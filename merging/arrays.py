@@ -3,7 +3,8 @@
 Stored bfloat16 is read as ``uint16`` (numpy has no bfloat16): widening is a 16-bit
 shift; narrowing rounds to nearest, ties to even, as torch's ``.to(torch.bfloat16)``
 does for finite values and infinities (merged values are checked finite before they
-are narrowed). float16 is native to numpy and rounds the same way as torch.
+are narrowed). float16 is native to numpy and rounds the same way as torch. NaN inputs
+are refused, so NaN payloads (which numpy keeps and torch quiets) never matter.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def to_float32(raw: np.ndarray, code: str) -> np.ndarray:
 def from_float32(values: np.ndarray, code: str) -> np.ndarray:
     """float32 values stored as ``code``; bfloat16 comes back as its ``uint16`` bits."""
     if code != "BF16":
-        return values.astype(NUMPY[code], copy=False)
+        with np.errstate(over="ignore"):  # beyond float16's range is inf, as in torch
+            return values.astype(NUMPY[code], copy=False)
     bits = values.view(np.uint32)
     bits = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))  # round half to even
     return (bits >> 16).astype(np.uint16)

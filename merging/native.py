@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import arrays, checks
+from . import arrays, checks, hashcache
 from .io import CODES, DTYPE_NAMES, ModelFiles, ShardedWriter, StreamingHash, TensorInfo, copy_side_files
 from .methods import MethodSpec, get_method
 from .params import ParameterResolver
@@ -63,11 +63,27 @@ def run_native(recipe: Recipe, out_dir: Path, *, progress: bool = False, workers
     combine = _Combiner(spec, resolver, inputs, dict(plan), recipe.seed or 0, ops)
     writer = ShardedWriter(out_dir, plan, recipe.shard_size)
     items = work_items(plan, BLOCK_BYTES if spec.elementwise else None)
-    hashes = {model: StreamingHash(inputs.files[model]) for model in inputs.order}
-    stream(items, combine.load, combine, writer, progress=progress, workers=workers, on_loaded=_feeder(hashes))
+    hashes = {model: _hasher(inputs.files[model]) for model in inputs.order}
+    feeder = _feeder(hashes) if any(h.needed for h in hashes.values()) else None
+    stream(items, combine.load, combine, writer, progress=progress, workers=workers, on_loaded=feeder)
     floats = [info.code for _, info in plan if info.is_floating_point]
     copy_side_files(donor.folder, out_dir, floats[0] if floats else None)
-    return {model: hashes[model].digests() for model in inputs.order}
+    return {model: _digests(hashes[model]) for model in inputs.order}
+
+
+def _hasher(files: ModelFiles) -> StreamingHash:
+    """A streaming hash of the model's files whose digest the cache does not hold."""
+    known = {path: hashcache.cached_sha256(path) for path in files.files}
+    return StreamingHash(files, {path: digest for path, digest in known.items() if digest})
+
+
+def _digests(hasher: StreamingHash) -> dict[str, str]:
+    """``{file name: sha256}``; digests computed here are remembered for the next merge."""
+    digests = hasher.digests()
+    for path, digest in digests.items():
+        if path not in hasher.known:
+            hashcache.remember(path, digest)
+    return {path.name: digest for path, digest in digests.items()}
 
 
 def _feeder(hashes: dict[str, StreamingHash]):

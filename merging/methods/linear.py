@@ -37,5 +37,6 @@ def linear_arrays(models: Sequence[np.ndarray], *, weight: PerModel[float] = 1.0
         if w:
             result += tensor
     if normalize:
-        result /= np.float32(sum(weight))  # torch divides by the sum rounded to float32
+        with np.errstate(divide="ignore", invalid="ignore"):  # weights summing to 0: the output check names it
+            result /= np.float32(sum(weight))  # torch divides by the sum rounded to float32
     return result
