@@ -75,7 +75,7 @@ class MethodSpec:
     elementwise: bool = False
     summary: str = ""
     array_fn: Callable[..., Any] | None = None
-    array_accepts: Callable[[dict[str, Any]], bool] | None = None
+    array_accepts: Callable[..., bool] | None = None
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
@@ -100,7 +100,7 @@ class MethodSpec:
 
     def accepts_arrays(self, params: dict[str, Any], count: int) -> bool:
         """Whether the array kernel gives exactly the torch result for these parameter values."""
-        return self.array_fn is not None and bool(self.array_accepts(self.arguments(params, count)))
+        return self.array_fn is not None and bool(self.array_accepts(**self.arguments(params, count)))
 
 
 def _broadcast(value: Any, param: ParamSpec, count: int) -> Any:
@@ -157,7 +157,7 @@ def array_kernel(
         spec = _METHODS[name]
         if _spec_from_function(name, fn, spec.base, 1, None, False).params != spec.params:
             raise ValueError(f"array kernel of {name!r} must take the method's parameters")
-        _METHODS[name] = dataclasses.replace(spec, array_fn=fn, array_accepts=lambda kwargs: accepts(**kwargs))
+        _METHODS[name] = dataclasses.replace(spec, array_fn=fn, array_accepts=accepts)
         return fn
 
     return decorate

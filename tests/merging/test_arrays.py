@@ -14,7 +14,7 @@ import torch
 import merging
 from merging import arrays, native
 from merging.errors import MergeError
-from merging.methods import get_method
+from merging.methods import array_kernel, get_method, merge_method, unregister
 
 F32_EDGES = np.array(
     [0x00000000, 0x80000000, 0x00000001, 0x807FFFFF, 0x00800000, 0x3F808000, 0x3F818000, 0x3F808001,
@@ -67,6 +67,19 @@ def test_linear_kernel_equals_linear_bit_for_bit(weight, normalize):
 
 def test_linear_kernel_declines_weights_that_need_a_fused_multiply_add():
     assert not get_method("linear").accepts_arrays({"weight": [0.5, 0.5]}, 2)
+
+
+def test_an_array_kernel_must_take_the_methods_parameters():
+    @merge_method("throwaway_scale", base="ignored")
+    def scale(models, *, factor: float = 1.0):
+        """Scale the first model."""
+        return models[0] * factor
+
+    try:
+        with pytest.raises(ValueError, match="must take the method's parameters"):
+            array_kernel("throwaway_scale")(lambda models, *, factor_: models[0])
+    finally:
+        unregister("throwaway_scale")
 
 
 def shard_bytes(folder: Path) -> dict[str, bytes]:
