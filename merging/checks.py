@@ -13,13 +13,10 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from .errors import MergeError
-from .io import ModelFiles, TensorInfo
+from .io import DTYPE_NAMES, ModelFiles, TensorInfo
 
 if TYPE_CHECKING:
     import torch
-
-# float codes by the order in which they promote: float16 with bfloat16 gives float32
-_FLOAT_RANK = {"F16": 1, "BF16": 1, "F32": 2, "F64": 3}
 
 
 def check_architectures(models: Mapping[str, ModelFiles]) -> None:
@@ -54,7 +51,7 @@ def check_shapes(tensor: str, infos: Mapping[str, TensorInfo]) -> None:
     shapes = {model: info.shape for model, info in infos.items()}
     if len(set(shapes.values())) > 1:
         raise MergeError(f"tensor {tensor!r} has different shapes: {_listing(shapes)}")
-    dtypes = {model: info.code for model, info in infos.items()}
+    dtypes = {model: DTYPE_NAMES[info.code] for model, info in infos.items()}
     floating = [info.is_floating_point for info in infos.values()]
     if any(floating) and not all(floating) or not any(floating) and len(set(dtypes.values())) > 1:
         raise MergeError(f"tensor {tensor!r} has incompatible dtypes: {_listing(dtypes)}")
@@ -70,8 +67,7 @@ def output_dtype(infos: Sequence[TensorInfo], requested: str | None) -> str:
         return requested
     if len(codes) == 1:
         return codes.pop()
-    rank = max(_FLOAT_RANK[code] for code in codes)
-    return "F32" if rank == 1 else next(c for c, r in _FLOAT_RANK.items() if r == rank)
+    return "F64" if "F64" in codes else "F32"  # any mixture of F32, F16 and BF16 promotes to F32
 
 
 def check_finite(tensor: str, value: "torch.Tensor | np.ndarray", models: str) -> None:

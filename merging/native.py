@@ -157,25 +157,21 @@ class TorchOps:
     arrays = False
 
     def __init__(self):
-        import torch  # noqa: F401  (imported before streaming starts, which sets its thread count)
+        import torch  # here, before streaming starts: the streaming loop sets torch's thread count
+
+        self.torch = torch
 
     def read(self, files: ModelFiles, name: str, rows: tuple[int, int] | None):
         return files.load(name, rows)
 
     def widen(self, raw, code: str):
-        import torch
-
-        return raw.to(torch.float32)
+        return raw.to(self.torch.float32)
 
     def narrow(self, merged, code: str):
-        import torch
-
-        return merged.to(getattr(torch, DTYPE_NAMES[code]))
+        return merged.to(getattr(self.torch, DTYPE_NAMES[code]))
 
     def generator(self, seed: int):
-        import torch
-
-        return torch.Generator().manual_seed(seed)
+        return self.torch.Generator().manual_seed(seed)
 
 
 class ArrayOps:
