@@ -3,15 +3,19 @@
 Builds a ~134M-parameter Llama-shaped model (12 layers, hidden 768, intermediate 2048,
 vocabulary 32000; random weights stored as float32 safetensors) and four "fine-tunes"
 of it (base + small noise) in a temporary folder, then measures, each as its own
-subprocess, whole-process wall time and peak resident memory (ru_maxrss of that one
-child):
+subprocess, whole-process wall time, CPU time (user + system) and peak resident
+memory (ru_maxrss of that one child):
 
   (a) uniform linear average of 4 checkpoints: raysoup, mergekit-yaml, naive torch
   (b) TIES, density 0.2, 2 models over a base: raysoup, mergekit-yaml
 
-Outputs are compared (max abs difference). The last printed line is one JSON object.
+raysoup runs as the ``raysoup merge`` console command, twice per repeat: with an empty
+digest cache ("cold": it hashes every input for the model card) and then with the
+cache that run filled ("warm": unchanged inputs are not hashed again). The tools run
+in turn within each repeat; figures are medians over ``--repeats``. Outputs are
+compared (max abs difference). The last printed line is one JSON object.
 
-    python benchmarks/merge.py [--workdir DIR] [--keep]
+    python benchmarks/merge.py [--workdir DIR] [--keep] [--repeats N] [--cases ab]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,8 +44,9 @@ code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess
 wall = time.perf_counter() - start
 if code.returncode:
     sys.stderr.write(code.stderr[-3000:])
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-print(json.dumps({"wall_s": round(wall, 2), "peak_rss_gb": round(peak / 1e9, 3), "rc": code.returncode}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+                  "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 3), "rc": code.returncode}))
 """
 
 NAIVE = """
@@ -91,8 +97,10 @@ def save_tokenizer(folder: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(folder)
 
 
-def measure(cmd: list[str]) -> dict:
+def measure(cmd: list[str], cache: Path | None = None) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    if cache:
+        env["RAYSOUP_CACHE_DIR"] = str(cache)
     result = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, env=env)
     if result.returncode or json.loads(result.stdout)["rc"]:
         raise SystemExit(f"command failed: {' '.join(cmd)}\n{result.stderr}")
@@ -119,72 +127,104 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
-def run_case(work: Path, name: str, recipe: dict, naive_inputs: list[Path] | None) -> dict:
+def run_case(work: Path, name: str, recipe: dict, naive_inputs: list[Path] | None, repeats: int) -> dict:
+    """Every tool in turn, ``repeats`` times; medians, every wall time, and agreement of outputs."""
     recipe_path = write_recipe(work / f"{name}.yaml", recipe)
+    ours = [str(BIN / "raysoup"), "merge", str(recipe_path), "--out", str(work / f"{name}-ours"), "--no-progress"]
     runs = {
-        "ours": [sys.executable, "-m", "merging.cli", str(recipe_path), "--out", str(work / f"{name}-ours"), "--no-progress"],
+        "ours_cold": ours,
         "peer": [str(BIN / "mergekit-yaml"), str(recipe_path), str(work / f"{name}-peer"),
                  "--no-write-model-card", "--lazy-unpickle", "--quiet"],
+        "ours_warm": ours,
     }
     if naive_inputs:
         runs["naive"] = [sys.executable, "-c", NAIVE, str(work / f"{name}-naive"), *map(str, naive_inputs)]
-    figures = {who: measure(cmd) for who, cmd in runs.items()}
+    samples: dict[str, list[dict]] = {who: [] for who in runs}
+    load = [round(os.getloadavg()[0], 2)]
+    for repeat in range(repeats):
+        cache = work / f"cache-{name}-{repeat}"  # empty for the cold run, filled by it for the warm one
+        for who, cmd in runs.items():
+            shutil.rmtree(work / f"{name}-{who.split('_')[0]}", ignore_errors=True)
+            samples[who].append(measure(cmd, cache if who.startswith("ours") else None))
+        load.append(round(os.getloadavg()[0], 2))
+    figures = {who: median(runs_) for who, runs_ in samples.items()}
+    figures["load_avg_1m"] = load
     figures["vs_peer"] = compare(work / f"{name}-ours", work / f"{name}-peer")
     if naive_inputs:
         figures["vs_naive"] = compare(work / f"{name}-ours", work / f"{name}-naive")
     return figures
 
 
+def median(samples: list[dict]) -> dict:
+    """Median of each figure over repeats, plus every wall time."""
+    keys = ("wall_s", "cpu_s", "peak_rss_gb")
+    return {**{k: round(statistics.median(x[k] for x in samples), 3) for k in keys},
+            "walls": [x["wall_s"] for x in samples]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the models and outputs")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every tool per case (medians reported)")
+    parser.add_argument("--cases", default="ab", help="which cases to run: a, b or ab")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="raysoup-bench-merge-"))
-    models = build_models(work, 5)
+    models = sorted(work.glob("model-*")) if len(list(work.glob("model-*/*.safetensors"))) == 5 else None
+    models = models or build_models(work, 5)
     linear = {"merge_method": "linear", "dtype": "float32",
               "models": [{"model": str(m), "parameters": {"weight": 1.0}} for m in models[1:]]}
     ties = {"merge_method": "ties", "base_model": str(models[0]), "dtype": "float32",
             "models": [{"model": str(m), "parameters": {"weight": 0.5, "density": 0.2}} for m in models[1:3]]}
-    load_before = os.getloadavg()[0]
-    results = {"a_linear4": run_case(work, "linear", linear, models[1:]), "b_ties": run_case(work, "ties", ties, None)}
-    machine = {"cpus": os.cpu_count(), "load_avg_1m_before": round(load_before, 2),
-               "load_avg_1m_after": round(os.getloadavg()[0], 2)}
-    report(results, machine)
+    results = {}
+    if "a" in args.cases:
+        results["a_linear4"] = run_case(work, "linear", linear, models[1:], args.repeats)
+    if "b" in args.cases:
+        results["b_ties"] = run_case(work, "ties", ties, None, args.repeats)
+    report(results, {"cpus": os.cpu_count(), "repeats": args.repeats})
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
 
+TOOLS = ("ours_cold", "ours_warm", "peer", "naive")
+
+
 def report(results: dict, machine: dict) -> None:
-    print(f"\n{'case':<10} {'tool':<6} {'wall s':>8} {'peak GB':>8}")
+    print(f"\n{'case':<10} {'tool':<10} {'wall s':>8} {'cpu s':>7} {'peak GB':>8}  every wall s")
     for case, figures in results.items():
-        for who in ("ours", "peer", "naive"):
-            if who in figures:
-                print(f"{case:<10} {who:<6} {figures[who]['wall_s']:>8.2f} {figures[who]['peak_rss_gb']:>8.3f}")
-    ratio = {
-        case: {
-            "time_ours_over_peer": round(f["ours"]["wall_s"] / f["peer"]["wall_s"], 3),
-            "mem_ours_over_peer": round(f["ours"]["peak_rss_gb"] / f["peer"]["peak_rss_gb"], 3),
-            "speedup_vs_peer": round(f["peer"]["wall_s"] / f["ours"]["wall_s"], 2),
-        }
-        for case, f in results.items()
-    }
+        for who in (w for w in TOOLS if w in figures):
+            f = figures[who]
+            print(f"{case:<10} {who:<10} {f['wall_s']:>8.2f} {f['cpu_s']:>7.2f} {f['peak_rss_gb']:>8.3f}  {f['walls']}")
+        print(f"{case:<10} 1-minute load average before and after each repeat: {figures['load_avg_1m']}")
+    ratio = {case: _ratios(f) for case, f in results.items()}
     for case, r in ratio.items():
         agree = results[case]["vs_peer"]
-        print(f"{case}: {r['speedup_vs_peer']}x faster than mergekit-yaml, {r['mem_ours_over_peer']} of its peak memory; "
-              f"vs mergekit: max abs diff {agree['max_abs_diff']:.2e}, "
+        print(f"{case}: time vs mergekit-yaml {r['time_cold_over_peer']} (cold cache), {r['time_warm_over_peer']} "
+              f"(warm); memory {r['mem_ours_over_peer']}; vs mergekit: max abs diff {agree['max_abs_diff']:.2e}, "
               f"{agree['entries_differing']} of {agree['entries']} entries differ")
     summary = {
         "bench": "merge",
         "model": "llama 12x768, 134M params, float32, random",
         "machine": machine,
-        "ours": {c: f["ours"] for c, f in results.items()},
-        "peer": {c: f["peer"] for c, f in results.items()},
-        "naive": {c: f["naive"] for c, f in results.items() if "naive" in f},
+        **{who: {c: f[who] for c, f in results.items() if who in f} for who in TOOLS},
+        "load_avg_1m": {c: f["load_avg_1m"] for c, f in results.items()},
         "agreement": {c: {k: v for k, v in f.items() if k.startswith("vs_")} for c, f in results.items()},
         "ratio": ratio,
     }
     print(json.dumps(summary))
+
+
+def _ratios(f: dict) -> dict:
+    peer = f["peer"]
+    return {
+        "time_cold_over_peer": round(f["ours_cold"]["wall_s"] / peer["wall_s"], 3),
+        "time_warm_over_peer": round(f["ours_warm"]["wall_s"] / peer["wall_s"], 3),
+        "cpu_cold_over_peer": round(f["ours_cold"]["cpu_s"] / peer["cpu_s"], 3),
+        "cpu_warm_over_peer": round(f["ours_warm"]["cpu_s"] / peer["cpu_s"], 3),
+        "mem_ours_over_peer": round(max(f["ours_cold"]["peak_rss_gb"], f["ours_warm"]["peak_rss_gb"])
+                                    / peer["peak_rss_gb"], 3),
+        "speedup_cold_vs_peer": round(peer["wall_s"] / f["ours_cold"]["wall_s"], 2),
+    }
 
 
 if __name__ == "__main__":

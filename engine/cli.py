@@ -101,11 +101,12 @@ def merge(recipe: Path = typer.Argument(..., help="Merge recipe: raysoup's or an
           out: Path = typer.Option(..., "--out", help="Output model folder; it appears only "
                                    "when the merge is complete."),
           overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
-          workers: int = typer.Option(2, help="Threads reading and combining tensors.")) -> None:
+          workers: int = typer.Option(2, help="Threads reading and combining tensors."),
+          progress: bool = typer.Option(True, help="Show per-tensor progress.")) -> None:
     """Merge models by a recipe into a Hugging Face model folder (per-tensor progress)."""
     from merging.cli import merge_command
 
-    merge_command(recipe, out, overwrite=overwrite, workers=workers)
+    merge_command(recipe, out, overwrite=overwrite, progress=progress, workers=workers)
 
 
 @app.command()

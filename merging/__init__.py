@@ -5,16 +5,35 @@ Usable on its own, without Ray::
     import merging
     recipe = merging.load_recipe("recipe.yaml")      # any mergekit config is a recipe
     merging.merge(recipe, "out/merged", progress=True)
+
+The LoRA and soup functions are imported on first use: they import torch, whose
+start-up (seconds) a merge that runs on numpy arrays never pays.
 """
 
+import importlib
+
 from .api import merge, method_info
-from .bake import bake_adapter
 from .catalog import known_methods
 from .errors import MergeError
-from .lora import merge_adapters
 from .methods import get_method, merge_method, native_methods
 from .recipe import Recipe, load_recipe, parse_recipe
-from .soups import GreedySoup, average_checkpoints, greedy_soup, select_checkpoints, uniform_soup
+
+_LAZY = {
+    "bake_adapter": "bake",
+    "merge_adapters": "lora",
+    "GreedySoup": "soups",
+    "average_checkpoints": "soups",
+    "greedy_soup": "soups",
+    "select_checkpoints": "soups",
+    "uniform_soup": "soups",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GreedySoup",

@@ -13,9 +13,8 @@ import torch
 
 from . import checks
 from .errors import MergeError
-from .io import ModelFiles, ShardedWriter, TensorInfo, copy_side_files
+from .io import CODES, ModelFiles, ShardedWriter, TensorInfo, copy_side_files
 from .lora import PREFIX, Adapter
-from .native import DTYPE_NAMES
 from .output import staged_output
 from .provenance import hash_model, write_card
 from .stream import stream
@@ -35,7 +34,7 @@ def bake_adapter(
     """Write ``base + weight * scale * B @ A`` for every adapted module to ``out_dir``."""
     base, lora = ModelFiles(base_model), Adapter(adapter)
     updates = _targets(base, lora)
-    requested = DTYPE_NAMES.get(out_dtype or "")
+    requested = CODES.get(out_dtype or "")
     plan = [(name, TensorInfo(checks.output_dtype([info], requested), info.shape)) for name, info in base.info.items()]
     with staged_output(out_dir, overwrite) as tmp:
         writer = ShardedWriter(tmp, plan, shard_size)
@@ -47,7 +46,7 @@ def bake_adapter(
             return _apply(item[0], tensors[0], updates.get(item[0]), lora, weight).to(dict(plan)[item[0]].dtype)
 
         stream([(name, None) for name, _ in plan], load, combine, writer, progress=progress)
-        floats = [info.dtype for _, info in plan if info.dtype.is_floating_point]
+        floats = [info.code for _, info in plan if info.is_floating_point]
         copy_side_files(base.folder, tmp, floats[0] if floats else None)
         spec = {"bake_adapter": str(adapter), "base_model": str(base_model), "weight": weight, "out_dtype": out_dtype}
         write_card(tmp, "Baked LoRA adapter", spec, [hash_model(str(base_model)), hash_model(str(adapter))],

@@ -50,9 +50,15 @@ def known_methods() -> list[str]:
     return sorted(set(native_methods()) | set(mergekit_methods()))
 
 
+def is_known(name: str) -> bool:
+    """Whether a recipe may name ``name``; mergekit (which imports torch and transformers,
+    seconds of start-up) is asked only about names that are not native."""
+    return name in native_methods() or name in mergekit_methods()
+
+
 def describe(name: str, engine: Engine | None = None) -> MethodInfo:
     """The catalog entry for ``name``; ``engine`` forces one implementation."""
-    if name not in known_methods():
+    if not is_known(name):
         raise ValueError(f"unknown method {name!r}; known: {', '.join(known_methods())}")
     if engine != "mergekit" and name in native_methods():
         return _native_info(name)

@@ -8,12 +8,15 @@ output takes ``out_dtype``, else ``dtype``, else the promoted input dtype.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-import torch
+import numpy as np
 
 from .errors import MergeError
-from .io import ModelFiles, TensorInfo
+from .io import DTYPE_NAMES, ModelFiles, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_architectures(models: Mapping[str, ModelFiles]) -> None:
@@ -48,24 +51,39 @@ def check_shapes(tensor: str, infos: Mapping[str, TensorInfo]) -> None:
     shapes = {model: info.shape for model, info in infos.items()}
     if len(set(shapes.values())) > 1:
         raise MergeError(f"tensor {tensor!r} has different shapes: {_listing(shapes)}")
-    dtypes = {model: info.dtype for model, info in infos.items()}
-    floating = [d.is_floating_point for d in dtypes.values()]
+    dtypes = {model: DTYPE_NAMES[info.code] for model, info in infos.items()}
+    floating = [info.is_floating_point for info in infos.values()]
     if any(floating) and not all(floating) or not any(floating) and len(set(dtypes.values())) > 1:
         raise MergeError(f"tensor {tensor!r} has incompatible dtypes: {_listing(dtypes)}")
 
 
-def output_dtype(infos: Sequence[TensorInfo], requested: torch.dtype | None) -> torch.dtype:
-    """dtype of a merged tensor: the requested one for floats, else the inputs' (promoted)."""
-    dtype = infos[0].dtype
-    for info in infos[1:]:
-        dtype = torch.promote_types(dtype, info.dtype)
-    return requested if requested is not None and dtype.is_floating_point else dtype
+def output_dtype(infos: Sequence[TensorInfo], requested: str | None) -> str:
+    """Code of a merged tensor's dtype: the requested code for floats, else the inputs'
+    promoted as torch promotes them (float16 with bfloat16 gives float32)."""
+    codes = {info.code for info in infos}
+    if not infos[0].is_floating_point:
+        return infos[0].code  # check_shapes allows only one dtype for non-float tensors
+    if requested is not None:
+        return requested
+    if len(codes) == 1:
+        return codes.pop()
+    return "F64" if "F64" in codes else "F32"  # any mixture of F32, F16 and BF16 promotes to F32
 
 
-def check_finite(tensor: str, value: torch.Tensor, models: str) -> None:
-    """Refuse NaN or Inf; ``models`` names where the tensor came from."""
+def check_finite(tensor: str, value: "torch.Tensor | np.ndarray", models: str) -> None:
+    """Refuse NaN or Inf in a torch tensor or numpy array; ``models`` names where it came from."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind != "f" or value.size == 0:
+            return
+        # a sum is NaN or Inf when an entry is (or when finite entries overflow: look closer then)
+        if math.isfinite(float(value.sum(dtype=np.float32))) or bool(np.isfinite(value).all()):
+            return
+        bad = "NaN" if bool(np.isnan(value).any()) else "Inf"
+        raise MergeError(f"tensor {tensor!r} contains {bad} ({models})")
     if not value.is_floating_point() or value.numel() == 0:
         return
+    import torch
+
     # min and max propagate NaN and show Inf; one fused pass, ~10x faster than isfinite().all()
     low, high = torch.aminmax(value)
     if not (math.isfinite(float(low)) and math.isfinite(float(high))):
@@ -73,11 +91,11 @@ def check_finite(tensor: str, value: torch.Tensor, models: str) -> None:
         raise MergeError(f"tensor {tensor!r} contains {bad} ({models})")
 
 
-def check_equal(tensor: str, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Non-float buffers are copied only when every model agrees exactly."""
+def check_equal(tensor: str, values: Mapping[str, "torch.Tensor | np.ndarray"]) -> "torch.Tensor | np.ndarray":
+    """Non-float buffers (torch tensors or numpy arrays) are copied only when every model agrees exactly."""
     first_name, first = next(iter(values.items()))
     for model, value in values.items():
-        if not torch.equal(first, value):
+        if tuple(first.shape) != tuple(value.shape) or not bool((first == value).all()):
             raise MergeError(f"non-float tensor {tensor!r} differs between {first_name} and {model}")
     return first
 

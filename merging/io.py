@@ -10,6 +10,9 @@ touched resident (whole models in RSS), while ``pread`` holds only the tensors i
 Writing streams: the header of each shard is known from shapes and dtypes before any
 data is computed, so tensors are appended to the open shard as they are produced and
 a shard is never held in memory.
+
+Tensors are read as numpy arrays; torch is imported only when a torch tensor is asked
+for, so a merge that runs on arrays never pays torch's start-up.
 """
 
 from __future__ import annotations
@@ -22,9 +25,15 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
+
+from .arrays import NUMPY
 from .errors import MergeError
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SIDE_FILES = (
@@ -40,27 +49,45 @@ SIDE_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
-CODES = {dtype: code for code, dtype in DTYPES.items()}
+# safetensors dtype codes and the torch dtype names they stand for
+DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+CODES = {name: code for code, name in DTYPE_NAMES.items()}
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Shape and dtype of a stored tensor, read from the shard header alone."""
+    """Shape and dtype (its safetensors code, e.g. ``"BF16"``) of a stored tensor."""
 
-    dtype: torch.dtype
+    code: str
     shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, dtype: "torch.dtype", shape: tuple[int, ...]) -> "TensorInfo":
+        """The info of a torch dtype and shape."""
+        return cls(CODES[str(dtype).removeprefix("torch.")], tuple(shape))
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        """The torch dtype (imports torch)."""
+        import torch
+
+        return getattr(torch, DTYPE_NAMES[self.code])
+
+    @property
+    def is_floating_point(self) -> bool:
+        return self.code.startswith(("F", "BF"))
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(NUMPY[self.code]).itemsize
 
     @property
     def nbytes(self) -> int:
         numel = 1
         for dim in self.shape:
             numel *= dim
-        return numel * torch.empty((), dtype=self.dtype).element_size()
+        return numel * self.itemsize
 
 
 class ModelFiles:
@@ -84,11 +111,11 @@ class ModelFiles:
         """Tensor names in storage order (shard by shard)."""
         return list(self.info)
 
-    def load(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
-        """The stored tensor (or its rows ``start:stop``), read into a fresh tensor.
+    def load_array(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """The stored tensor (or its rows ``start:stop``), read into a fresh numpy array.
 
-        The file is opened read-only; reading rows lets elementwise methods stream a
-        large tensor in blocks.
+        bfloat16 comes back as its ``uint16`` bits. The file is opened read-only;
+        reading rows lets elementwise methods stream a large tensor in blocks.
         """
         info = self.info[name]
         path, offset = self.location[name]
@@ -96,18 +123,27 @@ class ModelFiles:
         if rows is not None:
             offset += rows[0] * info.nbytes // max(1, shape[0])
             shape = (rows[1] - rows[0], *shape[1:])
-        tensor = torch.empty(shape, dtype=info.dtype)
-        buffer = tensor.reshape(-1).view(torch.uint8).numpy()
+        array = np.empty(shape, dtype=NUMPY[info.code])
+        buffer = array.reshape(-1).view(np.uint8)
         done, fd = 0, self._fd(path)
         while done < len(buffer):  # one preadv call reads at most ~2 GiB
             read = os.preadv(fd, [buffer[done:]], offset + done)
             if read <= 0:
                 raise MergeError(f"{path} ends before tensor {name!r} does")
             done += read
-        return tensor
+        return array
 
-    def load_float32(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    def load(self, name: str, rows: tuple[int, int] | None = None) -> "torch.Tensor":
+        """The stored tensor (or its rows) as a torch tensor of its stored dtype."""
+        import torch
+
+        tensor = torch.from_numpy(self.load_array(name, rows))
+        return tensor.view(torch.bfloat16) if self.info[name].code == "BF16" else tensor
+
+    def load_float32(self, name: str, rows: tuple[int, int] | None = None) -> "torch.Tensor":
         """The stored tensor as float32 (no second copy when it is stored as float32)."""
+        import torch
+
         return self.load(name, rows).to(torch.float32)
 
     def _fd(self, path: Path) -> int:
@@ -155,7 +191,7 @@ def read_header(path: Path) -> dict[str, tuple[TensorInfo, int]]:
     ordered = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
     start = 8 + length
     return {
-        name: (TensorInfo(DTYPES[entry["dtype"]], tuple(entry["shape"])), start + entry["data_offsets"][0])
+        name: (TensorInfo(entry["dtype"], tuple(entry["shape"])), start + entry["data_offsets"][0])
         for name, entry in ordered
     }
 
@@ -194,13 +230,13 @@ class ShardedWriter:
     def _file_name(self, shard: int) -> str:
         return f"model-{shard + 1:05d}-of-{len(self.shards):05d}.safetensors"
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: "torch.Tensor | np.ndarray") -> None:
         """Append the next tensor of the plan (or its next row block) to its shard."""
         if name != self.expected[self.position]:
             raise RuntimeError(f"writer expected {self.expected[self.position]!r}, got {name!r}")
         if self._remaining == 0 and self._written == 0:
             self._open_next()
-        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        data = stored_bytes(tensor)
         self._handle.write(memoryview(data))
         self._written += len(data)
         if self._written >= self.sizes[name]:
@@ -234,20 +270,30 @@ def _header_bytes(shard: list[tuple[str, TensorInfo]]) -> bytes:
     offset = 0
     for name, info in shard:
         span = [offset, offset + info.nbytes]
-        header[name] = {"dtype": CODES[info.dtype], "shape": list(info.shape), "data_offsets": span}
+        header[name] = {"dtype": info.code, "shape": list(info.shape), "data_offsets": span}
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
     return struct.pack("<Q", len(raw)) + raw
 
 
-def copy_side_files(source: Path, target: Path, out_dtype: torch.dtype | None) -> None:
-    """Copy config (with the output dtype), generation config and tokenizer files."""
+def stored_bytes(tensor: "torch.Tensor | np.ndarray") -> np.ndarray:
+    """The bytes of a tensor or array as it is stored, as a flat ``uint8`` array (no copy
+    when it is contiguous)."""
+    if not isinstance(tensor, np.ndarray):
+        import torch
+
+        tensor = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+    return np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)
+
+
+def copy_side_files(source: Path, target: Path, out_code: str | None) -> None:
+    """Copy config (with the output dtype, a safetensors code), generation config and tokenizer files."""
     config = source / "config.json"
     if config.exists():
         data = json.loads(config.read_text())
-        if out_dtype is not None:
-            data["dtype"] = str(out_dtype).removeprefix("torch.")
+        if out_code is not None:
+            data["dtype"] = DTYPE_NAMES[out_code]
             data.pop("torch_dtype", None)
         (target / "config.json").write_text(json.dumps(data, indent=2) + "\n")
     for name in SIDE_FILES:
@@ -265,39 +311,48 @@ class StreamingHash:
     """sha256 of a model's shard files, fed with the bytes the merge reads anyway.
 
     A merge reads every byte of every input once; hashing those bytes as they pass,
-    in file order, saves reading the inputs a second time. A file whose tensors are
-    not read in storage order (another layout than the model that sets the order) is
-    hashed from disk at the end instead.
+    in file order, saves reading the inputs a second time. Files whose digest is
+    ``known`` (from the cache) are not hashed. A file whose tensors are not read in
+    storage order (another layout than the model that sets the order) is hashed from
+    disk at the end instead.
     """
 
-    def __init__(self, files: ModelFiles):
+    def __init__(self, files: ModelFiles, known: dict[Path, str] | None = None):
         self.files = files
+        self.known = known or {}
         self.state: dict[Path, list | None] = {}
         for path in files.files:
+            if path in self.known:
+                continue
             with open(path, "rb") as handle:
                 (length,) = struct.unpack("<Q", handle.read(8))
                 handle.seek(0)
                 self.state[path] = [hashlib.sha256(handle.read(8 + length)), 8 + length]
 
-    def feed(self, name: str, rows: tuple[int, int] | None, raw: torch.Tensor) -> None:
+    @property
+    def needed(self) -> bool:
+        """Whether any file still has to be hashed."""
+        return bool(self.state)
+
+    def feed(self, name: str, rows: tuple[int, int] | None, raw: "torch.Tensor | np.ndarray") -> None:
         """Hash the stored bytes of tensor ``name`` (or its ``rows``) just read."""
         path, offset = self.files.location[name]
-        if rows is not None:
-            offset += rows[0] * self.files.info[name].nbytes // max(1, self.files.info[name].shape[0])
-        state = self.state[path]
+        state = self.state.get(path)
         if state is None:
             return
+        if rows is not None:
+            offset += rows[0] * self.files.info[name].nbytes // max(1, self.files.info[name].shape[0])
         if offset != state[1]:
             self.state[path] = None  # out of order: hash from disk at the end
             return
-        data = raw.reshape(-1).view(torch.uint8).numpy()
+        data = stored_bytes(raw)
         state[0].update(memoryview(data))
         state[1] += len(data)
 
-    def digests(self) -> dict[str, str]:
-        """``{file name: sha256}``, re-reading only files that were not streamed whole."""
-        out = {}
+    def digests(self) -> dict[Path, str]:
+        """``{file: sha256}``, re-reading only files that were neither known nor streamed whole."""
+        out = dict(self.known)
         for path, state in self.state.items():
             complete = state is not None and state[1] == path.stat().st_size
-            out[path.name] = state[0].hexdigest() if complete else sha256_file(path)
-        return out
+            out[path] = state[0].hexdigest() if complete else sha256_file(path)
+        return {path: out[path] for path in self.files.files}

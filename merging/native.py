@@ -1,21 +1,25 @@
-"""Run a recipe with a native method: stream every tensor through the method function."""
+"""Run a recipe with a native method: stream every tensor through the method function.
+
+Methods with an array kernel that reproduces them exactly for the recipe's values run
+on numpy arrays and never import torch (whose start-up is about 3 s: most of the time
+of a small merge); every other merge runs on torch tensors. Both read, check, hash and
+write the same way.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from . import checks
-from .io import ModelFiles, ShardedWriter, StreamingHash, TensorInfo, copy_side_files
+from . import arrays, checks, hashcache
+from .io import CODES, DTYPE_NAMES, ModelFiles, ShardedWriter, StreamingHash, TensorInfo, copy_side_files
 from .methods import MethodSpec, get_method
 from .params import ParameterResolver
 from .recipe import Recipe
 from .stream import stream
 
-DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BLOCK_BYTES = 16 << 20  # elementwise methods see large tensors in row blocks of about this size
 
 
@@ -51,18 +55,35 @@ def run_native(recipe: Recipe, out_dir: Path, *, progress: bool = False, workers
     inputs = open_inputs(recipe, spec)
     used = {name: inputs.files[name] for name in inputs.order}
     names = checks.check_tensor_sets(used)
-    requested = DTYPE_NAMES.get(recipe.out_dtype or recipe.dtype or "")
+    requested = CODES.get(recipe.out_dtype or recipe.dtype or "")
     plan = [(name, _out_info(name, used, requested)) for name in names]
     donor = inputs.files[recipe.base_model or inputs.order[0]]  # config and tokenizer come from here
     resolver = ParameterResolver(recipe, spec, inputs.others, _num_layers(donor.config()))
-    combine = _Combiner(spec, resolver, inputs, dict(plan), recipe.seed or 0)
+    ops = ArrayOps() if runs_on_arrays(spec, resolver, used, plan) else TorchOps()
+    combine = _Combiner(spec, resolver, inputs, dict(plan), recipe.seed or 0, ops)
     writer = ShardedWriter(out_dir, plan, recipe.shard_size)
     items = work_items(plan, BLOCK_BYTES if spec.elementwise else None)
-    hashes = {model: StreamingHash(inputs.files[model]) for model in inputs.order}
-    stream(items, combine.load, combine, writer, progress=progress, workers=workers, on_loaded=_feeder(hashes))
-    floats = [info.dtype for _, info in plan if info.dtype.is_floating_point]
+    hashes = {model: _hasher(inputs.files[model]) for model in inputs.order}
+    feeder = _feeder(hashes) if any(h.needed for h in hashes.values()) else None
+    stream(items, combine.load, combine, writer, progress=progress, workers=workers, on_loaded=feeder)
+    floats = [info.code for _, info in plan if info.is_floating_point]
     copy_side_files(donor.folder, out_dir, floats[0] if floats else None)
-    return {model: hashes[model].digests() for model in inputs.order}
+    return {model: _digests(hashes[model]) for model in inputs.order}
+
+
+def _hasher(files: ModelFiles) -> StreamingHash:
+    """A streaming hash of the model's files whose digest the cache does not hold."""
+    known = {path: hashcache.cached_sha256(path) for path in files.files}
+    return StreamingHash(files, {path: digest for path, digest in known.items() if digest})
+
+
+def _digests(hasher: StreamingHash) -> dict[str, str]:
+    """``{file name: sha256}``; digests computed here are remembered for the next merge."""
+    digests = hasher.digests()
+    for path, digest in digests.items():
+        if path not in hasher.known:
+            hashcache.remember(path, digest)
+    return {path.name: digest for path, digest in digests.items()}
 
 
 def _feeder(hashes: dict[str, StreamingHash]):
@@ -75,7 +96,21 @@ def _feeder(hashes: dict[str, StreamingHash]):
     return feed
 
 
-def _out_info(name: str, used: dict[str, ModelFiles], requested: torch.dtype | None) -> TensorInfo:
+def runs_on_arrays(spec: MethodSpec, resolver: ParameterResolver, used: dict[str, ModelFiles],
+                   plan: list[tuple[str, TensorInfo]]) -> bool:
+    """Whether the method's array kernel gives exactly its torch result for this merge:
+    float32, float16 or bfloat16 throughout, and parameter values the kernel accepts."""
+    if spec.array_fn is None or spec.random:
+        return False
+    codes = {info.code for files in used.values() for info in files.info.values() if info.is_floating_point}
+    codes |= {info.code for _, info in plan if info.is_floating_point}
+    if not codes <= set(arrays.FLOAT_CODES):
+        return False
+    count = len(resolver.per_model)
+    return all(spec.accepts_arrays(resolver.resolve(name), count) for name, info in plan if info.is_floating_point)
+
+
+def _out_info(name: str, used: dict[str, ModelFiles], requested: str | None) -> TensorInfo:
     infos = {model: files.info[name] for model, files in used.items()}
     checks.check_shapes(name, infos)
     first = next(iter(infos.values()))
@@ -87,7 +122,7 @@ def work_items(plan: list[tuple[str, TensorInfo]], block_bytes: int | None) -> l
     items = []
     for name, info in plan:
         rows = info.shape[0] if info.shape else 0
-        row_bytes = 4 * (info.nbytes // max(1, rows) // info.dtype.itemsize) if rows else 0
+        row_bytes = 4 * (info.nbytes // max(1, rows) // info.itemsize) if rows else 0
         if not block_bytes or rows < 2 or rows * row_bytes <= block_bytes:
             items.append((name, None))
             continue
@@ -110,37 +145,78 @@ def tensor_seed(seed: int, name: str) -> int:
 
 @dataclass
 class Loaded:
-    """One item of every input: float32 tensors for the method, stored bytes for hashing."""
+    """One item of every input: float32 values for the method, stored bytes for hashing."""
 
-    tensors: list[torch.Tensor]
-    raw: list[torch.Tensor]
+    tensors: list[Any]
+    raw: list[Any]
+
+
+class TorchOps:
+    """Reads into torch tensors and runs the method's torch function."""
+
+    arrays = False
+
+    def __init__(self):
+        import torch  # here, before streaming starts: the streaming loop sets torch's thread count
+
+        self.torch = torch
+
+    def read(self, files: ModelFiles, name: str, rows: tuple[int, int] | None):
+        return files.load(name, rows)
+
+    def widen(self, raw, code: str):
+        return raw.to(self.torch.float32)
+
+    def narrow(self, merged, code: str):
+        return merged.to(getattr(self.torch, DTYPE_NAMES[code]))
+
+    def generator(self, seed: int):
+        return self.torch.Generator().manual_seed(seed)
+
+
+class ArrayOps:
+    """Reads into numpy arrays and runs the method's array kernel (no torch)."""
+
+    arrays = True
+
+    def read(self, files: ModelFiles, name: str, rows: tuple[int, int] | None):
+        return files.load_array(name, rows)
+
+    def widen(self, raw, code: str):
+        return arrays.to_float32(raw, code)
+
+    def narrow(self, merged, code: str):
+        return arrays.from_float32(merged, code)
 
 
 class _Combiner:
     """Loads one tensor from every input and applies the method to it."""
 
-    def __init__(self, spec: MethodSpec, resolver: ParameterResolver, inputs: Inputs, plan: dict, seed: int):
-        self.spec, self.resolver, self.inputs, self.plan, self.seed = spec, resolver, inputs, plan, seed
+    def __init__(self, spec: MethodSpec, resolver: ParameterResolver, inputs: Inputs, plan: dict, seed: int,
+                 ops: TorchOps | ArrayOps):
+        self.spec, self.resolver, self.inputs, self.plan, self.seed, self.ops = spec, resolver, inputs, plan, seed, ops
 
     def load(self, item: tuple[str, tuple[int, int] | None]) -> Loaded:
         name, rows = item
         loaded = Loaded([], [])
         for model in self.inputs.order:
-            raw = self.inputs.files[model].load(name, rows)
-            tensor = raw.to(torch.float32) if raw.is_floating_point() else raw
+            files = self.inputs.files[model]
+            raw = self.ops.read(files, name, rows)
+            code = files.info[name].code
+            tensor = self.ops.widen(raw, code) if files.info[name].is_floating_point else raw
             checks.check_finite(name, tensor, f"input {model}")
             loaded.raw.append(raw)
             loaded.tensors.append(tensor)
         return loaded
 
-    def __call__(self, item: tuple[str, tuple[int, int] | None], loaded: Loaded) -> torch.Tensor:
+    def __call__(self, item: tuple[str, tuple[int, int] | None], loaded: Loaded):
         name, tensors = item[0], loaded.tensors
         out = self.plan[name]
-        if not tensors[0].is_floating_point():
+        if not out.is_floating_point:
             return checks.check_equal(name, dict(zip(self.inputs.order, tensors)))
-        generator = torch.Generator().manual_seed(tensor_seed(self.seed, name)) if self.spec.random else None
+        generator = self.ops.generator(tensor_seed(self.seed, name)) if self.spec.random else None
         base = tensors[0] if self.inputs.base else None
         models = tensors[1:] if self.inputs.base else tensors
-        merged = self.spec(base, models, self.resolver.resolve(name), generator)
+        merged = self.spec(base, models, self.resolver.resolve(name), generator, arrays=self.ops.arrays)
         checks.check_finite(name, merged, f"output of {self.spec.name} over {', '.join(self.inputs.order)}")
-        return merged.to(out.dtype)
+        return self.ops.narrow(merged, out.code)

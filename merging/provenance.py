@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
-from . import catalog
-from .io import ModelFiles, sha256_file
+from . import catalog, hashcache
+from .io import ModelFiles
 from .recipe import Recipe
 
 
@@ -40,24 +39,13 @@ class SourceHash:
 def hash_model(model: str) -> SourceHash:
     """sha256 over the sorted ``name sha256`` lines of the model's safetensors files."""
     folder = Path(model.split("+")[0])
-    return source_hash(model, {path.name: _cached_sha256(path) for path in ModelFiles(folder).files})
+    return source_hash(model, {path.name: hashcache.sha256(path) for path in ModelFiles(folder).files})
 
 
 def source_hash(model: str, files: dict[str, str]) -> SourceHash:
     """The model-level digest from per-file digests (however they were computed)."""
     lines = "".join(f"{name} {digest}\n" for name, digest in sorted(files.items()))
     return SourceHash(model, hashlib.sha256(lines.encode()).hexdigest(), files)
-
-
-def _cached_sha256(path: Path) -> str:
-    """sha256 of a file, remembered for this process while its size and mtime are unchanged."""
-    stat = path.stat()
-    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-
-
-@lru_cache(maxsize=4096)
-def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    return sha256_file(Path(path))
 
 
 def explicit(recipe: Recipe) -> Recipe:

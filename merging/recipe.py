@@ -68,7 +68,7 @@ class Recipe(_Strict):
     @field_validator("merge_method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        if name not in catalog.known_methods():
+        if not catalog.is_known(name):
             raise ValueError(f"unknown method {name!r}; known: {', '.join(catalog.known_methods())}")
         return name
 

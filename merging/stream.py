@@ -5,28 +5,28 @@ input and combine it; a writer thread appends finished items to the open shard i
 plan order. torch ops and file I/O release the GIL, so these overlap. torch's own
 intra-op threads are set to 1 meanwhile: on a 2-core machine with other load, two
 OpenMP threads per op made elementwise ops 4-6x slower than one (measured), whereas
-one op per worker thread keeps both cores busy without contention. At most
-``workers + 1`` items are in flight and two wait to be written, which bounds memory.
+one op per worker thread keeps both cores busy without contention (numpy, used by
+array kernels, runs each op on the calling thread anyway). At most ``workers + 1``
+items are in flight and two wait to be written, which bounds memory.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from typing import Callable, Sequence
-
-import torch
+from typing import Any, Callable, Sequence
 
 from .io import ShardedWriter
 
 Item = tuple[str, "tuple[int, int] | None"]  # a tensor name and, optionally, a block of its rows
 Loader = Callable[[Item], object]
-Combiner = Callable[[Item, object], torch.Tensor]
+Combiner = Callable[[Item, object], Any]  # returns a torch tensor or a numpy array
 # Tests set this to slow every write down, so an interrupted merge can be observed.
 DELAY_ENV = "RAYSOUP_TEST_WRITE_DELAY"
 
@@ -85,6 +85,10 @@ def _fill(pending: deque, pool: ThreadPoolExecutor, upcoming, work, limit: int) 
 
 @contextmanager
 def _torch_threads(count: int):
+    torch = sys.modules.get("torch")  # set only when torch is in use: importing it costs seconds
+    if torch is None:
+        yield
+        return
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -122,7 +126,7 @@ class _WriterThread:
                 except BaseException as error:  # re-raised on the caller's thread
                     self.error = error
 
-    def put(self, name: str, tensor: torch.Tensor) -> None:
+    def put(self, name: str, tensor: Any) -> None:
         if self.error:
             raise self.error
         self.queue.put((name, tensor))

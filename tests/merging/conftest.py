@@ -16,6 +16,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def hash_cache(tmp_path_factory) -> Path:
+    """Input digests are cached in a session folder, never in the user's cache."""
+    folder = tmp_path_factory.mktemp("hash-cache")
+    os.environ["RAYSOUP_CACHE_DIR"] = str(folder)
+    return folder
+
 VOCAB = 128
 ARCHS = ("llama", "gpt2", "qwen2")
 
