@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from dataclasses import dataclass
 
@@ -73,7 +74,8 @@ class EvalActor:
         share = (time.perf_counter() - started) / len(examples)
         return [{"candidate": candidate, "set": set_index, "index": ex["i"],
                  "obs": json.dumps(obs), "error": error, "seconds": share,
-                 "actor": self.actor, "loads": loads if n == 0 else 0}
+                 "actor": self.actor, "loads": loads if n == 0 else 0,
+                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
                 for n, (ex, obs) in enumerate(zip(examples, observations))]
 
     def _hold(self, candidate: int) -> int:

@@ -156,7 +156,8 @@ def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: Evaluate
         num_gpus=config.gpus_per_actor or None)
     rows = dataset.take_all()
     return rows, {"actors": actors, "torch_threads": threads, "units": len(units),
-                  "model_loads": _loads(candidates, rows)}
+                  "model_loads": _loads(candidates, rows),
+                  "peak_actor_rss_mb": round(max((r["rss_mb"] for r in rows), default=0), 1)}
 
 
 def actor_count(config: EvaluateConfig, units: int) -> int:
