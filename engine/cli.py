@@ -109,6 +109,54 @@ def merge(recipe: Path = typer.Argument(..., help="Merge recipe: raysoup's or an
     merge_command(recipe, out, overwrite=overwrite, progress=progress, workers=workers)
 
 
+@app.command("eval")
+@user_errors
+def eval_(models: list[Path] = typer.Argument(..., help="Model folders (full models or LoRA "
+                                             "adapters) to evaluate."),
+          data: list[Path] = typer.Option(..., "--data", help="Evaluation file (.jsonl, .json, "
+                                          ".parquet, .csv); repeat for several sets."),
+          name: Optional[list[str]] = typer.Option(None, "--name", help="Name of each --data "
+                                                   "set, in order (default: the file's stem)."),
+          format: str = typer.Option("prompt_completion", "--format",
+                                     help="prompt_completion or text."),
+          metric: Optional[list[str]] = typer.Option(
+              None, "--metric", help="Metric to compute, repeatable: loss, ppl, accuracy, "
+              "accuracy_norm, exact_match or module:function (default: by the file's fields)."),
+          split: str = typer.Option("test", "--split", help="selection or test (a label in "
+                                    "the results)."),
+          out: Optional[Path] = typer.Option(None, "--out", help="Folder to write "
+                                             "evals.parquet into."),
+          actors: str = typer.Option("auto", "--actors", help="Evaluation actors (a number, "
+                                     "or auto: one per free CPU)."),
+          batch_size: int = typer.Option(16, "--batch-size", help="Examples per model batch."),
+          limit: Optional[int] = typer.Option(None, "--limit", help="Only the first n rows of "
+                                              "each set."),
+          max_new_tokens: int = typer.Option(32, "--max-new-tokens",
+                                             help="Generation limit for exact_match."),
+          gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor",
+                                               help="GPUs per actor (0: CPU).")) -> None:
+    """Evaluate model folders on evaluation sets and print one table (exit 1 if any failed)."""
+    from engine.display import print_evals
+    from engine.evaluate import candidates_from_paths, evaluate
+    from engine.runner import ray_session
+    from sweeps.evaluation import config_for_files
+
+    config = config_for_files(
+        [str(d) for d in data], names=name, metrics=metric,
+        set_fields={"format": format, "split": split, "limit": limit,
+                    "max_new_tokens": max_new_tokens},
+        actors=int(actors) if actors.isdigit() else actors, batch_size=batch_size,
+        gpus_per_actor=gpus_per_actor)
+    candidates = candidates_from_paths([str(m) for m in models], kind="model")
+    with ray_session():
+        table = evaluate(candidates, config=config, out=out)
+    print_evals(table, console)
+    if out is not None:
+        console.print(f"Results: {out / 'evals.parquet'}")
+    if (table["status"] == "failed").any():
+        raise typer.Exit(1)
+
+
 @app.command()
 @user_errors
 def demo(storage: Optional[str] = StorageOption) -> None:

@@ -56,3 +56,31 @@ def selection_table(stages: list[dict], task: str) -> Table:
         out.add_row(str(index), stage["type"], str(stage["rows_in"]), str(stage["rows_out"]),
                     why or "-", f"{stage['seconds']:.1f}")
     return out
+
+
+def evals_table(evals: pd.DataFrame) -> Table:
+    """Evaluation results as a rich table: one row per (candidate, set), one column per metric."""
+    metrics = list(dict.fromkeys(evals["metric"]))
+    out = Table(title=f"{evals['candidate'].nunique()} candidate(s) on "
+                f"{evals['eval_set'].nunique()} set(s)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("candidate", "kind", "eval_set", "split", "n"):
+        out.add_column(column, justify="right" if column == "n" else "left", no_wrap=True)
+    for metric in metrics:
+        out.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
+    for (candidate, eval_set), group in evals.groupby(["candidate", "eval_set"], sort=False):
+        first = group.iloc[0]
+        values = dict(zip(group["metric"], group["value"]))
+        failed = (group["status"] != "ok").any()
+        out.add_row(candidate, first["kind"], eval_set, first["split"], str(first["n"]),
+                    *(cell(values.get(m)) if m in values else "" for m in metrics),
+                    style="red" if failed else None)
+    return out
+
+
+def print_evals(evals: pd.DataFrame, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(evals_table(evals))
+    failed = evals[evals["status"] != "ok"].drop_duplicates(["candidate", "eval_set", "error"])
+    for _, row in failed.iterrows():
+        console.print(f"[red]{row['candidate']} on {row['eval_set']} failed:[/] {row['error']}",
+                      highlight=False)

@@ -80,3 +80,18 @@ def _special_tokens(folder: Path) -> dict[str, str]:
 
 def _ids(token_id: int | None) -> list[int]:
     return [token_id] if token_id is not None else []
+
+
+def training_layout(enc: TextEncoder, prompts: list[str], completions: list[str] | None = None
+                    ) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids and labels as training sees them: bos + text + eos, every token labelled; or
+    bos + prompt, completion + eos, with the prompt's labels IGNORE."""
+    from engine.data import IGNORE
+
+    if completions is None:
+        ids = [enc.bos + t + enc.eos for t in enc.encode(prompts)]
+        return ids, ids
+    heads = [enc.bos + p for p in enc.encode(prompts)]
+    tails = [c + enc.eos for c in enc.encode(completions)]
+    return ([h + t for h, t in zip(heads, tails)],
+            [[IGNORE] * len(h) + t for h, t in zip(heads, tails)])

@@ -84,3 +84,36 @@ def load_checkpoint_weights(model, folder: Path) -> None:
 
 def load_trainer_state(folder: Path) -> dict:
     return torch.load(folder / TRAINER_STATE, weights_only=True)
+
+
+def load_for_eval(path: str, base: str | None = None):
+    """A model folder, or a LoRA adapter folder merged into its base, in float32, for inference.
+
+    Weights load from safetensors only and no code from the folder runs. The adapter's base is
+    `base`, else its `base_model_name_or_path`. Returns the model and the folder whose
+    tokenizer goes with it (the adapter's own, when it saved one).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such model folder: {path}")
+    from merging.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    config = folder / ADAPTER_CONFIG
+    if not config.is_file():
+        return _load_weights(path), path
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path}: adapter without {ADAPTER_WEIGHTS} (only safetensors "
+                                "weights are loaded)")
+    from peft import PeftModel
+
+    base = base or json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}: LoRA adapter without base_model_name_or_path; give its base")
+    model = PeftModel.from_pretrained(_load_weights(base), path, is_trainable=False)
+    has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return model.merge_and_unload(), path if has_tokenizer else base
+
+
+def _load_weights(path: str):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False,
+                                                use_safetensors=True)

@@ -1,0 +1,224 @@
+"""The evaluate stage: every candidate on every evaluation set, through a Ray Data actor pool.
+
+The driver reads the sets, sorts each set's examples by length and cuts them into batches
+(work units), one row of a Ray Dataset per (candidate, set, batch), grouped by candidate. A
+fixed pool of `EvalActor`s (`map_batches` with a callable class) turns units into per-example
+observations; each actor keeps the model it holds until a unit of another candidate arrives,
+so it loads each model once. The driver then reduces observations to metric values with the
+metric registry and writes `evals.parquet`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from engine.eval_sets import read_examples, resolve_metrics, set_problems
+from engine.metrics import Metric, get_metric
+from engine.rundir import write_atomic
+from sweeps import SweepError
+from sweeps.evaluation import EvalSetConfig, EvaluateConfig
+
+KINDS = ("trial", "checkpoint_average", "soup", "task_merge", "base")
+COLUMNS = ["candidate", "kind", "eval_set", "split", "metric", "value", "n", "status", "error",
+           "seconds", "path"]
+EVALS_FILE = "evals.parquet"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model to evaluate: a Hugging Face model folder or a LoRA adapter folder.
+
+    `kind` says where it came from (one of `KINDS` in a sweep; any string is accepted).
+    `base` is the adapter's base model; without it the adapter's `base_model_name_or_path`.
+    """
+
+    name: str
+    kind: str
+    path: str
+    base: str | None = None
+
+
+@dataclass
+class SetPlan:
+    """One set, ready to run: its metrics and its examples."""
+
+    config: EvalSetConfig
+    metrics: dict[str, Metric]
+    examples: list[dict]
+
+    @property
+    def needs(self) -> list[str]:
+        return sorted({m.needs for m in self.metrics.values()})
+
+
+def evaluate(candidates: list[Candidate], sets: list[EvalSetConfig] | None = None,
+             config: EvaluateConfig | None = None, *, splits: list[str] | None = None,
+             out: str | Path | None = None) -> pd.DataFrame:
+    """Evaluate every candidate on every set; one row per (candidate, set, metric).
+
+    `sets` defaults to `config.sets`; `splits` keeps only sets of those splits (selection code
+    passes `["selection"]`, and then no test set file is opened). A candidate that fails to
+    load or evaluate gets rows with status `failed` and the reason; the others complete. With
+    `out` (a folder), the table is also written to `out/evals.parquet` atomically. Needs Ray
+    (started by the caller, for example with `engine.runner.ray_session`).
+    """
+    config = config or EvaluateConfig()
+    chosen = [s for s in (config.sets if sets is None else sets)
+              if splits is None or s.split in splits]
+    _check_candidates(candidates)
+    plans = [plan_set(s) for s in chosen]
+    started = time.perf_counter()
+    rows, pool = run_pool(candidates, plans, config) if plans and candidates else ([], {})
+    table = results_table(candidates, plans, rows)
+    table.attrs.update(pool, seconds=round(time.perf_counter() - started, 3))
+    if out is not None:
+        write_evals(table, Path(out) / EVALS_FILE)
+    return table
+
+
+def plan_set(eval_set: EvalSetConfig) -> SetPlan:
+    """Check a set's file and metrics, then read its examples; bad input raises `SweepError`."""
+    problems = set_problems(eval_set, f"eval set {eval_set.name!r}")
+    if problems:
+        raise SweepError("\n".join(problems))
+    from engine.preflight import source_fields
+
+    names = resolve_metrics(eval_set, source_fields(eval_set.path))
+    metrics = {name: get_metric(name) for name in names}
+    examples = read_examples(eval_set, {m.needs for m in metrics.values()})
+    return SetPlan(eval_set, metrics, examples)
+
+
+def write_evals(table: pd.DataFrame, path: Path) -> None:
+    """`evals.parquet`, written so that readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    write_atomic(path, buffer.getvalue())
+
+
+def _check_candidates(candidates: list[Candidate]) -> None:
+    names = [c.name for c in candidates]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SweepError(f"candidates: names must be unique; repeated: {', '.join(repeated)}")
+
+
+def work_units(candidates: list[Candidate], plans: list[SetPlan], batch_size: int) -> list[dict]:
+    """Dataset rows: per candidate, per set, batches of examples of similar length."""
+    batches = [_length_batches(plan, batch_size) for plan in plans]
+    return [{"candidate": c, "set": s, "payload": json.dumps({"needs": plans[s].needs,
+                                                             "examples": batch})}
+            for c in range(len(candidates)) for s in range(len(plans)) for batch in batches[s]]
+
+
+def _length_batches(plan: SetPlan, batch_size: int) -> list[list[dict]]:
+    def length(example: dict) -> int:
+        return len(example["prompt"]) + max([len(example.get("completion", ""))]
+                                             + [len(c) for c in example.get("choices", [])])
+
+    order = sorted(range(len(plan.examples)), key=lambda i: length(plan.examples[i]))
+    examples = [{**plan.examples[i], "i": i} for i in order]
+    return [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
+
+
+def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: EvaluateConfig
+             ) -> tuple[list[dict], dict]:
+    """Run the work units through the actor pool; the rows and facts about the pool."""
+    import ray
+    import ray.data
+
+    from engine.eval_worker import EvalActor
+    from engine.runner import quiet_ray
+
+    quiet_ray()
+    units = work_units(candidates, plans, config.batch_size)
+    actors = actor_count(config, len(units))
+    threads = config.torch_threads or max(int(config.cpus_per_actor),
+                                          int(ray.cluster_resources().get("CPU", 1)) // actors)
+    kwargs = {"candidates": [asdict(c) for c in candidates],
+              "sets": [{"seq_len": p.config.seq_len, "max_new_tokens": p.config.max_new_tokens}
+                       for p in plans],
+              "device": "cuda" if config.gpus_per_actor > 0 else "cpu", "threads": threads,
+              "precision": config.precision, "batch_size": config.batch_size}
+    # One unit per block and per call, so units reach the actors in candidate order.
+    dataset = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+        EvalActor, batch_size=1, batch_format="pandas", fn_constructor_kwargs=kwargs,
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=config.cpus_per_actor,
+        num_gpus=config.gpus_per_actor or None)
+    rows = dataset.take_all()
+    return rows, {"actors": actors, "torch_threads": threads, "units": len(units),
+                  "model_loads": _loads(candidates, rows),
+                  "peak_actor_rss_mb": round(max((r["rss_mb"] for r in rows), default=0), 1)}
+
+
+def actor_count(config: EvaluateConfig, units: int) -> int:
+    """`actors`, or for `auto` what the free CPUs (GPUs) allow; never more than the units."""
+    if config.actors != "auto":
+        return max(1, min(config.actors, units))
+    import ray
+
+    free = ray.available_resources()
+    if config.gpus_per_actor > 0:
+        fit = free.get("GPU", 0) // config.gpus_per_actor
+    else:
+        fit = free.get("CPU", 0) // config.cpus_per_actor
+    return int(max(1, min(fit, units)))
+
+
+def _loads(candidates: list[Candidate], rows: list[dict]) -> dict[str, int]:
+    loads: dict[str, int] = defaultdict(int)
+    for row in rows:
+        loads[candidates[row["candidate"]].name] += int(row["loads"])
+    return dict(loads)
+
+
+def results_table(candidates: list[Candidate], plans: list[SetPlan], rows: list[dict]
+                  ) -> pd.DataFrame:
+    """Observations reduced to one row per (candidate, set, metric)."""
+    groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(int(row["candidate"]), int(row["set"]))].append(row)
+    records = []
+    for c, candidate in enumerate(candidates):
+        for s, plan in enumerate(plans):
+            records += _rows(candidate, plan, sorted(groups[(c, s)], key=lambda r: r["index"]))
+    return pd.DataFrame(records, columns=COLUMNS)
+
+
+def _rows(candidate: Candidate, plan: SetPlan, group: list[dict]) -> list[dict]:
+    error = next((r["error"] for r in group if r["error"]), None)
+    if error is None and len(group) != len(plan.examples):
+        error = f"{len(plan.examples) - len(group)} example(s) were not evaluated"
+    observations = [json.loads(r["obs"]) for r in group]
+    common = {"candidate": candidate.name, "kind": candidate.kind,
+              "eval_set": plan.config.name, "split": plan.config.split,
+              "n": len(plan.examples), "seconds": round(sum(r["seconds"] for r in group), 4),
+              "path": candidate.path}
+    return [{**common, "metric": name, **_score(metric, observations, error)}
+            for name, metric in plan.metrics.items()]
+
+
+def _score(metric: Metric, observations: list[dict], error: str | None) -> dict:
+    if error:
+        return {"value": math.nan, "status": "failed", "error": error}
+    try:
+        return {"value": float(metric.score(observations)), "status": "ok", "error": None}
+    except Exception as err:  # a user metric's bug fails its rows only
+        return {"value": math.nan, "status": "failed",
+                "error": f"metric {metric.name!r}: {type(err).__name__}: {err}"}
+
+
+def candidates_from_paths(paths: list[str], kind: str = "model") -> list[Candidate]:
+    """Candidates named by folder name (with its parent's where names repeat)."""
+    names = [Path(p).resolve().name for p in paths]
+    return [Candidate(n if names.count(n) == 1 else "/".join(Path(p).resolve().parts[-2:]),
+                      kind, str(p)) for n, p in zip(names, paths)]

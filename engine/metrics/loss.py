@@ -1,0 +1,43 @@
+"""`loss` and `ppl`: token-weighted mean causal-LM loss over the target tokens, and exp of it.
+
+The target tokens are the completion tokens (and the end-of-sequence token) of a
+prompt/completion example, or every token of a text example: the tokens whose label is not
+IGNORE, as in training.
+"""
+
+from __future__ import annotations
+
+import math
+
+from engine.data import IGNORE
+from engine.metrics.registry import metric
+
+
+def token_nll(logits, labels):
+    """Per-row summed negative log-likelihood of the labels, and the number of labelled tokens.
+
+    `logits` is (batch, length, vocab) and `labels` (batch, length) with IGNORE where no token
+    is predicted; position t's logits predict label t + 1, as in Hugging Face causal LMs.
+    """
+    logp = logits[:, :-1].float().log_softmax(-1)
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(picked * mask).sum(1), mask.sum(1)
+
+
+def mean_loss(observations: list[dict]) -> float:
+    tokens = sum(o["tokens"] for o in observations)
+    return sum(o["nll"] for o in observations) / tokens if tokens else float("nan")
+
+
+@metric("loss", needs="tokens", per_example=False)
+def loss(observations: list[dict]) -> float:
+    """Summed loss over all target tokens of the set / number of those tokens."""
+    return mean_loss(observations)
+
+
+@metric("ppl", needs="tokens", per_example=False)
+def ppl(observations: list[dict]) -> float:
+    """exp(loss); capped at exp(50) like the training report, so it stays finite."""
+    return math.exp(min(mean_loss(observations), 50.0))
