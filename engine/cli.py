@@ -75,7 +75,7 @@ def resume(run_dir: Path = typer.Argument(..., help="Run directory of an interru
     from engine.runner import resume as resume_sweep
 
     result = resume_sweep(run_dir)
-    print_result(result.trials, result.sweep, result.run_dir, console)
+    print_result(result, console)
 
 
 @app.command()
@@ -92,7 +92,7 @@ def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished
     for task, entry in manifest.get("tasks", {}).items():
         if entry.get("selection"):
             console.print(selection_table(entry["selection"], task))
-    print_result(result.trials, result.sweep, result.run_dir, console)
+    print_result(result, console)
 
 
 @app.command()
@@ -170,7 +170,7 @@ def _run(definition, storage: Optional[str]) -> None:
     from engine.runner import run as run_sweep
 
     result = run_sweep(definition, storage)
-    print_result(result.trials, result.sweep, result.run_dir, console)
+    print_result(result, console)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from engine.report import ranking_for
 from engine.results import leaderboard_columns, ranked
 from engine.scaling import print_scaling
 from sweeps import Sweep
@@ -33,16 +34,41 @@ def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = Non
     return out
 
 
-def print_result(table: pd.DataFrame, sweep: Sweep, run_dir, console: Console | None = None):
+def print_result(result, console: Console | None = None) -> None:
+    """A sweep's result in the terminal: trials, the scaling fit, every candidate, failures."""
     console = console or Console()
+    table, sweep, run_dir = result.trials, result.sweep, result.run_dir
     console.print(leaderboard_table(table, sweep))
     print_scaling(run_dir, console)
+    board = result.candidates()
+    if board is not None:
+        console.print(candidates_table(board, ranking_for(sweep)))
     for _, row in table[table["status"] == "error"].iterrows():
         console.print(f"[red]trial {row['trial_id']} failed:[/] {row['error']}")
+    if result.merges is not None:
+        for row in result.merges[result.merges["status"] != "done"].itertuples():
+            console.print(f"[red]merge {row.candidate} {row.status}:[/] {row.error}",
+                          highlight=False)
     if (table["status"] == "incomplete").any():
         console.print(f"[yellow]Some trials did not finish; continue with "
                       f"`raysoup resume {run_dir}`.")
-    console.print(f"Run directory: {run_dir}  (trials.parquet, leaderboard.md)")
+    console.print(f"Run directory: {run_dir}  (report.html, leaderboard.md, trials.parquet)")
+
+
+def candidates_table(board: pd.DataFrame, ranking) -> Table:
+    """Every candidate by selection score; merges show their test gain over their ingredients."""
+    arrow = "higher" if ranking.higher_is_better else "lower"
+    out = Table(title=f"{len(board)} candidates by {ranking.metric} on the selection sets "
+                f"({arrow} is better; test never chooses)", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["rank", "candidate", "kind", "selection", "test", "gain_vs_best", "gain_vs_mean"]
+    for column in columns:
+        out.add_column(column.replace("_", " "), no_wrap=True,
+                       justify="left" if column in ("candidate", "kind") else "right")
+    for row in board.itertuples():
+        gain = row.gain_vs_best
+        style = None if gain is None or gain != gain else ("green" if gain > 0 else "red")
+        out.add_row(*(cell(getattr(row, c)) for c in columns), style=style)
+    return out
 
 
 def selection_table(stages: list[dict], task: str) -> Table:

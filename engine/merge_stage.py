@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ray import tune
 
-from engine.planner import MergeJob
+from engine.planner import MergeJob, task_merge_recipe
 from engine.rundir import RunDir, write_atomic
 from sweeps import Sweep
 from sweeps.plans import expected_members, plan_names
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ["candidate", "kind", "plan", "method", "ingredients", "kept", "group", "parameters",
-           "path", "status", "error", "started_at", "seconds"]
+           "path", "status", "error", "started_at", "seconds", "reused"]
 
 
 def merge_stage(sweep: Sweep, run: RunDir, trials: "pd.DataFrame", base: str,
@@ -73,7 +73,7 @@ def run_merges(jobs: list[MergeJob], sweep: Sweep, run: RunDir, base: str,
     while refs:
         ready, _ = ray.wait(list(refs), num_returns=1)
         job = refs.pop(ready[0])
-        rows[job.candidate] = ray.get(ready[0])
+        rows[job.candidate] = {**ray.get(ready[0]), "reused": False}
         if on_done:
             on_done(rows[job.candidate])
     ordered = [rows[job.candidate] for job in jobs]
@@ -148,9 +148,10 @@ def _merge(job: MergeJob, inputs: list[str], out: Path, sweep: Sweep, run: RunDi
         by_input = dict(zip(inputs, job.ingredients))
         return [by_input[str(p)] for p in soup.ingredients]
     if job.kind == "task_merge":
-        recipe = {"merge_method": job.method, "base_model": base, "parameters": job.parameters,
-                  "models": [{"model": path} for path in inputs]}
-        merging.merge(recipe, out, overwrite=True)
+        recipe = task_merge_recipe(job.method, job.parameters, base, inputs)
+        # Seeded by the candidate's name, so a merge made again (on resume) is the same model.
+        seed = int(hashlib.sha256(job.candidate.encode()).hexdigest()[:8], 16)
+        merging.merge({**recipe, "seed": seed}, out, overwrite=True)
     else:
         merging.uniform_soup(inputs, out, overwrite=True)
     return list(job.ingredients)
@@ -197,7 +198,7 @@ class SelectionScorer:
 def _finished(job: MergeJob, run: RunDir) -> dict | None:
     record = _record(run, job)
     if record.is_file() and (run.merges / job.candidate / "recipe.yaml").is_file():
-        return json.loads(record.read_text())
+        return {**json.loads(record.read_text()), "reused": True}
     return None
 
 
@@ -205,7 +206,7 @@ def _skipped(job: MergeJob) -> dict | None:
     if job.skipped is None:
         return None
     return {**job.describe(), "kept": [], "path": None, "status": "skipped",
-            "error": job.skipped, "started_at": None, "seconds": 0.0}
+            "error": job.skipped, "started_at": None, "seconds": 0.0, "reused": False}
 
 
 def _record(run: RunDir, job: MergeJob) -> Path:

@@ -116,6 +116,12 @@ def _where(trials: "pd.DataFrame", where: dict) -> "pd.DataFrame":
     return trials
 
 
+def task_merge_recipe(method: str, parameters: dict, base: str, models: list[str]) -> dict:
+    """The merge recipe of one task merge: the task models over the base model."""
+    return {"merge_method": method, "base_model": base, "parameters": parameters,
+            "models": [{"model": path} for path in models]}
+
+
 def group_axes(sweep: Sweep) -> list[str]:
     """The trials-table columns that tell trials apart: the task, size and seed axes, and every
     searched field."""

@@ -32,6 +32,7 @@ def check(sweep: Sweep) -> None:
     problems += check_plans(sweep)
     if not problems:
         problems += [p for task in sweep.task_names() for p in _check_sizes(sweep, task)]
+        problems += _check_task_merges(sweep) + _check_evaluate(sweep)
     if problems:
         raise SweepError("sweep: " + f"{len(problems)} problem(s)\n  " + "\n  ".join(problems))
 
@@ -138,6 +139,47 @@ def count_rows(path: str) -> int:
     with open(path, "rb") as handle:
         lines = sum(1 for line in handle if line.strip())
     return lines - 1 if path.endswith(".csv") else lines
+
+
+def _check_task_merges(sweep: Sweep) -> list[str]:
+    """Each task_merge plan's method and parameters, checked as the recipe it will run."""
+    problems = []
+    for index, plan in enumerate(sweep.merge):
+        if plan.type != "task_merge":
+            continue
+        from pydantic import ValidationError
+
+        from engine.planner import task_merge_recipe
+        from merging.recipe import parse_recipe
+
+        models = [f"/{task}" for task in sweep.task_names()]
+        for parameters in plan.grid():
+            try:
+                parse_recipe(task_merge_recipe(plan.method, parameters, "/base", models))
+            except ValidationError as err:
+                problems += [f"merge[{index}]: {e['msg'].removeprefix('Value error, ')}"
+                             for e in err.errors()]
+                break
+    return problems
+
+
+def _check_evaluate(sweep: Sweep) -> list[str]:
+    """The sweep's own eval sets, and that some selection set reports `evaluate.rank_by`."""
+    from engine.eval_sets import resolve_metrics, set_problems
+    from engine.eval_stage import sweep_sets
+
+    problems = []
+    for index, eval_set in enumerate(sweep.evaluate.sets):
+        problems += set_problems(eval_set, f"evaluate.sets[{index}]")
+    selection = [s for s in sweep_sets(sweep) if s.split == "selection"]
+    if problems or not selection:
+        return problems
+    ranked = [s for s in selection if "://" in s.path
+              or sweep.evaluate.rank_by in resolve_metrics(s, source_fields(s.path))]
+    if not ranked:
+        problems.append(f"evaluate.rank_by: no selection set reports {sweep.evaluate.rank_by!r}; "
+                        f"sets: {', '.join(s.name for s in selection)}")
+    return problems
 
 
 def _check_model(sweep: Sweep) -> list[str]:

@@ -108,6 +108,8 @@ def leaderboard_markdown(table: pd.DataFrame, sweep: Sweep) -> str:
 
 
 def write_results(table: pd.DataFrame, sweep: Sweep, run: RunDir) -> None:
+    """`trials.parquet`, and a first `leaderboard.md` of the trials (the report stage adds the
+    other candidates)."""
     write_table(table, run.trials)
     write_atomic(run.leaderboard, leaderboard_markdown(table, sweep))
 

@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class SweepResult:
-    """What a sweep produced: its run directory and one row per trial."""
+    """What a sweep produced: its run directory, one row per trial, one per merge job, and the
+    evaluations of every candidate (None for stages the sweep does not have)."""
 
     run_dir: Path
     sweep: Sweep
     trials: "pd.DataFrame"
     merges: "pd.DataFrame | None" = None
+    evals: "pd.DataFrame | None" = None
 
     def leaderboard(self) -> "pd.DataFrame":
         """Trials best first by the sweep's metric."""
@@ -36,6 +38,13 @@ class SweepResult:
 
     def best(self) -> "pd.Series":
         return self.leaderboard().iloc[0]
+
+    def candidates(self) -> "pd.DataFrame | None":
+        """Every evaluated candidate (base, trials, merges) ranked by its selection score, with
+        each merge's gain over its ingredients on test; None without evaluations."""
+        from engine.report import candidate_board
+
+        return candidate_board(self.sweep, self.merges, self.evals)
 
     def scaling(self) -> dict | None:
         """The scaling-law analysis (`scaling.json`): the fitted law per group, its held-out
@@ -76,7 +85,11 @@ def load_result(run_dir: str | Path) -> SweepResult:
                          f"`raysoup resume {run.root}`")
     import pandas as pd
 
-    return SweepResult(run.root, sweep, pd.read_parquet(run.trials))
+    def table(path: Path):
+        return pd.read_parquet(path) if path.is_file() else None
+
+    return SweepResult(run.root, sweep, table(run.trials), table(run.merges_table),
+                       table(run.evals))
 
 
 def count_trials(sweep: Sweep) -> int:
@@ -98,6 +111,8 @@ def task_sizes(sweep: Sweep, manifest: dict) -> dict[str, dict[str, int]]:
 
 def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
     from engine.data import prepare
+    from engine.eval_stage import eval_stage
+    from engine.report import write_report
     from engine.merge_stage import EarlyMerges, merge_stage
     from engine.models import base_model_path
     from engine.progress import TrialProgress, stage
@@ -119,7 +134,9 @@ def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
         write_results(table, sweep, run)
         write_scaling(table, sweep, run)
         merges = merge_stage(sweep, run, table, model_path, progress) if sweep.merge else None
-    return SweepResult(run.root, sweep, table, merges)
+        evals = eval_stage(sweep, run, table, merges, model_path, progress)
+    write_report(sweep, run, table, merges, evals)
+    return SweepResult(run.root, sweep, table, merges, evals)
 
 
 # raysoup shows its own progress; Ray's per-stage banners and snapshot advice would bury it.

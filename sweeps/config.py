@@ -10,8 +10,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from sweeps.base import DataFile, Strict, absolute
+from sweeps.evaluation import EvaluateConfig
 from sweeps.plans import MergePlan
 from sweeps.selection import Stage, check_stage_types
 from sweeps.scale import DataScale, ScalingConfig
@@ -28,13 +30,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 PRESETS = ("demo", "tiny-random")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 METRICS = ("eval_loss", "eval_ppl", "train_loss")
 DEFAULT_TASK = "default"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class ModelConfig(Strict):
@@ -80,14 +77,14 @@ class FinetuneConfig(Strict):
 class DataConfig(Strict):
     """Fine-tuning data: files, their fields, and how text becomes training examples."""
 
-    train: Optional[str] = Field(
+    train: Optional[DataFile] = Field(
         None, description="Training file (.jsonl, .json, .parquet or .csv). A relative path is "
         "taken from the sweep file's folder. Required unless `tasks` gives each task's files.")
-    eval: Optional[str] = Field(None, description="Evaluation file: the selection set (training "
+    eval: Optional[DataFile] = Field(None, description="Evaluation file: the selection set (training "
                                 "reports its loss; soups and rankings read it). If absent, "
                                 "`eval_fraction` of the training file is held out (never trained "
                                 "on).")
-    test: Optional[str] = Field(None, description="Test file: evaluated for every candidate but "
+    test: Optional[DataFile] = Field(None, description="Test file: evaluated for every candidate but "
                                 "never read by any selection (greedy soups, choosing the best).")
     eval_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.1, description="Share of the training file held out for evaluation when `eval` is absent.")
@@ -109,14 +106,6 @@ class DataConfig(Strict):
         "field): `error` stops and names the file and line; `skip` drops it and records the "
         "count in the data manifest.")
 
-    @field_validator("train", "eval", "test")
-    @classmethod
-    def _known_suffix(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not value.endswith(DATA_SUFFIXES):
-            raise ValueError(f"'{value}' is not a known data file; allowed suffixes: "
-                             + ", ".join(DATA_SUFFIXES))
-        return value
-
     @field_validator("select", mode="before")
     @classmethod
     def _known_stages(cls, value):
@@ -132,9 +121,10 @@ class DataConfig(Strict):
 class TaskConfig(Strict):
     """One task of the `task` axis: its own files; every other data setting comes from `data`."""
 
-    train: str = Field(..., description="The task's training file.")
-    eval: Optional[str] = Field(None, description="The task's selection set (see `data.eval`).")
-    test: Optional[str] = Field(None, description="The task's test set (see `data.test`).")
+    train: DataFile = Field(..., description="The task's training file.")
+    eval: Optional[DataFile] = Field(None, description="The task's selection set (see "
+                                     "`data.eval`).")
+    test: Optional[DataFile] = Field(None, description="The task's test set (see `data.test`).")
 
 
 class TrainConfig(Strict):
@@ -216,6 +206,9 @@ class Sweep(Strict):
                                    description="Scaling-law fit over the data-scale axis.")
     storage: str = Field("runs", description="Folder that holds run directories (relative to "
                          "the working directory).")
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="The evaluate stage: every candidate (base "
+        "model, trials, merges) on every set (see docs/evaluation.md).")
     merge: list[MergePlan] = Field(
         default_factory=list, description="Merge plans, each producing candidates: "
         "`checkpoint_average`, `soup`, `task_merge` (see docs/pipeline.md).")
@@ -279,23 +272,18 @@ class Sweep(Strict):
     def resolve_paths(self, base: Path) -> "Sweep":
         """Data file paths made absolute against `base` (the sweep file's folder)."""
         files = ("train", "eval", "test")
-        updates = {k: _absolute(getattr(self.data, k), base) for k in files}
-        updates["select"] = [s.model_copy(update={"target": _absolute(s.target, base)})
+        updates = {k: absolute(getattr(self.data, k), base) for k in files}
+        updates["select"] = [s.model_copy(update={"target": absolute(s.target, base)})
                              if hasattr(s, "target") else s for s in self.data.select]
         tasks = self.tasks and {
-            name: task.model_copy(update={k: _absolute(getattr(task, k), base) for k in files})
+            name: task.model_copy(update={k: absolute(getattr(task, k), base) for k in files})
             for name, task in self.tasks.items()}
+        evaluate = self.evaluate.resolve_paths(base)
         model = self.model
         if model.path is not None and (base / model.path).exists():
             model = model.model_copy(update={"path": str((base / model.path).resolve())})
         return self.model_copy(update={"data": self.data.model_copy(update=updates),
-                                       "tasks": tasks, "model": model})
-
-
-def _absolute(path: Optional[str], base: Path) -> Optional[str]:
-    if path is None or "://" in path or Path(path).is_absolute():
-        return path
-    return str((base / path).resolve())
+                                       "tasks": tasks, "model": model, "evaluate": evaluate})
 
 
 def _find_spaces(node: Any, prefix: str):

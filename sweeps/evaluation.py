@@ -14,7 +14,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from sweeps.config import DATA_SUFFIXES, Strict, _absolute
+from sweeps.base import DataFile, Strict, absolute
 
 OBSERVATIONS = ("tokens", "choices", "generation")
 
@@ -56,7 +56,7 @@ class EvalSetConfig(Strict):
 
     name: str = Field(..., min_length=1, description="Name of the set in results "
                       "(`eval_set` column); unique among the sets.")
-    path: str = Field(..., description="Data file (.jsonl, .json, .parquet or .csv). A relative "
+    path: DataFile = Field(..., description="Data file (.jsonl, .json, .parquet or .csv). A relative "
                       "path is taken from the sweep file's folder.")
     format: Literal["text", "prompt_completion"] = Field(
         "prompt_completion", description="`text`: loss on every token of `text_field`. "
@@ -88,14 +88,6 @@ class EvalSetConfig(Strict):
     seq_len: Annotated[int, Field(gt=0)] = Field(
         128, description="Longest sequence in tokens. Loss sequences are cut at the end, as in "
         "training; choice and generation prompts lose their start instead.")
-
-    @field_validator("path")
-    @classmethod
-    def _known_suffix(cls, value: str) -> str:
-        if not value.endswith(DATA_SUFFIXES):
-            raise ValueError(f"'{value}' is not a known data file; allowed suffixes: "
-                             + ", ".join(DATA_SUFFIXES))
-        return value
 
     @field_validator("metrics")
     @classmethod
@@ -157,7 +149,12 @@ class EvalSetConfig(Strict):
 class EvaluateConfig(Strict):
     """The evaluate stage: the sets, and the actor pool that runs every candidate on them."""
 
-    sets: list[EvalSetConfig] = Field(default_factory=list, description="Evaluation sets.")
+    sets: list[EvalSetConfig] = Field(
+        default_factory=list, description="Evaluation sets. In a sweep, each task's `eval` file "
+        "(split selection) and `test` file (split test) are evaluated too, before these.")
+    rank_by: str = Field("loss", description="The metric that ranks candidates in a sweep's "
+                         "leaderboard, averaged over the selection sets (loss and ppl: lower is "
+                         "better; every other metric: higher is better).")
     batch_size: Annotated[int, Field(gt=0)] = Field(
         16, description="Examples per model batch (examples of similar length go together).")
     actors: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
@@ -172,6 +169,13 @@ class EvaluateConfig(Strict):
         "evenly among the actors.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="fp32, or bf16 / fp16 autocast (fp16 needs a GPU).")
+
+    @field_validator("rank_by")
+    @classmethod
+    def _known_rank_metric(cls, value: str) -> str:
+        if metric_needs(value) is None and not is_import_name(value):
+            raise ValueError(f"unknown metric {value!r}; known: {', '.join(known_metrics())}")
+        return value
 
     @field_validator("sets")
     @classmethod
@@ -195,7 +199,7 @@ class EvaluateConfig(Strict):
 
     def resolve_paths(self, base: Path) -> "EvaluateConfig":
         """Set paths made absolute against `base` (the sweep file's folder)."""
-        sets = [s.model_copy(update={"path": _absolute(s.path, base)}) for s in self.sets]
+        sets = [s.model_copy(update={"path": absolute(s.path, base)}) for s in self.sets]
         return self.model_copy(update={"sets": sets})
 
 

@@ -15,16 +15,16 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from sweeps.base import Strict
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Scalar = Union[bool, int, float, str]
 AXES = ("task", "data_size", "seed")
 
 
-class _Plan(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
+class _Plan(Strict):
     name: Optional[str] = Field(None, description="Name of the plan, used in candidate names "
                                 "(default: its type, numbered if repeated).")
     where: dict[str, Union[Scalar, list[Scalar]]] = Field(

@@ -61,32 +61,6 @@ def plot_gains(board: pd.DataFrame, ranking: Ranking):
     return fig
 
 
-def plot_data_scale(trials: pd.DataFrame, metric: str, settings: list[str]):
-    """The trials' metric against data size, one line per setting (mean over seeds, with range)."""
-    plt = _figure()
-    done = trials[(trials["status"] == "done") & trials["data_size"].notna()]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    groups = done.groupby(settings, dropna=False) if settings else [("all", done)]
-    for label, rows in groups:
-        stats = rows.groupby("data_size")[metric].agg(["mean", "min", "max"]).sort_index()
-        line = ax.plot(stats.index, stats["mean"], marker="o", label=_label(settings, label))
-        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.15,
-                        color=line[0].get_color())
-    ax.set_xscale("log")
-    ax.set_xlabel("training examples")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} by data size (band: spread over seeds)")
-    if len(ax.get_lines()) > 1:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def _label(settings: list[str], values) -> str:
-    values = values if isinstance(values, tuple) else (values,)
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={format_cell(v)}" for k, v in zip(settings, values))
-
-
 def save_plots(figures: dict, folder: Path) -> dict[str, bytes]:
     """Write each figure as `folder/<name>.png`; return the PNG bytes by name."""
     plt = _figure()

@@ -10,19 +10,15 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag,
-                      field_validator)
+from pydantic import AfterValidator, Discriminator, Field, StrictInt, Tag, field_validator
 
+from sweeps.base import Strict
 from sweeps.space import TAG_MARK
 
 Size = Union[StrictInt, float]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class LogRange(_Strict):
+class LogRange(Strict):
     """`points` sizes spaced evenly in log space from the first bound to the second."""
 
     log_range: tuple[Size, Size] = Field(
@@ -78,7 +74,7 @@ DataScale = Annotated[
 ]
 
 
-class ScalingConfig(_Strict):
+class ScalingConfig(Strict):
     """How results over the data-scale axis are fitted and extrapolated (`scaling.json`)."""
 
     metric: Optional[str] = Field(

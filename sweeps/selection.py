@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, Field, StrictInt, field_validator, model_validator
+
+from sweeps.base import DataFile, Strict
 
 Ratio = Annotated[float, Field(gt=0, le=1)]
 Count = Annotated[int, Field(gt=0)]
@@ -26,10 +27,8 @@ Keep = Annotated[Union[StrictInt, float], AfterValidator(_keep)]
 KEEP_HELP = "Rows to keep: a count (5000) or a fraction of the rows that reach this stage (0.25)."
 
 
-class StageConfig(BaseModel):
-    # The same strictness as every sweep section (`sweeps.config.Strict`), which this module
-    # cannot import: sweeps.config imports this one.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+class StageConfig(Strict):
+    pass
 
 
 class ExactDedup(StageConfig):
@@ -113,7 +112,7 @@ class ImportanceResample(StageConfig):
     one fixed draw, so smaller keeps are inside larger ones."""
 
     type: Literal["importance_resample"] = Field(..., description="`importance_resample`.")
-    target: str = Field(..., description="File of target examples (.jsonl, .json, .parquet or "
+    target: DataFile = Field(..., description="File of target examples (.jsonl, .json, .parquet or "
                         ".csv). A relative path is taken from the sweep file's folder.")
     target_field: Optional[str] = Field(
         None, description="Field of the target file to read (null: the data's own fields).")
@@ -127,16 +126,6 @@ class ImportanceResample(StageConfig):
         "follows the target more closely (n-grams the target lacks weigh heavily against a "
         "row), larger is gentler.")
     seed: int = Field(0, description="Seed of the Gumbel draw.")
-
-    @field_validator("target")
-    @classmethod
-    def _known_suffix(cls, value: str) -> str:
-        from sweeps.config import DATA_SUFFIXES
-
-        if not value.endswith(DATA_SUFFIXES):
-            raise ValueError(f"'{value}' is not a known data file; allowed suffixes: "
-                             + ", ".join(DATA_SUFFIXES))
-        return value
 
 
 class RandomSubset(StageConfig):

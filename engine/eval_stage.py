@@ -1,0 +1,95 @@
+"""The evaluate stage of a sweep: every candidate (the base model, finished trials, merges) on
+every evaluation set, through the actor pool of `engine.evaluate`.
+
+The sets are each task's `eval` file (split `selection`) and `test` file (split `test`), then the
+sweep's own `evaluate.sets`. A resumed sweep evaluates only the candidates that have no complete
+results in `evals.parquet` yet.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.rundir import RunDir
+from sweeps import Sweep
+from sweeps.evaluation import EvalSetConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from engine.evaluate import Candidate
+
+
+def sweep_sets(sweep: Sweep) -> list[EvalSetConfig]:
+    """The task files as evaluation sets (`<task>`: selection, `<task>-test`: test), then the
+    sweep's own sets."""
+    sets = []
+    for task in sweep.task_names():
+        data = sweep.task_data(task)
+        shared = {"format": data.format, "text_field": data.text_field,
+                  "prompt_field": data.prompt_field, "completion_field": data.completion_field}
+        if isinstance(sweep.train.seq_len, int):
+            shared["seq_len"] = sweep.train.seq_len
+        if data.eval:
+            sets.append(EvalSetConfig(name=task, path=data.eval, split="selection", **shared))
+        if data.test:
+            sets.append(EvalSetConfig(name=f"{task}-test", path=data.test, split="test",
+                                      **shared))
+    return sets + list(sweep.evaluate.sets)
+
+
+def sweep_candidates(trials: "pd.DataFrame", merges: "pd.DataFrame | None",
+                     base: str) -> list["Candidate"]:
+    """The base model, every finished trial's final checkpoint, and every merge that ran."""
+    from engine.evaluate import Candidate
+
+    found = [Candidate("base", "base", base)]
+    for row in trials[trials["status"] == "done"].itertuples():
+        found.append(Candidate(row.trial_id, "trial", row.checkpoint, base=base))
+    if merges is not None:
+        for row in merges[merges["status"] == "done"].itertuples():
+            found.append(Candidate(row.candidate, row.kind, row.path))
+    return found
+
+
+def eval_stage(sweep: Sweep, run: RunDir, trials: "pd.DataFrame",
+               merges: "pd.DataFrame | None", base: str,
+               progress: bool = True) -> "pd.DataFrame | None":
+    """Evaluate the candidates not evaluated yet (and merges made in this run); write and return
+    `evals.parquet`'s table."""
+    import pandas as pd
+
+    from engine.evaluate import evaluate, write_evals
+    from engine.progress import stage
+
+    sets = sweep_sets(sweep)
+    if not sets:
+        return None
+    candidates = sweep_candidates(trials, merges, base)
+    remade = set() if merges is None else set(merges.loc[~merges["reused"], "candidate"])
+    previous = _complete(run, [c for c in candidates if c.name not in remade], sets)
+    done = set(previous["candidate"]) if not previous.empty else set()
+    todo = [c for c in candidates if c.name not in done]
+    with stage(f"evaluating {len(todo)} candidate(s) on {len(sets)} set(s)", progress):
+        fresh = evaluate(todo, sets, sweep.evaluate) if todo else None
+    table = pd.concat([t for t in (previous, fresh) if t is not None and not t.empty],
+                      ignore_index=True)
+    write_evals(table, run.evals)
+    return table
+
+
+def _complete(run: RunDir, candidates: list["Candidate"],
+              sets: list[EvalSetConfig]) -> "pd.DataFrame":
+    """Rows of earlier runs for candidates that have results on every set, all of them ok."""
+    import pandas as pd
+
+    if not run.evals.is_file():
+        return pd.DataFrame()
+    table = pd.read_parquet(run.evals)
+    names = {c.name for c in candidates}
+    wanted = {s.name for s in sets}
+    keep = []
+    for name, rows in table[table["candidate"].isin(names)].groupby("candidate"):
+        if set(rows["eval_set"]) == wanted and (rows["status"] == "ok").all():
+            keep.append(rows)
+    return pd.concat(keep, ignore_index=True) if keep else pd.DataFrame()

@@ -1,0 +1,88 @@
+"""The report stage: the candidate leaderboard, `leaderboard.md`, `report.html` and `plots/`.
+
+Everything here reads the run directory's tables, so `raysoup report` rebuilds the same report
+from a finished (or interrupted) run without Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from engine.results import leaderboard_markdown
+from engine.rundir import RunDir, write_atomic
+from sweeps import Sweep
+from sweeps.leaderboard import Ranking, board_markdown, leaderboard, merge_summary
+from sweeps.report import plot_by_kind, plot_gains, render_html, save_plots, table_html
+
+LOWER_IS_BETTER = ("loss", "ppl")
+
+
+def ranking_for(sweep: Sweep) -> Ranking:
+    metric = sweep.evaluate.rank_by
+    return Ranking(metric, higher_is_better=metric not in LOWER_IS_BETTER)
+
+
+def ingredients_of(merges: pd.DataFrame | None) -> dict[str, list[str]]:
+    """Each merge candidate's ingredients (the trials it was made from)."""
+    if merges is None or merges.empty:
+        return {}
+    return {row.candidate: list(row.ingredients) for row in merges.itertuples()}
+
+
+def candidate_board(sweep: Sweep, merges: pd.DataFrame | None,
+                    evals: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Every evaluated candidate ranked by selection score; None without evaluations."""
+    if evals is None or evals.empty:
+        return None
+    return leaderboard(evals, ingredients_of(merges), ranking_for(sweep))
+
+
+def write_report(sweep: Sweep, run: RunDir, trials: pd.DataFrame,
+                 merges: pd.DataFrame | None, evals: pd.DataFrame | None) -> Path:
+    """Rank every candidate and write `leaderboard.md`, `report.html` and `plots/*.png`."""
+    ranking = ranking_for(sweep)
+    board = candidate_board(sweep, merges, evals)
+    markdown = leaderboard_markdown(trials, sweep)
+    if board is not None:
+        markdown += "\n" + board_markdown(board, ranking, "All candidates")
+    write_atomic(run.leaderboard, markdown)
+    images = save_plots(_figures(board, ranking), run.plots)
+    if run.scaling_plot.is_file():
+        images["scaling"] = run.scaling_plot.read_bytes()
+    write_atomic(run.report, render_html(f"{sweep.name}: raysoup report",
+                                         _sections(sweep, trials, merges, board), images))
+    return run.report
+
+
+def _figures(board, ranking: Ranking) -> dict:
+    if board is None:
+        return {}
+    figures = {"metric_by_kind": plot_by_kind(board, ranking)}
+    if merge_summary(board)["gain_vs_best"].notna().any():
+        figures["merge_gain"] = plot_gains(board, ranking)
+    return figures
+
+
+def _sections(sweep: Sweep, trials: pd.DataFrame, merges, board) -> list[tuple[str, str]]:
+    sections = []
+    if board is not None:
+        columns = ["rank", "candidate", "kind", "selection", "test", "gain_vs_best",
+                   "gain_vs_mean", "ingredients"]
+        note = ("<p class='note'>Ranked by the selection sets only; the test column is never "
+                "used to choose. Gains are on test, positive when a merge beats its "
+                "ingredients.</p>")
+        sections.append(("Leaderboard", note + table_html(board, columns)))
+        verdicts = merge_summary(board)
+        if not verdicts.empty:
+            sections.append(("Merges against their ingredients", table_html(
+                verdicts, ["candidate", "kind", "test", "gain_vs_best", "beats_best",
+                           "gain_vs_mean", "beats_mean", "ingredients"])))
+    if merges is not None and (merges["status"] != "done").any():
+        sections.append(("Merges that did not run", table_html(
+            merges[merges["status"] != "done"], ["candidate", "status", "error"])))
+    columns = ["trial_id", "task", *sweep.search_space(), "data_size", "seed", "status",
+               sweep.metric, "steps", "error"]
+    sections.append(("Trials", table_html(trials, list(dict.fromkeys(columns)))))
+    return sections
