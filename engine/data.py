@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.encode import fast_path_agrees, text_encoder
+from engine.encode import fast_path_agrees, text_encoder, training_layout
 from engine.rundir import RunDir, write_atomic
 from sweeps import Sweep, SweepError
 from sweeps.config import DataConfig
@@ -95,15 +95,18 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_source(path: str):
-    """A Ray Dataset over one data file, chosen by suffix."""
+def read_source(path: str, fields: list[str] | None = None):
+    """A Ray Dataset over one Parquet, CSV or JSON-array file, chosen by suffix (`fields` of a
+    CSV file are read as text, not guessed numbers). JSONL goes through `read_records`."""
+    import pyarrow.csv
     import ray.data
 
     if path.endswith(".parquet"):
         return ray.data.read_parquet(path)
     if path.endswith(".csv"):
-        return ray.data.read_csv(path)
-    return ray.data.read_json(path, lines=path.endswith(".jsonl"))
+        text = pyarrow.csv.ConvertOptions(column_types={f: pa.string() for f in fields or []})
+        return ray.data.read_csv(path, convert_options=text)
+    return ray.data.read_json(path)
 
 
 def _pipeline(sweep: Sweep, model_path: str):
@@ -142,28 +145,38 @@ def _task_parts(data: DataConfig, task: str, sweep: Sweep, model_path: str):
 def read_records(path: str, fields: list[str], on_bad_line: str = "error"):
     """(a Ray Dataset of `fields` from one data file, how many malformed JSONL lines it skipped).
 
-    Ray's JSON reader stops at a malformed line without naming it, so JSONL files are scanned
-    first; one with bad lines is either refused (file and line named) or parsed line by line.
+    JSONL lines are parsed with Python's `json`, so a value keeps its type: Ray's own JSONL
+    reader goes through pandas, which turns the string " 47" into the number 47. A file with bad
+    lines is refused (file and line named, found by a scan first) or its bad lines are skipped.
     """
     import ray.data
 
     from engine.preflight import scan_jsonl
 
-    bad = scan_jsonl(path, fields) if path.endswith(".jsonl") and "://" not in path else None
-    if not bad or not bad.count:
-        return read_source(path).select_columns(fields), 0
-    if on_bad_line == "error":
+    if not path.endswith(".jsonl"):
+        return read_source(path, fields).select_columns(fields), 0
+    bad = scan_jsonl(path, fields) if "://" not in path else None
+    if bad and bad.count and on_bad_line == "error":
         raise SweepError(f"data: {path} line {bad.first_line}: {bad.first_reason} ({bad.count} "
                          "bad line(s) in all); fix the file, or set data.on_bad_line: skip")
-    parse = functools.partial(_parse_lines, fields=fields)
-    return ray.data.read_text(path).map_batches(parse, batch_format="pyarrow"), bad.count
+    parse = functools.partial(_parse_lines, fields=fields, path=path, skip=on_bad_line == "skip")
+    records = ray.data.read_text(path).map_batches(parse, batch_format="pyarrow")
+    return records, bad.count if bad else 0
 
 
-def _parse_lines(batch: pa.Table, fields: list[str]) -> pa.Table:
+def _parse_lines(batch: pa.Table, fields: list[str], path: str, skip: bool) -> pa.Table:
+    """The records of a batch of JSONL lines, `fields` as text; blank lines are ignored."""
     from engine.preflight import line_problem
 
-    lines = [line for line in batch["text"].to_pylist() if not line_problem(line, fields)]
-    records = [json.loads(line) for line in lines]
+    records = []
+    for line in batch["text"].to_pylist():
+        if not line.strip():
+            continue
+        problem = line_problem(line, fields)
+        if problem and not skip:
+            raise SweepError(f"data: {path}: a line is {problem}; set data.on_bad_line: skip")
+        if not problem:
+            records.append(json.loads(line))
     return pa.table({f: pa.array([str(r[f]) for r in records], pa.string()) for f in fields})
 
 
@@ -225,16 +238,8 @@ def tokenize_batch(batch: pa.Table, data: DataConfig, model_path: str,
     `fast` encodes with the `tokenizers` library alone (see `engine.encode`).
     """
     enc = text_encoder(model_path, trust_remote_code, fast)
-    bos, eos = enc.bos, enc.eos
     columns = [[str(v) for v in batch.column(f).to_pylist()] for f in data.fields()]
-    if data.format == "text":
-        ids = [bos + t + eos for t in enc.encode(columns[0])]
-        labels = ids
-    else:
-        prompts = [bos + p for p in enc.encode(columns[0])]
-        completions = [c + eos for c in enc.encode(columns[1])]
-        ids = [p + c for p, c in zip(prompts, completions)]
-        labels = [[IGNORE] * len(p) + c for p, c in zip(prompts, completions)]
+    ids, labels = training_layout(enc, *columns)
     keys = example_keys(["\x1f".join(parts) for parts in zip(*columns)], data.seed)
     # The key's low digits pick held-out rows (`bucket`); the order uses the whole key.
     return pa.table({"key": keys, "bucket": keys % KEY_BUCKETS,

@@ -153,7 +153,10 @@ def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: Evaluate
     dataset = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
         EvalActor, batch_size=1, batch_format="pandas", fn_constructor_kwargs=kwargs,
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=config.cpus_per_actor,
-        num_gpus=config.gpus_per_actor or None)
+        num_gpus=config.gpus_per_actor or None,
+        # An actor that dies (out of memory, say) would die again on restart; a failed
+        # evaluation is redone by resuming instead.
+        max_restarts=0)
     rows = dataset.take_all()
     return rows, {"actors": actors, "torch_threads": threads, "units": len(units),
                   "model_loads": _loads(candidates, rows),

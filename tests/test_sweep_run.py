@@ -185,3 +185,30 @@ def test_changed_data_under_a_started_sweep_is_refused(tmp_path):
     train.write_text("\n".join(train.read_text().splitlines()[:500]) + "\n")
     with pytest.raises(SweepError, match="changed since"):
         engine.run(parse_sweep(sweep), storage=str(tmp_path / "runs"), progress=False)
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_text_that_looks_like_a_number_stays_text(suffix, tmp_path):
+    """" 47" must reach the tokenizer as " 47" (with its space), not as the number 47."""
+    import pyarrow as pa
+
+    from engine.data import load_split, prepare, tokenize_batch
+    from engine.demo import BASE_DIR
+    from engine.rundir import RunDir
+
+    rows = [{"prompt": f"{i}+1=", "completion": f" {i + 1}"} for i in range(40)]
+    path = tmp_path / f"train.{suffix}"
+    frame = pd.DataFrame(rows)
+    if suffix == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    sweep = parse_sweep({"name": "num", "model": {"preset": "demo"},
+                         "data": {"train": str(path), "format": "prompt_completion",
+                                  "eval_fraction": 0.2}})
+    prepare(sweep, RunDir(tmp_path / "run"), str(BASE_DIR))
+    data = tmp_path / "run" / "data" / "default"
+    prepared = {tuple(ids) for split in ("train", "eval")
+                for ids in load_split(data, split)["input_ids"]}
+    expected = tokenize_batch(pa.Table.from_pylist(rows), sweep.data, str(BASE_DIR), False)
+    assert prepared == {tuple(ids) for ids in expected["input_ids"].to_pylist()}
