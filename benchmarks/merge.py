@@ -143,6 +143,7 @@ def run_case(work: Path, name: str, recipe: dict, naive_inputs: list[Path] | Non
     load = [round(os.getloadavg()[0], 2)]
     for repeat in range(repeats):
         cache = work / f"cache-{name}-{repeat}"  # empty for the cold run, filled by it for the warm one
+        shutil.rmtree(cache, ignore_errors=True)  # a reused work folder keeps the last run's digests
         for who, cmd in runs.items():
             shutil.rmtree(work / f"{name}-{who.split('_')[0]}", ignore_errors=True)
             samples[who].append(measure(cmd, cache if who.startswith("ours") else None))

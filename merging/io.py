@@ -17,7 +17,6 @@ for, so a merge that runs on arrays never pays torch's start-up.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -300,59 +299,3 @@ def copy_side_files(source: Path, target: Path, out_code: str | None) -> None:
         if (source / name).exists():
             shutil.copy2(source / name, target / name)
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-class StreamingHash:
-    """sha256 of a model's shard files, fed with the bytes the merge reads anyway.
-
-    A merge reads every byte of every input once; hashing those bytes as they pass,
-    in file order, saves reading the inputs a second time. Files whose digest is
-    ``known`` (from the cache) are not hashed. A file whose tensors are not read in
-    storage order (another layout than the model that sets the order) is hashed from
-    disk at the end instead.
-    """
-
-    def __init__(self, files: ModelFiles, known: dict[Path, str] | None = None):
-        self.files = files
-        self.known = known or {}
-        self.state: dict[Path, list | None] = {}
-        for path in files.files:
-            if path in self.known:
-                continue
-            with open(path, "rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))
-                handle.seek(0)
-                self.state[path] = [hashlib.sha256(handle.read(8 + length)), 8 + length]
-
-    @property
-    def needed(self) -> bool:
-        """Whether any file still has to be hashed."""
-        return bool(self.state)
-
-    def feed(self, name: str, rows: tuple[int, int] | None, raw: "torch.Tensor | np.ndarray") -> None:
-        """Hash the stored bytes of tensor ``name`` (or its ``rows``) just read."""
-        path, offset = self.files.location[name]
-        state = self.state.get(path)
-        if state is None:
-            return
-        if rows is not None:
-            offset += rows[0] * self.files.info[name].nbytes // max(1, self.files.info[name].shape[0])
-        if offset != state[1]:
-            self.state[path] = None  # out of order: hash from disk at the end
-            return
-        data = stored_bytes(raw)
-        state[0].update(memoryview(data))
-        state[1] += len(data)
-
-    def digests(self) -> dict[Path, str]:
-        """``{file: sha256}``, re-reading only files that were neither known nor streamed whole."""
-        out = dict(self.known)
-        for path, state in self.state.items():
-            complete = state is not None and state[1] == path.stat().st_size
-            out[path] = state[0].hexdigest() if complete else sha256_file(path)
-        return {path: out[path] for path in self.files.files}

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from . import arrays, checks, hashcache
-from .io import CODES, DTYPE_NAMES, ModelFiles, ShardedWriter, StreamingHash, TensorInfo, copy_side_files
+from .digest import HashLanes, StreamingHash
+from .io import CODES, DTYPE_NAMES, ModelFiles, ShardedWriter, TensorInfo, copy_side_files
 from .methods import MethodSpec, get_method
 from .params import ParameterResolver
 from .recipe import Recipe
@@ -50,7 +51,7 @@ def open_inputs(recipe: Recipe, spec: MethodSpec) -> Inputs:
 
 
 def run_native(recipe: Recipe, out_dir: Path, *, progress: bool = False, workers: int = 2) -> dict[str, dict[str, str]]:
-    """Merge into ``out_dir``, which exists and is empty; returns ``{model: {file: sha256}}``."""
+    """Merge into ``out_dir``, which exists and is empty; returns ``{model: {file: hex digest}}``."""
     spec = get_method(recipe.merge_method)
     inputs = open_inputs(recipe, spec)
     used = {name: inputs.files[name] for name in inputs.order}
@@ -64,8 +65,9 @@ def run_native(recipe: Recipe, out_dir: Path, *, progress: bool = False, workers
     writer = ShardedWriter(out_dir, plan, recipe.shard_size)
     items = work_items(plan, BLOCK_BYTES if spec.elementwise else None)
     hashes = {model: _hasher(inputs.files[model]) for model in inputs.order}
-    feeder = _feeder(hashes) if any(h.needed for h in hashes.values()) else None
-    stream(items, combine.load, combine, writer, progress=progress, workers=workers, on_loaded=feeder)
+    with HashLanes(list(hashes.values())) as lanes:
+        feed = (lambda item, loaded: lanes(item, loaded.raw)) if lanes.needed else None
+        stream(items, combine.load, combine, writer, progress=progress, workers=workers, on_loaded=feed)
     floats = [info.code for _, info in plan if info.is_floating_point]
     copy_side_files(donor.folder, out_dir, floats[0] if floats else None)
     return {model: _digests(hashes[model]) for model in inputs.order}
@@ -73,27 +75,17 @@ def run_native(recipe: Recipe, out_dir: Path, *, progress: bool = False, workers
 
 def _hasher(files: ModelFiles) -> StreamingHash:
     """A streaming hash of the model's files whose digest the cache does not hold."""
-    known = {path: hashcache.cached_sha256(path) for path in files.files}
+    known = {path: hashcache.cached(path) for path in files.files}
     return StreamingHash(files, {path: digest for path, digest in known.items() if digest})
 
 
 def _digests(hasher: StreamingHash) -> dict[str, str]:
-    """``{file name: sha256}``; digests computed here are remembered for the next merge."""
+    """``{file name: hex digest}``; digests computed here are remembered for the next merge."""
     digests = hasher.digests()
     for path, digest in digests.items():
         if path not in hasher.known:
             hashcache.remember(path, digest)
     return {path.name: digest for path, digest in digests.items()}
-
-
-def _feeder(hashes: dict[str, StreamingHash]):
-    """Hash each input's stored bytes as they pass (called in item order)."""
-
-    def feed(item: tuple[str, tuple[int, int] | None], loaded: "Loaded") -> None:
-        for raw, hasher in zip(loaded.raw, hashes.values()):
-            hasher.feed(item[0], item[1], raw)
-
-    return feed
 
 
 def runs_on_arrays(spec: MethodSpec, resolver: ParameterResolver, used: dict[str, ModelFiles],

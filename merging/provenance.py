@@ -2,12 +2,12 @@
 
 The recipe is written with every method default spelled out (mergekit's task-vector
 methods prune nothing unless ``density`` is set, which a reader should not have to
-know), and each source model is named with the sha256 of its safetensors files.
+know), and each source model is named with the BLAKE3 digest of its safetensors files,
+written ``blake3:<hex>``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import catalog, hashcache
+from .digest import labelled, new_hash
 from .io import ModelFiles
 from .recipe import Recipe
 
@@ -29,23 +30,23 @@ def raysoup_version() -> str:
 
 @dataclass(frozen=True)
 class SourceHash:
-    """A model folder and the content hash of its weights."""
+    """A model folder and the content hash of its weights (hex BLAKE3 digests)."""
 
     model: str
-    sha256: str
+    digest: str
     files: dict[str, str]
 
 
 def hash_model(model: str) -> SourceHash:
-    """sha256 over the sorted ``name sha256`` lines of the model's safetensors files."""
+    """BLAKE3 over the sorted ``name digest`` lines of the model's safetensors files."""
     folder = Path(model.split("+")[0])
-    return source_hash(model, {path.name: hashcache.sha256(path) for path in ModelFiles(folder).files})
+    return source_hash(model, {path.name: hashcache.digest(path) for path in ModelFiles(folder).files})
 
 
 def source_hash(model: str, files: dict[str, str]) -> SourceHash:
     """The model-level digest from per-file digests (however they were computed)."""
     lines = "".join(f"{name} {digest}\n" for name, digest in sorted(files.items()))
-    return SourceHash(model, hashlib.sha256(lines.encode()).hexdigest(), files)
+    return SourceHash(model, new_hash(lines.encode()).hexdigest(), files)
 
 
 def explicit(recipe: Recipe) -> Recipe:
@@ -61,7 +62,7 @@ def write_provenance(folder: Path, recipe: Recipe, sources: list[SourceHash]) ->
     """Write ``recipe.yaml`` (loadable by raysoup and mergekit) and the ``README.md`` card."""
     full = explicit(recipe)
     header = [f"# Made by raysoup {raysoup_version()} ({recipe.resolved_engine()} engine)."]
-    header += [f"# source {s.model} sha256:{s.sha256}" for s in sources]
+    header += [f"# source {s.model} {labelled(s.digest)}" for s in sources]
     (folder / "recipe.yaml").write_text("\n".join(header) + "\n" + full.to_yaml())
     (folder / "README.md").write_text(model_card(full, sources))
 
@@ -78,7 +79,7 @@ def model_card(recipe: Recipe, sources: list[SourceHash]) -> str:
 def write_card(folder: Path, title: str, spec: dict, sources: list[SourceHash], roles: dict | None = None) -> None:
     """Provenance for outputs that are not recipe merges (adapter merges, baked adapters)."""
     text = yaml.safe_dump(spec, sort_keys=False)
-    header = [f"# Made by raysoup {raysoup_version()}."] + [f"# source {s.model} sha256:{s.sha256}" for s in sources]
+    header = [f"# Made by raysoup {raysoup_version()}."] + [f"# source {s.model} {labelled(s.digest)}" for s in sources]
     (folder / "recipe.yaml").write_text("\n".join(header) + "\n" + text)
     intro = f"Made with raysoup {raysoup_version()}."
     method = str(next(iter(spec.values())))
@@ -86,11 +87,11 @@ def write_card(folder: Path, title: str, spec: dict, sources: list[SourceHash], 
 
 
 def _card(title, method, intro, recipe_yaml, sources, roles, notes) -> str:
-    rows = [f"| {roles.get(s.model, 'model')} | `{s.model}` | `{s.sha256}` |" for s in sources]
+    rows = [f"| {roles.get(s.model, 'model')} | `{s.model}` | `{labelled(s.digest)}` |" for s in sources]
     front = yaml.safe_dump({"library_name": "transformers", "tags": ["raysoup", "merge", method]}).strip()
     return "\n".join(
         ["---", front, "---", f"# {title}", "", intro, "", "## Sources", "",
-         "| role | model | sha256 of safetensors files |", "|---|---|---|", *rows, "",
+         "| role | model | content hash of safetensors files |", "|---|---|---|", *rows, "",
          "## Recipe (defaults written out)", "", "```yaml", recipe_yaml.rstrip(), "```", *notes, ""]
     )
 

@@ -69,7 +69,7 @@ def test_bake_equals_peft_merge_and_unload(llama, lora_adapters, tmp_path):
     ours, theirs = load_all(out), _peft_merged(llama[0], lora_adapters[0])
     for name, value in ours.items():
         assert torch.allclose(value, theirs[name], atol=1e-6), name
-    assert (out / "tokenizer.json").exists() and "sha256" in (out / "recipe.yaml").read_text()
+    assert (out / "tokenizer.json").exists() and "blake3:" in (out / "recipe.yaml").read_text()
 
 
 def test_bake_to_bfloat16_and_loads(llama, lora_adapters, tmp_path):
