@@ -81,13 +81,16 @@ def resume(run_dir: Path = typer.Argument(..., help="Run directory of an interru
 @app.command()
 @user_errors
 def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished sweep.")) -> None:
-    """Print the data selection counts and the leaderboard of a finished sweep."""
+    """Print a finished sweep's data selection, leaderboard and candidates; rebuild report.html."""
     from engine.data import read_manifest
     from engine.display import print_result, selection_table
+    from engine.report import write_report
     from engine.rundir import RunDir
     from engine.runner import load_result
 
     result = load_result(run_dir)
+    write_report(result.sweep, RunDir(result.run_dir), result.trials, result.merges,
+                 result.evals)
     manifest = read_manifest(RunDir(result.run_dir)) or {}
     for task, entry in manifest.get("tasks", {}).items():
         if entry.get("selection"):

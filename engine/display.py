@@ -59,16 +59,23 @@ def candidates_table(board: pd.DataFrame, ranking) -> Table:
     """Every candidate by selection score; merges show their test gain over their ingredients."""
     arrow = "higher" if ranking.higher_is_better else "lower"
     out = Table(title=f"{len(board)} candidates by {ranking.metric} on the selection sets "
-                f"({arrow} is better; test never chooses)", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ["rank", "candidate", "kind", "selection", "test", "gain_vs_best", "gain_vs_mean"]
-    for column in columns:
-        out.add_column(column.replace("_", " "), no_wrap=True,
-                       justify="left" if column in ("candidate", "kind") else "right")
+                f"({arrow} is better; test never chooses; gains on test)",
+                box=box.SIMPLE_HEAD, pad_edge=False)
+    out.add_column("#", justify="right")
+    out.add_column("candidate", overflow="fold", min_width=20)
+    out.add_column("kind", no_wrap=True)
+    for header in ("selection", "test", "vs best", "vs mean"):
+        out.add_column(header, justify="right", no_wrap=True)
     for row in board.itertuples():
         gain = row.gain_vs_best
         style = None if gain is None or gain != gain else ("green" if gain > 0 else "red")
-        out.add_row(*(cell(getattr(row, c)) for c in columns), style=style)
+        out.add_row(str(row.rank), row.candidate, KIND_LABELS.get(row.kind, row.kind),
+                    *(cell(v) for v in (row.selection, row.test, gain, row.gain_vs_mean)),
+                    style=style)
     return out
+
+
+KIND_LABELS = {"checkpoint_average": "ckpt avg", "task_merge": "task merge"}
 
 
 def selection_table(stages: list[dict], task: str) -> Table:

@@ -171,7 +171,11 @@ def _check_evaluate(sweep: Sweep) -> list[str]:
     problems = []
     for index, eval_set in enumerate(sweep.evaluate.sets):
         problems += set_problems(eval_set, f"evaluate.sets[{index}]")
-    selection = [s for s in sweep_sets(sweep) if s.split == "selection"]
+    sets = sweep_sets(sweep)
+    selection = [s for s in sets if s.split == "selection"]
+    if sets and not selection:
+        problems.append("evaluate: no selection set, so no candidate can be ranked; give each "
+                        "task an `eval` file, or add an evaluate set with `split: selection`")
     if problems or not selection:
         return problems
     ranked = [s for s in selection if "://" in s.path

@@ -110,6 +110,31 @@ def axis_sizes(sweep) -> dict[str, int]:
     return sizes
 
 
+def axis_values(sweep) -> dict[str, list]:
+    """The values each grid axis takes (`data_size`: the counts of `data_scale`)."""
+    counts = [v for v in sweep.data_scale or [] if isinstance(v, int)]
+    # Fractions become counts only once the data is prepared, so they cannot be checked here.
+    values = {"task": sweep.task_names(), "seed": list(sweep.seeds), "data_size": counts}
+    for path, space in sweep.search_space().items():
+        if space.key == "grid":
+            values[path] = space.values()
+    return values
+
+
+def _check_where_values(where: dict, values: dict[str, list], at: str) -> list[str]:
+    """A `where` value no trial can have would silently select nothing: refuse it."""
+    problems = []
+    for key, wanted in where.items():
+        known = values.get(key)
+        if not known:
+            continue
+        missing = [v for v in (wanted if isinstance(wanted, list) else [wanted]) if v not in known]
+        if missing:
+            problems.append(f"{at}.where.{key}: no trial has {missing[0]!r}; the sweep's values: "
+                            + ", ".join(map(str, known)))
+    return problems
+
+
 def check_plans(sweep) -> list[str]:
     """Problems with the sweep's merge plans, each naming `merge[i]` and the field."""
     problems = []
@@ -124,6 +149,7 @@ def check_plans(sweep) -> list[str]:
         if unknown:
             problems.append(f"{where}.where: '{unknown[0]}' is not an axis of this sweep; "
                             f"allowed: {', '.join(allowed)}")
+        problems += _check_where_values(plan.where, axis_values(sweep), where)
         if plan.type == "soup":
             problems += _check_soup(plan, sizes, where)
         elif plan.type == "task_merge" and sizes["task"] < 2:

@@ -129,3 +129,18 @@ def test_where_limits_a_plan_to_some_trials():
     assert [j.ingredients for j in jobs] == [["add-0.003-1", "reverse-0.003-1"]]
     with pytest.raises(SweepError, match=r"merge\[0\].where: 'lr' is not an axis"):
         check(parse_sweep(two_task_sweep(merge=[{"type": "soup", "where": {"lr": 1}}])))
+
+
+def test_a_where_value_no_trial_has_is_refused():
+    sweep = parse_sweep(two_task_sweep(merge=[{"type": "soup", "where": {"train.lr": 0.01}}]))
+    with pytest.raises(SweepError, match=r"merge\[0\].where.train.lr: no trial has 0.01; "
+                                         r"the sweep's values: 0.001, 0.003"):
+        check(sweep)
+
+
+def test_sets_without_a_selection_set_are_refused(tmp_path):
+    sweep = two_task_sweep()
+    for task in sweep["tasks"].values():
+        del task["eval"]
+    with pytest.raises(SweepError, match="evaluate: no selection set"):
+        check(parse_sweep(sweep))
