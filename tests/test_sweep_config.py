@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +109,7 @@ def test_every_example_loads_and_passes_preflight(path):
 
     sweep = load_sweep(path)
     check(sweep)
-    assert Path(sweep.data.train).is_file()
+    assert all(Path(sweep.task_data(task).train).is_file() for task in sweep.task_names())
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
@@ -144,8 +145,10 @@ def test_preflight_rejects_before_work_starts(name, overrides, message):
 
 
 def _raysoup(*args, cwd=None):
+    # A wide terminal, so rich does not wrap the one-line messages these tests read.
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
-                          text=True, cwd=cwd or REPO, timeout=120)
+                          text=True, cwd=cwd or REPO, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
 
 
 def test_cli_validate_reports_field_and_exits_nonzero_without_traceback(tmp_path):
@@ -162,7 +165,7 @@ def test_cli_validate_reports_field_and_exits_nonzero_without_traceback(tmp_path
 def test_cli_validate_accepts_the_demo():
     out = _raysoup("validate", "sweeps/examples/demo.yaml")
     assert out.returncode == 0, out.stderr
-    assert "8 trial(s)" in out.stdout
+    assert "16 trial(s)" in out.stdout
 
 
 def test_reference_docs_match_the_config_models():
