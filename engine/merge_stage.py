@@ -65,7 +65,8 @@ def run_merges(jobs: list[MergeJob], sweep: Sweep, run: RunDir, base: str,
 
     rows, refs = {}, {}
     for job in jobs:
-        row = _finished(job, run) or _skipped(job)
+        # A merge started early is this run's, even if it has finished (and left its record).
+        row = None if job.candidate in started else _finished(job, run) or _skipped(job)
         if row:
             rows[job.candidate] = row
         else:
@@ -163,9 +164,15 @@ def full_weights(path: str, base: str, run: RunDir) -> str:
         return path
     from merging import bake_adapter
 
+    from merging import MergeError
+
     baked = run.merges / ".baked" / hashlib.sha256(path.encode()).hexdigest()[:16]
-    if not (baked / "config.json").is_file():
-        bake_adapter(base, path, baked, overwrite=True)
+    try:
+        # Never replaced once there: another merge may be reading it.
+        bake_adapter(base, path, baked, overwrite=False)
+    except MergeError:
+        if not (baked / "config.json").is_file():
+            raise
     return str(baked)
 
 
