@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ["candidate", "kind", "plan", "method", "ingredients", "kept", "group", "parameters",
-           "path", "status", "error", "started_at", "seconds", "reused"]
+           "path", "status", "error", "submitted_at", "started_at", "seconds", "reused"]
 
 
 def merge_stage(sweep: Sweep, run: RunDir, trials: "pd.DataFrame", base: str,
@@ -54,7 +54,7 @@ def submit(job: MergeJob, sweep: Sweep, run: RunDir, base: str):
     import ray
 
     task = ray.remote(num_cpus=1)(run_job)
-    return task.remote(job, sweep.model_dump_json(), str(run.root), base)
+    return task.remote(job, sweep.model_dump_json(), str(run.root), base, time.time())
 
 
 def run_merges(jobs: list[MergeJob], sweep: Sweep, run: RunDir, base: str,
@@ -120,20 +120,21 @@ class EarlyMerges(tune.Callback):
                 for name, plan in zip(plan_names(self.sweep.merge), self.sweep.merge)}
 
 
-def run_job(job: MergeJob, sweep_json: str, root: str, base: str) -> dict:
+def run_job(job: MergeJob, sweep_json: str, root: str, base: str,
+            submitted_at: float | None = None) -> dict:
     """Run one merge job (inside a Ray task or directly); never raises."""
     sweep, run = Sweep.model_validate_json(sweep_json), RunDir(Path(root))
     started = time.time()
+    times = {"submitted_at": submitted_at, "started_at": started}
     out = run.merges / job.candidate
     try:
         inputs = [full_weights(path, base, run) for path in job.inputs]
         kept = _merge(job, inputs, out, sweep, run, base)
     except Exception as err:  # a failed merge is a result, not a crash of the sweep
         return {**job.describe(), "kept": [], "path": None, "status": "failed",
-                "error": _reason(err), "started_at": started,
-                "seconds": round(time.time() - started, 2)}
+                "error": _reason(err), **times, "seconds": round(time.time() - started, 2)}
     row = {**job.describe(), "kept": kept, "path": str(out), "status": "done", "error": None,
-           "started_at": started, "seconds": round(time.time() - started, 2)}
+           **times, "seconds": round(time.time() - started, 2)}
     write_atomic(_record(run, job), json.dumps(row, indent=2))
     return row
 
@@ -213,7 +214,8 @@ def _skipped(job: MergeJob) -> dict | None:
     if job.skipped is None:
         return None
     return {**job.describe(), "kept": [], "path": None, "status": "skipped",
-            "error": job.skipped, "started_at": None, "seconds": 0.0, "reused": False}
+            "error": job.skipped, "submitted_at": None, "started_at": None, "seconds": 0.0,
+            "reused": False}
 
 
 def _record(run: RunDir, job: MergeJob) -> Path:
