@@ -17,7 +17,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from safetensors.torch import save_file

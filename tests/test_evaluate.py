@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from engine.demo import BASE_DIR, save_tiny_model
+from engine.demo import BASE_DIR
 from engine.eval_sets import check_eval
 from engine.evaluate import Candidate, evaluate
 from engine.metrics import get_metric, metric
