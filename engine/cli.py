@@ -62,7 +62,7 @@ def validate(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."
 @user_errors
 def run(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."),
         storage: Optional[str] = StorageOption) -> None:
-    """Run a sweep: prepare data, train every trial, write results to the run directory."""
+    """Run a sweep: prepare data, train, merge, evaluate every candidate, write the report."""
     _run(load_sweep(sweep), storage)
 
 
@@ -70,7 +70,7 @@ def run(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."),
 @user_errors
 def resume(run_dir: Path = typer.Argument(..., help="Run directory of an interrupted sweep.")
            ) -> None:
-    """Finish an interrupted sweep without re-running finished trials."""
+    """Finish an interrupted sweep; finished trials, merges and evaluations are reused."""
     from engine.display import print_result
     from engine.runner import resume as resume_sweep
 
@@ -163,7 +163,7 @@ def eval_(models: list[Path] = typer.Argument(..., help="Model folders (full mod
 @app.command()
 @user_errors
 def demo(storage: Optional[str] = StorageOption) -> None:
-    """Run the built-in demo: a small pretrained model fine-tuned on bundled data, on local Ray."""
+    """Run the built-in demo: the whole pipeline on two bundled tasks, a small model, local Ray."""
     console.print(f"Demo sweep: {DEMO_SWEEP}")
     _run(load_sweep(DEMO_SWEEP), storage)
 
