@@ -14,7 +14,8 @@ from engine.results import leaderboard_markdown
 from engine.rundir import RunDir, write_atomic
 from sweeps import Sweep
 from sweeps.leaderboard import Ranking, board_markdown, leaderboard, merge_summary
-from sweeps.report import plot_by_kind, plot_gains, render_html, save_plots, table_html
+from sweeps.plots import plot_by_kind, plot_gains, save_plots
+from sweeps.report import render_html, table_html
 
 LOWER_IS_BETTER = ("loss", "ppl")
 
