@@ -5,10 +5,12 @@ on the demo's `add` and `reverse` eval sets with loss, choice accuracy and exact
 (greedy, --new tokens). The peer is the loop a user would write: one process, torch's default
 threads, each candidate loaded once, batches of the same size in file order. raysoup runs
 `engine.evaluate.evaluate` in one local Ray session started before timing (its start-up is
-reported separately); its time includes starting the actors and loading the models. The peer
-runs in its own process, so its peak RSS is its own. The last line is one JSON object.
+reported separately); its time includes starting the actors (their imports of torch and
+transformers) and loading the models. The peer's time starts after its own imports (printed,
+not counted). The peer runs in its own process, so its peak RSS is its own. The last line is one
+JSON object.
 
-    python benchmarks/evaluate.py [--candidates 2] [--hidden 384] [--layers 4] [--limit 200]
+    python benchmarks/evaluate.py [--candidates 2] [--hidden 384] [--layers 4] [--limit 100]
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ def examples(limit: int) -> dict[str, list[dict]]:
 # ---- the peer: a plain single-process Hugging Face loop --------------------------------------
 
 def peer(paths: list[str], limit: int, batch: int, new: int) -> dict:
+    importing = time.perf_counter()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    imports = time.perf_counter() - importing
     started, data, results = time.perf_counter(), examples(limit), {}
     for path in paths:
         tok = AutoTokenizer.from_pretrained(path)
@@ -85,7 +89,7 @@ def peer(paths: list[str], limit: int, batch: int, new: int) -> dict:
             results[f"{Path(path).name}/{name}"] = {"loss": nll / count,
                                                     "accuracy": correct / len(rows),
                                                     "exact_match": matched / len(rows)}
-    return {"seconds": time.perf_counter() - started, "results": results,
+    return {"seconds": time.perf_counter() - started, "results": results, "imports": imports,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -158,6 +162,7 @@ def ours(paths: list[str], limit: int, batch: int, new: int, actors: int) -> dic
                for (c, s), g in table.groupby(["candidate", "eval_set"])}
     return {"seconds": seconds, "results": results, "compute_seconds": float(
         table.drop_duplicates(["candidate", "eval_set"]).seconds.sum()),
+        "tree_share": table.attrs["prefix_tree_share"],
         "peak_rss_mb": table.attrs["peak_actor_rss_mb"], "threads": table.attrs["torch_threads"]}
 
 
@@ -170,7 +175,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--limit", type=int, default=200, help="examples per set")
+    parser.add_argument("--limit", type=int, default=100, help="examples per set (at most 100)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new", type=int, default=6, help="max new tokens (exact match)")
     parser.add_argument("--peer-only", nargs="*", help=argparse.SUPPRESS)
@@ -199,14 +204,15 @@ def _peer_process(paths: list[str], args: list[str]) -> dict:
 def run_all(paths: list[str], args) -> dict:
     import ray
 
-    n = args.candidates * len(SETS) * args.limit
+    n = args.candidates * sum(len(rows) for rows in examples(args.limit).values())
     load = os.getloadavg()[0]
     common = ["--limit", str(args.limit), "--batch", str(args.batch), "--new", str(args.new)]
     plain = _peer_process(paths, common)
     single = _peer_process(paths, common + ["--peer-threads", "1"])
     for label, res in (("torch default threads", plain), ("1 thread", single)):
         print(f"plain HF loop, {label}: {res['seconds']:.1f} s, {n / res['seconds']:.1f} ex/s, "
-              f"peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+              f"peak RSS {res['peak_rss_mb']:.0f} MB (its imports, not timed: "
+              f"{res['imports']:.1f} s)", flush=True)
     started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="WARNING")
@@ -218,6 +224,9 @@ def run_all(paths: list[str], args) -> dict:
               f"{n / res['seconds']:.1f} ex/s ({plain['seconds'] / res['seconds']:.2f}x the "
               f"plain loop), peak actor RSS {res['peak_rss_mb']:.0f} MB; max |diff| vs plain "
               f"{agreement(plain['results'], res['results']):.2e}", flush=True)
+        print(f"  of which actor compute (model loads excluded, summed over actors) "
+              f"{res['compute_seconds']:.1f} s; examples through prefix trees "
+              f"{res['tree_share']:.0%}", flush=True)
     print(f"Ray start-up (not in the times above): {ray_start:.1f} s")
     return {"bench": "evaluate", "examples": n, "model": f"llama {args.layers}x{args.hidden}",
             "ours": round(n / pools[1]["seconds"], 2), "ours_2_actors":
@@ -229,6 +238,9 @@ def run_all(paths: list[str], args) -> dict:
                 single["seconds"], 2), "ours_1": round(
                 pools[1]["seconds"], 2), "ours_2": round(pools[2]["seconds"], 2),
                 "ray_start": round(ray_start, 2)},
+            "compute_seconds": {"ours_1": round(pools[1]["compute_seconds"], 2),
+                                "ours_2": round(pools[2]["compute_seconds"], 2)},
+            "peer_imports_seconds": round(plain["imports"], 2),
             "peak_rss_mb": {"peer": round(plain["peak_rss_mb"]), "ours_1_actor": pools[1][
                 "peak_rss_mb"], "ours_2_actors": pools[2]["peak_rss_mb"]},
             "max_abs_diff": max(agreement(plain["results"], r["results"])

@@ -26,7 +26,6 @@ from sweeps.config import DataConfig
 
 MANIFEST_VERSION = 2
 KEY_BUCKETS = 10_000
-IGNORE = -100
 
 
 def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+IGNORE = -100  # the label of a token that is not predicted (the prompt's, padding)
+
 PROBES = ["Hello world", " leading space", "12+35= 47", "reverse abc: cba",
           "Ünïcode — naïve café\tand\nnewlines", "  two  spaces ", "x"]
 
@@ -86,8 +88,6 @@ def training_layout(enc: TextEncoder, prompts: list[str], completions: list[str]
                     ) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids and labels as training sees them: bos + text + eos, every token labelled; or
     bos + prompt, completion + eos, with the prompt's labels IGNORE."""
-    from engine.data import IGNORE
-
     if completions is None:
         ids = [enc.bos + t + enc.eos for t in enc.encode(prompts)]
         return ids, ids

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from engine.encode import TextEncoder, text_encoder, training_layout
-from engine.metrics.loss import token_nll
+from engine import eval_trees, prefix_tree
+from engine.batches import autocast, collate, token_nll
+from engine.encode import IGNORE, TextEncoder, text_encoder, training_layout
 from engine.models import load_for_eval, load_tokenizer
-from engine.train_loop import _autocast, _collate
 
 
 class LoadError(Exception):
@@ -48,6 +48,7 @@ class EvalActor:
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.held: tuple[int, Loaded | str] | None = None
+        self.tree_checked: dict[str, bool] = {}
         self.actor = f"{os.uname().nodename}:{os.getpid()}"
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -60,23 +61,21 @@ class EvalActor:
     def unit(self, candidate: int, set_index: int, payload: dict) -> list[dict]:
         """One row per example of the unit: its observation, or the error."""
         examples, loads = payload["examples"], self._hold(candidate)
-        started, error, observations = time.perf_counter(), "", [{} for _ in examples]
+        started, error = time.perf_counter(), ""
+        observations, shared = [{} for _ in examples], [False] * len(examples)
         try:
-            loaded = self._loaded()
-            spec = self.sets[set_index]
-            for needs in payload["needs"]:
-                for obs, found in zip(observations, OBSERVE[needs](self, loaded, examples, spec)):
-                    obs.update(found)
+            observations, shared = self.observe(self._loaded(), examples, payload["needs"],
+                                                self.sets[set_index])
         except LoadError as err:
             error = str(err)
         except Exception as err:  # a bad candidate must not stop the others
             error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
         share = (time.perf_counter() - started) / len(examples)
         return [{"candidate": candidate, "set": set_index, "index": ex["i"],
-                 "obs": json.dumps(obs), "error": error, "seconds": share,
+                 "obs": json.dumps(obs), "error": error, "seconds": share, "tree": tree,
                  "actor": self.actor, "loads": loads if n == 0 else 0,
                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-                for n, (ex, obs) in enumerate(zip(examples, observations))]
+                for n, (ex, obs, tree) in enumerate(zip(examples, observations, shared))]
 
     def _hold(self, candidate: int) -> int:
         """Make `candidate` the held model; 1 if it was loaded (or tried) now, else 0."""
@@ -101,16 +100,88 @@ class EvalActor:
             raise LoadError(self.held[1])
         return self.held[1]
 
+    def observe(self, loaded: Loaded, examples: list[dict], needs: list[str], spec: dict
+                ) -> tuple[list[dict], list[bool]]:
+        """Each example's observations for `needs`: from one pass over its prefix tree where
+        the model and the example allow it, else from separate sequences; and whether a tree
+        answered the example."""
+        observations = [{} for _ in examples]
+        shared = eval_trees.shared_needs(needs, examples) if self._shares(loaded) else []
+        trees = eval_trees.build(loaded.enc, examples, shared, spec["seq_len"],
+                                 spec["max_new_tokens"], prefix_tree.window(loaded.model)
+                                 ) if shared else [None] * len(examples)
+        fitted = [i for i, tree in enumerate(trees) if tree is not None]
+        found = self._from_trees(loaded, [trees[i] for i in fitted],
+                                 [examples[i] for i in fitted], spec)
+        for i, obs in zip(fitted, found):
+            observations[i].update(obs)
+        for need in needs:
+            rest = [i for i, tree in enumerate(trees) if need not in shared or tree is None]
+            if rest:
+                found = OBSERVE[need](self, loaded, [examples[i] for i in rest], spec)
+                for i, obs in zip(rest, found):
+                    observations[i].update(obs)
+        return observations, [tree is not None for tree in trees]
+
+    def _shares(self, loaded: Loaded) -> bool:
+        """Whether prefix trees give this model's numbers: checked once per model class
+        against separate sequences (a class whose forward rejects the tree's inputs fails the
+        check)."""
+        if not prefix_tree.supported(loaded.model):
+            return False
+        key = type(loaded.model).__name__
+        if key not in self.tree_checked:
+            try:
+                self.tree_checked[key] = self._tree_agrees(loaded)
+            except Exception:
+                self.tree_checked[key] = False
+        return self.tree_checked[key]
+
+    @torch.no_grad()
+    def _tree_agrees(self, loaded: Loaded) -> bool:
+        """Score a probe prompt's continuations (two share their first tokens) both ways."""
+        enc = loaded.enc
+        prompt = enc.bos + enc.encode([PROBE[0]])[0]
+        tails = [t + enc.eos for t in enc.encode(list(PROBE[1:]))]
+        tree = prefix_tree.Tree.of(prompt)
+        for tail in tails:
+            tree.add(tail)
+        shared = prefix_tree.score(loaded.model, [tree], loaded.tokenizer.pad_token_id)
+        alone = self._losses(loaded, [prompt + t for t in tails],
+                             [[IGNORE] * len(prompt) + t for t in tails], 10 ** 6, "fp32")
+        return all(abs(logprob + nll) <= 1e-4 * max(1.0, nll)
+                   for logprob, (nll, _) in zip(shared.logprobs[0], alone))
+
+    @torch.no_grad()
+    def _from_trees(self, loaded: Loaded, trees: list[eval_trees.ExampleTree],
+                    examples: list[dict], spec: dict) -> list[dict]:
+        tok = loaded.tokenizer
+        pad, eos = tok.pad_token_id, (loaded.enc.eos or [None])[0]
+        out = []
+        for start in range(0, len(trees), self.batch_size):
+            chunk = trees[start:start + self.batch_size]
+            plain = [t.tree for t in chunk]
+            drafts = [t.draft for t in chunk] if chunk[0].draft is not None else None
+            with autocast(self.precision, self.device):
+                scored = prefix_tree.score(loaded.model, plain, pad, drafts)
+                generated = (prefix_tree.generate(loaded.model, plain, pad, eos,
+                                                  spec["max_new_tokens"], scored)
+                             if drafts is not None else [None] * len(chunk))
+            for item, logprobs, tokens, example in zip(chunk, scored.logprobs, generated,
+                                                       examples[start:]):
+                out.append(item.observation(logprobs, tokens, example, _decoder(tok), eos))
+        return out
+
     @torch.no_grad()
     def _losses(self, loaded: Loaded, ids: list[list[int]], labels: list[list[int]],
-                seq_len: int) -> list[tuple[float, int]]:
+                seq_len: int, precision: str | None = None) -> list[tuple[float, int]]:
         """Summed loss and labelled-token count of each sequence, in chunks of batch_size."""
         pad, out = loaded.tokenizer.pad_token_id, []
         data = {"input_ids": ids, "labels": labels}
         for start in range(0, len(ids), self.batch_size):
             idx = range(start, min(start + self.batch_size, len(ids)))
-            batch = _collate(data, idx, seq_len, pad, self.device)
-            with _autocast(self.precision, self.device):
+            batch = collate(data, idx, seq_len, pad, self.device)
+            with autocast(precision or self.precision, self.device):
                 logits = loaded.model(input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"]).logits
             nll, count = token_nll(logits, batch["labels"])
@@ -156,13 +227,16 @@ class EvalActor:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         config = GenerationConfig(max_new_tokens=new, do_sample=False, num_beams=1,
                                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        with _autocast(self.precision, self.device):
+        with autocast(self.precision, self.device):
             result = loaded.model.generate(input_ids=ids.to(self.device),
                                            attention_mask=mask.to(self.device),
                                            generation_config=config)
         return [tok.decode(_until_eos(row[width:].tolist(), tok.eos_token_id),
                            skip_special_tokens=True) for row in result]
 
+
+# A prompt and three continuations, two of them sharing their first tokens.
+PROBE = ("The capital of France is", " Paris, of course", " Paris.", " Lyon")
 
 OBSERVE = {"tokens": EvalActor.tokens, "choices": EvalActor.choices,
            "generation": EvalActor.generation}
@@ -171,6 +245,10 @@ OBSERVE = {"tokens": EvalActor.tokens, "choices": EvalActor.choices,
 def _keep_end(ids: list[int], labels: list[int], seq_len: int) -> tuple[list[int], list[int]]:
     """Drop the prompt's start so the scored tail fits in seq_len tokens."""
     return (ids[-seq_len:], labels[-seq_len:]) if len(ids) > seq_len else (ids, labels)
+
+
+def _decoder(tokenizer):
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _until_eos(ids: list[int], eos: int | None) -> list[int]:

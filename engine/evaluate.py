@@ -1,7 +1,7 @@
 """The evaluate stage: every candidate on every evaluation set, through a Ray Data actor pool.
 
-The driver reads the sets, sorts each set's examples by length and cuts them into batches
-(work units), one row of a Ray Dataset per (candidate, set, batch), grouped by candidate. A
+The driver reads the sets, sorts each set's examples by length and cuts them into work units
+of a few batches, one row of a Ray Dataset per (candidate, set, unit), grouped by candidate. A
 fixed pool of `EvalActor`s (`map_batches` with a callable class) turns units into per-example
 observations; each actor keeps the model it holds until a unit of another candidate arrives,
 so it loads each model once. The driver then reduces observations to metric values with the
@@ -30,6 +30,7 @@ KINDS = ("trial", "checkpoint_average", "soup", "task_merge", "base")
 COLUMNS = ["candidate", "kind", "eval_set", "split", "metric", "value", "n", "status", "error",
            "seconds", "path"]
 EVALS_FILE = "evals.parquet"
+UNIT_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,9 @@ def _check_candidates(candidates: list[Candidate]) -> None:
         raise SweepError(f"candidates: names must be unique; repeated: {', '.join(repeated)}")
 
 
-def work_units(candidates: list[Candidate], plans: list[SetPlan], batch_size: int) -> list[dict]:
-    """Dataset rows: per candidate, per set, batches of examples of similar length."""
-    batches = [_length_batches(plan, batch_size) for plan in plans]
+def work_units(candidates: list[Candidate], plans: list[SetPlan], unit_size: int) -> list[dict]:
+    """Dataset rows: per candidate, per set, up to `unit_size` examples of similar length."""
+    batches = [_length_batches(plan, unit_size) for plan in plans]
     return [{"candidate": c, "set": s, "payload": json.dumps({"needs": plans[s].needs,
                                                              "examples": batch})}
             for c in range(len(candidates)) for s in range(len(plans)) for batch in batches[s]]
@@ -140,8 +141,10 @@ def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: Evaluate
     from engine.runner import quiet_ray
 
     quiet_ray()
-    units = work_units(candidates, plans, config.batch_size)
-    actors = actor_count(config, len(units))
+    batches = len(candidates) * sum(math.ceil(len(p.examples) / config.batch_size)
+                                    for p in plans)
+    actors = actor_count(config, batches)
+    units = work_units(candidates, plans, config.batch_size * unit_batches(batches, actors))
     threads = config.torch_threads or max(int(config.cpus_per_actor),
                                           int(ray.cluster_resources().get("CPU", 1)) // actors)
     kwargs = {"candidates": [asdict(c) for c in candidates],
@@ -160,11 +163,18 @@ def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: Evaluate
     rows = dataset.take_all()
     return rows, {"actors": actors, "torch_threads": threads, "units": len(units),
                   "model_loads": _loads(candidates, rows),
+                  "prefix_tree_share": round(sum(r["tree"] for r in rows) / max(len(rows), 1), 4),
                   "peak_actor_rss_mb": round(max((r["rss_mb"] for r in rows), default=0), 1)}
 
 
+def unit_batches(batches: int, actors: int) -> int:
+    """Batches per work unit: up to `UNIT_BATCHES` (each Ray Data block costs milliseconds of
+    scheduling), fewer where that would leave an actor without work."""
+    return max(1, min(UNIT_BATCHES, batches // (2 * actors)))
+
+
 def actor_count(config: EvaluateConfig, units: int) -> int:
-    """`actors`, or for `auto` what the free CPUs (GPUs) allow; never more than the units."""
+    """`actors`, or for `auto` what the free CPUs (GPUs) allow; never more than the batches."""
     if config.actors != "auto":
         return max(1, min(config.actors, units))
     import ray

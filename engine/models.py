@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sweeps import Sweep
-from sweeps.config import LoraConfig
+if TYPE_CHECKING:  # an evaluation actor imports this module; the sweep models are not needed
+    from sweeps import Sweep
+    from sweeps.config import LoraConfig
 
 TRAINER_STATE = "trainer_state.pt"
 TRIAL_INFO = "trial.json"

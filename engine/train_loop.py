@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from engine import models
-from engine.data import IGNORE, load_split
+from engine.batches import autocast, collate
+from engine.data import load_split
+from engine.encode import IGNORE
 from sweeps import Sweep
 from sweeps.config import DEFAULT_TASK
 
@@ -72,9 +74,9 @@ def train(spec: TrialSpec, session: Session) -> dict:
     while step < total:
         model.train()
         for micro in np.array_split(batches(step), cfg.grad_accum):
-            batch = _collate(data, micro, cfg.seq_len, pad, device)
+            batch = collate(data, micro, cfg.seq_len, pad, device)
             tokens += int(batch["attention_mask"].sum())  # real tokens, padding excluded
-            with _autocast(cfg.precision, device):
+            with autocast(cfg.precision, device):
                 loss = model(**batch).loss
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
@@ -139,27 +141,6 @@ def _batch_order(n: int, per_step: int, seed: int):
     return batch
 
 
-def _collate(data: dict, idx: np.ndarray, seq_len: int, pad: int, device) -> dict:
-    ids = [data["input_ids"][i][:seq_len] for i in idx]
-    labels = [data["labels"][i][:seq_len] for i in idx]
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    label_t = torch.full((len(ids), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, (x, y) in enumerate(zip(ids, labels)):
-        input_ids[row, :len(x)] = torch.tensor(x)
-        label_t[row, :len(y)] = torch.tensor(y)
-        mask[row, :len(x)] = 1
-    return {"input_ids": input_ids.to(device), "labels": label_t.to(device),
-            "attention_mask": mask.to(device)}
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 @torch.no_grad()
 def evaluate(model, data: dict, cfg, pad: int, device) -> float:
     """Mean loss per predicted token over the whole eval set."""
@@ -167,8 +148,8 @@ def evaluate(model, data: dict, cfg, pad: int, device) -> float:
     total, count = 0.0, 0
     for start in range(0, len(data["input_ids"]), cfg.batch_size):
         idx = np.arange(start, min(start + cfg.batch_size, len(data["input_ids"])))
-        batch = _collate(data, idx, cfg.seq_len, pad, device)
-        with _autocast(cfg.precision, device):
+        batch = collate(data, idx, cfg.seq_len, pad, device)
+        with autocast(cfg.precision, device):
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]

@@ -21,7 +21,7 @@ from engine.eval_sets import check_eval
 from engine.evaluate import Candidate, evaluate
 from engine.metrics import get_metric, metric
 from engine.metrics.choice import pick
-from engine.metrics.loss import token_nll
+from engine.batches import token_nll
 from engine.models import load_tokenizer
 from sweeps import SweepError
 from sweeps.evaluation import EvalSetConfig, EvaluateConfig
@@ -240,6 +240,7 @@ def test_one_and_two_actors_agree(one_actor, two_actors):
 
 def test_each_actor_loads_each_model_once(one_actor, two_actors):
     assert one_actor.attrs["model_loads"] == {"demo": 1, "adapter": 1, "merged": 1}
+    assert one_actor.attrs["prefix_tree_share"] == 1.0  # every example went through a tree
     for name, loads in two_actors[0].attrs["model_loads"].items():
         assert 1 <= loads <= 2, name
 

@@ -1,7 +1,7 @@
 """Evaluation metrics, registered by name on import (see `registry`).
 
-Importing this package does not import torch: the metrics are reductions over plain numbers,
-and the tensor math (`loss.token_nll`) uses only tensor methods.
+Importing this package does not import torch: the metrics are reductions over plain numbers;
+the tensor math that feeds them lives with the evaluation actors (`engine.batches.token_nll`).
 """
 
 from engine.metrics import choice, exact_match, loss  # noqa: F401  (registers the built-ins)

@@ -9,21 +9,7 @@ from __future__ import annotations
 
 import math
 
-from engine.data import IGNORE
 from engine.metrics.registry import metric
-
-
-def token_nll(logits, labels):
-    """Per-row summed negative log-likelihood of the labels, and the number of labelled tokens.
-
-    `logits` is (batch, length, vocab) and `labels` (batch, length) with IGNORE where no token
-    is predicted; position t's logits predict label t + 1, as in Hugging Face causal LMs.
-    """
-    logp = logits[:, :-1].float().log_softmax(-1)
-    target = labels[:, 1:]
-    mask = target != IGNORE
-    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return -(picked * mask).sum(1), mask.sum(1)
 
 
 def mean_loss(observations: list[dict]) -> float:
