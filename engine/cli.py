@@ -152,7 +152,7 @@ def eval_(models: list[Path] = typer.Argument(..., help="Model folders (full mod
         gpus_per_actor=gpus_per_actor)
     candidates = candidates_from_paths([str(m) for m in models], kind="model")
     with ray_session():
-        table = evaluate(candidates, config=config, out=out)
+        table = evaluate(candidates, config=config, out=out, progress=True)
     print_evals(table, console)
     if out is not None:
         console.print(f"Results: {out / 'evals.parquet'}")

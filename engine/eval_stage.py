@@ -8,6 +8,7 @@ results in `evals.parquet` yet.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from engine.rundir import RunDir
@@ -60,7 +61,7 @@ def eval_stage(sweep: Sweep, run: RunDir, trials: "pd.DataFrame",
     import pandas as pd
 
     from engine.evaluate import evaluate, write_evals
-    from engine.progress import stage
+    from engine.progress import finished
 
     sets = sweep_sets(sweep)
     if not sets:
@@ -70,8 +71,11 @@ def eval_stage(sweep: Sweep, run: RunDir, trials: "pd.DataFrame",
     previous = _complete(run, [c for c in candidates if c.name not in remade], sets)
     done = set(previous["candidate"]) if not previous.empty else set()
     todo = [c for c in candidates if c.name not in done]
-    with stage(f"evaluating {len(todo)} candidate(s) on {len(sets)} set(s)", progress):
-        fresh = evaluate(todo, sets, sweep.evaluate) if todo else None
+    started = time.time()
+    fresh = evaluate(todo, sets, sweep.evaluate, progress=progress) if todo else None
+    if progress and fresh is not None:
+        finished(f"evaluating {len(todo)} candidate(s) on {len(sets)} set(s) with "
+                 f"{fresh.attrs.get('actors', 0)} actor(s)", started)
     table = pd.concat([t for t in (previous, fresh) if t is not None and not t.empty],
                       ignore_index=True)
     write_evals(table, run.evals)

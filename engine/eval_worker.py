@@ -1,9 +1,9 @@
 """The evaluation actor: holds one model at a time and turns work units into observations.
 
-A work unit is one candidate, one set and a batch of that set's examples of similar length.
+A work unit is one candidate and a run of examples, in parts of one set each, sorted by length.
 The actor loads the unit's candidate unless it already holds it (units arrive grouped by
 candidate, so each actor loads each model once), runs the forward passes or generations the
-set's metrics need, and returns one row per example with its observation as JSON. A candidate
+sets' metrics need, and returns one row per example with its observation as JSON. A candidate
 that fails to load or evaluate gives rows with an error instead; the actor carries on.
 """
 
@@ -53,13 +53,13 @@ class EvalActor:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = []
-        for candidate, set_index, payload in zip(batch["candidate"], batch["set"],
-                                                 batch["payload"]):
-            rows += self.unit(int(candidate), int(set_index), json.loads(payload))
+        for candidate, payload in zip(batch["candidate"], batch["payload"]):
+            for part in json.loads(payload):
+                rows += self.unit(int(candidate), part["set"], part)
         return pd.DataFrame(rows)
 
     def unit(self, candidate: int, set_index: int, payload: dict) -> list[dict]:
-        """One row per example of the unit: its observation, or the error."""
+        """One row per example of one set's part of a unit: its observation, or the error."""
         examples, loads = payload["examples"], self._hold(candidate)
         started, error = time.perf_counter(), ""
         observations, shared = [{} for _ in examples], [False] * len(examples)

@@ -11,9 +11,11 @@ metric registry and writes `evals.parquet`.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ KINDS = ("trial", "checkpoint_average", "soup", "task_merge", "base")
 COLUMNS = ["candidate", "kind", "eval_set", "split", "metric", "value", "n", "status", "error",
            "seconds", "path"]
 EVALS_FILE = "evals.parquet"
-UNIT_BATCHES = 8
+UNIT_EXAMPLES = 2048
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,15 @@ class SetPlan:
 
 def evaluate(candidates: list[Candidate], sets: list[EvalSetConfig] | None = None,
              config: EvaluateConfig | None = None, *, splits: list[str] | None = None,
-             out: str | Path | None = None) -> pd.DataFrame:
+             out: str | Path | None = None, progress: bool = False) -> pd.DataFrame:
     """Evaluate every candidate on every set; one row per (candidate, set, metric).
 
     `sets` defaults to `config.sets`; `splits` keeps only sets of those splits (selection code
     passes `["selection"]`, and then no test set file is opened). A candidate that fails to
     load or evaluate gets rows with status `failed` and the reason; the others complete. With
-    `out` (a folder), the table is also written to `out/evals.parquet` atomically. Needs Ray
-    (started by the caller, for example with `engine.runner.ray_session`).
+    `out` (a folder), the table is also written to `out/evals.parquet` atomically. `progress`
+    shows a bar of candidate-examples done. Needs Ray (started by the caller, for example with
+    `engine.runner.ray_session`).
     """
     config = config or EvaluateConfig()
     chosen = [s for s in (config.sets if sets is None else sets)
@@ -77,7 +80,8 @@ def evaluate(candidates: list[Candidate], sets: list[EvalSetConfig] | None = Non
     _check_candidates(candidates)
     plans = [plan_set(s) for s in chosen]
     started = time.perf_counter()
-    rows, pool = run_pool(candidates, plans, config) if plans and candidates else ([], {})
+    rows, pool = (run_pool(candidates, plans, config, progress) if plans and candidates
+                  else ([], {}))
     table = results_table(candidates, plans, rows)
     table.attrs.update(pool, seconds=round(time.perf_counter() - started, 3))
     if out is not None:
@@ -113,64 +117,86 @@ def _check_candidates(candidates: list[Candidate]) -> None:
         raise SweepError(f"candidates: names must be unique; repeated: {', '.join(repeated)}")
 
 
-def work_units(candidates: list[Candidate], plans: list[SetPlan], unit_size: int) -> list[dict]:
-    """Dataset rows: per candidate, per set, up to `unit_size` examples of similar length."""
-    batches = [_length_batches(plan, unit_size) for plan in plans]
-    return [{"candidate": c, "set": s, "payload": json.dumps({"needs": plans[s].needs,
-                                                             "examples": batch})}
-            for c in range(len(candidates)) for s in range(len(plans)) for batch in batches[s]]
+def work_units(candidates: list[Candidate], plans: list[SetPlan], pieces: int) -> list[dict]:
+    """Dataset rows: each candidate's examples (set by set, each set sorted by length) cut into
+    `pieces` runs of about equal size; a run lists its parts, one per set it touches."""
+    ordered = [(s, example) for s, plan in enumerate(plans) for example in _by_length(plan)]
+    size = math.ceil(len(ordered) / pieces)
+    units = []
+    for c in range(len(candidates)):
+        for start in range(0, len(ordered), size):
+            parts = [{"set": s, "needs": plans[s].needs, "examples": [e for _, e in group]}
+                     for s, group in itertools.groupby(ordered[start:start + size],
+                                                        key=lambda pair: pair[0])]
+            units.append({"candidate": c, "payload": json.dumps(parts)})
+    return units
 
 
-def _length_batches(plan: SetPlan, batch_size: int) -> list[list[dict]]:
+def unit_pieces(candidates: int, examples: int, actors: int) -> int:
+    """Runs per candidate: one where there are enough candidates to keep every actor busy (each
+    candidate is then loaded by one actor only), more where there are few candidates, and no
+    run above `UNIT_EXAMPLES` examples (a Ray Data block's result comes back whole)."""
+    return max(math.ceil(2 * actors / candidates), math.ceil(examples / UNIT_EXAMPLES), 1)
+
+
+def _by_length(plan: SetPlan) -> list[dict]:
     def length(example: dict) -> int:
         return len(example["prompt"]) + max([len(example.get("completion", ""))]
                                              + [len(c) for c in example.get("choices", [])])
 
     order = sorted(range(len(plan.examples)), key=lambda i: length(plan.examples[i]))
-    examples = [{**plan.examples[i], "i": i} for i in order]
-    return [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
+    return [{**plan.examples[i], "i": i} for i in order]
 
 
-def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: EvaluateConfig
-             ) -> tuple[list[dict], dict]:
+def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: EvaluateConfig,
+             progress: bool = False) -> tuple[list[dict], dict]:
     """Run the work units through the actor pool; the rows and facts about the pool."""
     import ray
-    import ray.data
 
-    from engine.eval_worker import EvalActor
+    from engine.progress import job_bar
     from engine.runner import quiet_ray
 
     quiet_ray()
-    batches = len(candidates) * sum(math.ceil(len(p.examples) / config.batch_size)
-                                    for p in plans)
-    actors = actor_count(config, batches)
-    units = work_units(candidates, plans, config.batch_size * unit_batches(batches, actors))
+    examples = sum(len(p.examples) for p in plans)
+    actors = actor_count(config, len(candidates) * math.ceil(examples / config.batch_size))
+    units = work_units(candidates, plans, unit_pieces(len(candidates), examples, actors))
     threads = config.torch_threads or max(int(config.cpus_per_actor),
                                           int(ray.cluster_resources().get("CPU", 1)) // actors)
-    kwargs = {"candidates": [asdict(c) for c in candidates],
-              "sets": [{"seq_len": p.config.seq_len, "max_new_tokens": p.config.max_new_tokens}
-                       for p in plans],
-              "device": "cuda" if config.gpus_per_actor > 0 else "cpu", "threads": threads,
-              "precision": config.precision, "batch_size": config.batch_size}
-    # One unit per block and per call, so units reach the actors in candidate order.
-    dataset = ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
-        EvalActor, batch_size=1, batch_format="pandas", fn_constructor_kwargs=kwargs,
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=config.cpus_per_actor,
-        num_gpus=config.gpus_per_actor or None,
-        # An actor that dies (out of memory, say) would die again on restart; a failed
-        # evaluation is redone by resuming instead.
-        max_restarts=0)
-    rows = dataset.take_all()
+    dataset = _pool_dataset(units, actors, config, {
+        "candidates": [asdict(c) for c in candidates],
+        "sets": [{"seq_len": p.config.seq_len, "max_new_tokens": p.config.max_new_tokens}
+                 for p in plans],
+        "device": "cuda" if config.gpus_per_actor > 0 else "cpu", "threads": threads,
+        "precision": config.precision, "batch_size": config.batch_size})
+    rows: list[dict] = []
+    with job_bar(f"evaluation ({actors} actor{'s' * (actors > 1)}, candidate-examples)",
+                 len(candidates) * examples, progress) as done:
+        for row in dataset.iter_rows():
+            rows.append(row)
+            done("", "ok")
     return rows, {"actors": actors, "torch_threads": threads, "units": len(units),
                   "model_loads": _loads(candidates, rows),
                   "prefix_tree_share": round(sum(r["tree"] for r in rows) / max(len(rows), 1), 4),
                   "peak_actor_rss_mb": round(max((r["rss_mb"] for r in rows), default=0), 1)}
 
 
-def unit_batches(batches: int, actors: int) -> int:
-    """Batches per work unit: up to `UNIT_BATCHES` (each Ray Data block costs milliseconds of
-    scheduling), fewer where that would leave an actor without work."""
-    return max(1, min(UNIT_BATCHES, batches // (2 * actors)))
+def _pool_dataset(units: list[dict], actors: int, config: EvaluateConfig, kwargs: dict):
+    """The units (one per block and per call, so they reach the actors in candidate order)
+    mapped by a fixed pool of `EvalActor`s."""
+    import ray.data
+    from ray.util.annotations import RayDeprecationWarning
+
+    from engine.eval_worker import EvalActor
+
+    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts yet
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+            EvalActor, batch_size=1, batch_format="pandas", fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=config.cpus_per_actor,
+            num_gpus=config.gpus_per_actor or None,
+            # An actor that dies (out of memory, say) would die again on restart; a failed
+            # evaluation is redone by resuming instead.
+            max_restarts=0)
 
 
 def actor_count(config: EvaluateConfig, units: int) -> int:

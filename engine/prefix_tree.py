@@ -95,14 +95,18 @@ def pack(trees: list[Tree], pad: int) -> Packed:
     width = max(len(t.tokens) for t in trees)
     ids = torch.full((len(trees), width), pad, dtype=torch.long)
     positions = torch.zeros((len(trees), width), dtype=torch.long)
-    # A padding column sees itself only: no empty row (no NaN), and nothing real sees it.
-    visible = torch.eye(width, dtype=torch.bool).repeat(len(trees), 1, 1)
+    hop = torch.arange(width).repeat(len(trees), 1)  # a root and padding are their own parent
     for row, tree in enumerate(trees):
         ids[row, :len(tree.tokens)] = torch.tensor(tree.tokens)
         positions[row, :len(tree.tokens)] = torch.tensor(tree.depths())
-        for node, parent in enumerate(tree.parents):  # parents come before their children
-            if parent >= 0:
-                visible[row, node] |= visible[row, parent]
+        hop[row, :len(tree.tokens)] = torch.tensor(
+            [p if p >= 0 else node for node, p in enumerate(tree.parents)])
+    # Ancestors by pointer doubling: after k rounds a node sees those fewer than 2^k levels up.
+    # A padding column sees itself only: no empty row (no NaN), and nothing real sees it.
+    visible = torch.eye(width, dtype=torch.bool).repeat(len(trees), 1, 1)
+    for _ in range(width.bit_length()):
+        visible |= visible.gather(1, hop[:, :, None].expand(-1, -1, width))
+        hop = hop.gather(1, hop)
     return Packed(ids, positions, visible)
 
 

@@ -19,7 +19,13 @@ def stage(message: str, show: bool = True):
     console, started = Console(stderr=True), time.time()
     with console.status(message + " ..."):
         yield
-    console.print(f"[green]done[/] {message} ({time.time() - started:.1f} s)")
+    finished(message, started, console)
+
+
+def finished(message: str, started: float, console: Console | None = None) -> None:
+    """The line a stage prints when it ends: what it did and how long it took."""
+    (console or Console(stderr=True)).print(
+        f"[green]done[/] {message} ({time.time() - started:.1f} s)")
 
 
 @contextlib.contextmanager
