@@ -174,7 +174,8 @@ def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: Evaluate
         for row in dataset.iter_rows():
             rows.append(row)
             done("", "ok")
-    return rows, {"actors": actors, "torch_threads": threads, "units": len(units),
+    return rows, {"actors": actors, "actor_processes": len({r["actor"] for r in rows}),
+                  "torch_threads": threads, "units": len(units),
                   "model_loads": _loads(candidates, rows),
                   "prefix_tree_share": round(sum(r["tree"] for r in rows) / max(len(rows), 1), 4),
                   "peak_actor_rss_mb": round(max((r["rss_mb"] for r in rows), default=0), 1)}
@@ -192,7 +193,7 @@ def _pool_dataset(units: list[dict], actors: int, config: EvaluateConfig, kwargs
         warnings.simplefilter("ignore", RayDeprecationWarning)
         return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
             EvalActor, batch_size=1, batch_format="pandas", fn_constructor_kwargs=kwargs,
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=config.cpus_per_actor,
+            compute=_strategy(config, actors), num_cpus=config.cpus_per_actor,
             num_gpus=config.gpus_per_actor or None,
             # An actor that dies (out of memory, say) would die again on restart; a failed
             # evaluation is redone by resuming instead.
@@ -200,17 +201,29 @@ def _pool_dataset(units: list[dict], actors: int, config: EvaluateConfig, kwargs
 
 
 def actor_count(config: EvaluateConfig, units: int) -> int:
-    """`actors`, or for `auto` what the free CPUs (GPUs) allow; never more than the batches."""
+    """`actors`, or for `auto` what the cluster's CPUs (GPUs) allow; never more than the
+    batches."""
     if config.actors != "auto":
         return max(1, min(config.actors, units))
     import ray
 
-    free = ray.available_resources()
+    total = ray.cluster_resources()
     if config.gpus_per_actor > 0:
-        fit = free.get("GPU", 0) // config.gpus_per_actor
+        fit = total.get("GPU", 0) // config.gpus_per_actor
     else:
-        fit = free.get("CPU", 0) // config.cpus_per_actor
+        fit = total.get("CPU", 0) // config.cpus_per_actor
     return int(max(1, min(fit, units)))
+
+
+def _strategy(config: EvaluateConfig, actors: int):
+    """A fixed pool for a number the user chose. For `auto`, a pool that starts with the actors
+    that fit now and grows to `actors` as resources free up (the trials and merges of a sweep
+    may still be letting go of their CPUs when evaluation starts)."""
+    import ray.data
+
+    if config.actors != "auto":
+        return ray.data.ActorPoolStrategy(size=actors)
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors)
 
 
 def _loads(candidates: list[Candidate], rows: list[dict]) -> dict[str, int]:

@@ -52,7 +52,8 @@ class Tree:
         """The index of `continuation` in `paths`; tokens shared with earlier paths are reused."""
         node, path = self.prompt_end, []
         for token in continuation:
-            node = self.children.get((node, token)) or self._grow(node, token)
+            child = self.children.get((node, token))
+            node = child if child is not None else self._grow(node, token)
             path.append(node)
         if path not in self.paths:
             self.paths.append(path)

@@ -159,7 +159,8 @@ class EvaluateConfig(Strict):
         16, description="Examples per model batch (examples of similar length go together).")
     actors: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         "auto", description="Evaluation actors, each holding one model at a time; `auto`: the "
-        "CPUs available divided by `cpus_per_actor` (GPUs by `gpus_per_actor` when set).")
+        "cluster's CPUs divided by `cpus_per_actor` (GPUs by `gpus_per_actor` when set), "
+        "starting with those free and growing as resources free up.")
     cpus_per_actor: Annotated[float, Field(gt=0)] = Field(1.0, description="CPUs reserved for "
                                                           "each actor.")
     gpus_per_actor: Annotated[float, Field(ge=0)] = Field(

@@ -246,6 +246,27 @@ def test_each_actor_loads_each_model_once(one_actor, two_actors):
                                                   "merged": 1}
 
 
+def test_an_auto_pool_grows_when_a_busy_cpu_frees_up(ray_local, candidates, sets):
+    """A sweep reaches evaluation while its last trials may still hold CPUs."""
+    import threading
+
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Busy:
+        def ready(self) -> bool:
+            return True
+
+    busy = Busy.remote()
+    ray.get(busy.ready.remote())
+    # Freed before the pool's actors have started, but after the pool was sized.
+    threading.Timer(1.0, ray.kill, args=(busy,)).start()
+    many = [Candidate(f"{c.name}{i}", c.kind, c.path) for i in range(2) for c in candidates]
+    table = evaluate(many, sets, EvaluateConfig(actors="auto", batch_size=8))
+    assert (table.status == "ok").all()
+    assert table.attrs["actors"] == 2 and table.attrs["actor_processes"] == 2
+
+
 def test_work_units_cover_every_example_once_in_runs_of_about_equal_size(sets):
     plans = [plan_set(s) for s in sets]
     candidates = [Candidate(f"c{i}", "trial", "/unused") for i in range(2)]
