@@ -13,7 +13,8 @@ import pandas as pd
 from engine.results import leaderboard_markdown
 from engine.rundir import RunDir, write_atomic
 from sweeps import Sweep
-from sweeps.leaderboard import Ranking, board_markdown, leaderboard, merge_summary
+from sweeps.leaderboard import (Ranking, board_markdown, leaderboard, merge_summary, set_scores,
+                                sets_markdown)
 from sweeps.plots import plot_by_kind, plot_gains, save_plots
 from sweeps.report import render_html, table_html
 
@@ -45,15 +46,19 @@ def write_report(sweep: Sweep, run: RunDir, trials: pd.DataFrame,
     """Rank every candidate and write `leaderboard.md`, `report.html` and `plots/*.png`."""
     ranking = ranking_for(sweep)
     board = candidate_board(sweep, merges, evals)
+    scores = (set_scores(evals, ranking.metric, list(board["candidate"]))
+              if board is not None else None)
     markdown = leaderboard_markdown(trials, sweep)
     if board is not None:
         markdown += "\n" + board_markdown(board, ranking, "All candidates")
+        markdown += "\n" + sets_markdown(scores, ranking.metric)
     write_atomic(run.leaderboard, markdown)
     images = save_plots(_figures(board, ranking), run.plots)
     if run.scaling_plot.is_file():
         images["scaling"] = run.scaling_plot.read_bytes()
     write_atomic(run.report, render_html(f"{sweep.name}: raysoup report",
-                                         _sections(sweep, trials, merges, board), images))
+                                         _sections(sweep, trials, merges, board, scores),
+                                         images))
     return run.report
 
 
@@ -66,7 +71,8 @@ def _figures(board, ranking: Ranking) -> dict:
     return figures
 
 
-def _sections(sweep: Sweep, trials: pd.DataFrame, merges, board) -> list[tuple[str, str]]:
+def _sections(sweep: Sweep, trials: pd.DataFrame, merges, board, scores
+              ) -> list[tuple[str, str]]:
     sections = []
     if board is not None:
         columns = ["rank", "candidate", "kind", "selection", "test", "gain_vs_best",
@@ -75,6 +81,7 @@ def _sections(sweep: Sweep, trials: pd.DataFrame, merges, board) -> list[tuple[s
                 "used to choose. Gains are on test, positive when a merge beats its "
                 "ingredients.</p>")
         sections.append(("Leaderboard", note + table_html(board, columns)))
+        sections.append(("Each evaluation set", table_html(scores, list(scores.columns))))
         verdicts = merge_summary(board)
         if not verdicts.empty:
             sections.append(("Merges against their ingredients", table_html(

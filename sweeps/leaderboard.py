@@ -39,6 +39,20 @@ def candidate_scores(evals: pd.DataFrame, metric: str) -> pd.DataFrame:
     return frame.join(scores, on="candidate")
 
 
+def set_scores(evals: pd.DataFrame, metric: str, order: list[str] | None = None
+               ) -> pd.DataFrame:
+    """`metric` of every candidate on each set: one row per candidate (in `order` when given),
+    one column per set named `<set> (<split>)`, selection sets first."""
+    ok = evals[(evals["metric"] == metric) & (evals["status"] == "ok")]
+    table = ok.pivot_table(index="candidate", columns=["split", "eval_set"], values="value")
+    splits = [s for s in ("selection", "test") if s in table.columns.get_level_values(0)]
+    table = table.reindex(columns=[c for s in splits for c in table.columns if c[0] == s])
+    table.columns = [f"{name} ({split})" for split, name in table.columns]
+    if order is not None:
+        table = table.reindex(order)
+    return table.rename_axis("candidate").reset_index()
+
+
 def leaderboard(evals: pd.DataFrame, ingredients: dict[str, list[str]],
                 ranking: Ranking) -> pd.DataFrame:
     """Every candidate ranked by selection score, with merge gains over their ingredients."""
@@ -86,13 +100,23 @@ def board_markdown(board: pd.DataFrame, ranking: Ranking, title: str) -> str:
     columns = ["rank", "candidate", "kind", "selection", "test", "gain_vs_best", "gain_vs_mean",
                "ingredients"]
     arrow = "higher" if ranking.higher_is_better else "lower"
-    lines = [f"## {title}", "",
-             f"{len(board)} candidates ranked by mean `{ranking.metric}` on the selection sets "
-             f"({arrow} is better); `test` is never used for ranking. Gains are on test, "
-             "positive when the merge beats its ingredients.", "",
-             "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    for _, row in board.iterrows():
-        lines.append("| " + " | ".join(format_cell(row[c]) for c in columns) + " |")
+    return (f"## {title}\n\n{len(board)} candidates ranked by mean `{ranking.metric}` on the "
+            f"selection sets ({arrow} is better); `test` is never used for ranking. Gains are on "
+            "test, positive when the merge beats its ingredients.\n\n"
+            + markdown_table(board, columns))
+
+
+def sets_markdown(scores: pd.DataFrame, metric: str) -> str:
+    """`set_scores` as a Markdown section."""
+    return (f"## Each evaluation set\n\n`{metric}` of every candidate on each set, in "
+            "leaderboard order.\n\n" + markdown_table(scores, list(scores.columns)))
+
+
+def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
+    """`columns` of `frame` as a Markdown table, cells formatted by `format_cell`."""
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    lines += ["| " + " | ".join(format_cell(row[c]) for c in columns) + " |"
+              for _, row in frame.iterrows()]
     return "\n".join(lines) + "\n"
 
 

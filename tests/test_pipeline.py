@@ -13,6 +13,7 @@ import pytest
 import engine
 from engine.rundir import RunDir
 from sweeps import parse_sweep
+from sweeps.leaderboard import set_scores
 from tests.conftest import DEMO_DATA
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -119,8 +120,16 @@ def test_one_leaderboard_ranks_everything_by_selection_only(result):
     root = Path(result.run_dir)
     markdown = (root / "leaderboard.md").read_text()
     assert all(name in markdown for name in board["candidate"])
+    # Each set's own score, beside the means the leaderboard ranks by.
+    sets = set_scores(result.evals, "accuracy", list(board["candidate"]))
+    assert list(sets["candidate"]) == list(board["candidate"])
+    selection = [c for c in sets.columns if c.endswith("(selection)")]
+    assert len(selection) == 2 and sets.columns[-1].endswith("(test)")
+    assert sets[selection].mean(axis=1).tolist() == pytest.approx(board["selection"].tolist())
+    assert "## Each evaluation set" in markdown
     html = (root / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "Merges against their ingredients" in html
+    assert "Each evaluation set" in html
     assert (root / "plots" / "metric_by_kind.png").is_file()
 
 
