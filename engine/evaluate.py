@@ -183,7 +183,7 @@ def run_pool(candidates: list[Candidate], plans: list[SetPlan], config: Evaluate
 
 def _pool_dataset(units: list[dict], actors: int, config: EvaluateConfig, kwargs: dict):
     """The units (one per block and per call, so they reach the actors in candidate order)
-    mapped by a fixed pool of `EvalActor`s."""
+    mapped by a pool of `EvalActor`s (sized by `_strategy`)."""
     import ray.data
     from ray.util.annotations import RayDeprecationWarning
 
