@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.encode import TextEncoder
-from engine.prefix_tree import Tree
+from engine.prefix_tree import Tree, until_eos
 
 SHARED = ("tokens", "choices", "generation")
 
@@ -36,8 +36,8 @@ class ExampleTree:
             found.update(logprobs=[logprobs[c] for c in self.choices],
                          lengths=[len(paths[c]) for c in self.choices], answer=example["answer"])
         if generated is not None:
-            cut = generated[:generated.index(eos)] if eos in generated else generated
-            found.update(prediction=decode(cut), reference=example["reference"])
+            found.update(prediction=decode(until_eos(generated, eos)),
+                         reference=example["reference"])
         return found
 
 

@@ -156,7 +156,7 @@ class EvalActor:
     def _from_trees(self, loaded: Loaded, trees: list[eval_trees.ExampleTree],
                     examples: list[dict], spec: dict) -> list[dict]:
         tok = loaded.tokenizer
-        pad, eos = tok.pad_token_id, (loaded.enc.eos or [None])[0]
+        pad, eos, decode = tok.pad_token_id, (loaded.enc.eos or [None])[0], _decoder(tok)
         out = []
         for start in range(0, len(trees), self.batch_size):
             chunk = trees[start:start + self.batch_size]
@@ -169,7 +169,7 @@ class EvalActor:
                              if drafts is not None else [None] * len(chunk))
             for item, logprobs, tokens, example in zip(chunk, scored.logprobs, generated,
                                                        examples[start:]):
-                out.append(item.observation(logprobs, tokens, example, _decoder(tok), eos))
+                out.append(item.observation(logprobs, tokens, example, decode, eos))
         return out
 
     @torch.no_grad()
@@ -231,7 +231,7 @@ class EvalActor:
             result = loaded.model.generate(input_ids=ids.to(self.device),
                                            attention_mask=mask.to(self.device),
                                            generation_config=config)
-        return [tok.decode(_until_eos(row[width:].tolist(), tok.eos_token_id),
+        return [tok.decode(prefix_tree.until_eos(row[width:].tolist(), tok.eos_token_id),
                            skip_special_tokens=True) for row in result]
 
 
@@ -250,6 +250,3 @@ def _keep_end(ids: list[int], labels: list[int], seq_len: int) -> tuple[list[int
 def _decoder(tokenizer):
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
-
-def _until_eos(ids: list[int], eos: int | None) -> list[int]:
-    return ids[:ids.index(eos)] if eos in ids else ids

@@ -167,6 +167,11 @@ def _per_path(picked: torch.Tensor, owners: list[int], counts: list[int]) -> lis
     return out
 
 
+def until_eos(ids: list[int], eos: int | None) -> list[int]:
+    """Generated ids up to (not including) the first eos."""
+    return ids[:ids.index(eos)] if eos in ids else ids
+
+
 def _kept_columns(trees: list[Tree], drafts: list[int | None] | None, columns: list[int]
                   ) -> list[int]:
     """Columns whose logits are read: those predicting a scored token, and where `follow`
