@@ -4,9 +4,9 @@ Builds random Llama candidates (demo tokenizer; size set by --hidden / --layers)
 on the demo's `add` and `reverse` eval sets with loss, choice accuracy and exact match
 (greedy, --new tokens). The peer is the loop a user would write: one process, torch's default
 threads, each candidate loaded once, batches of the same size in file order. raysoup runs
-`engine.evaluate.evaluate` in one local Ray session started before timing (its start-up is
-reported separately); its time includes starting the actors (their imports of torch and
-transformers) and loading the models. The peer's time starts after its own imports (printed,
+`engine.evaluate.pool.evaluate_candidates` in one local Ray session started before timing (its
+start-up is reported separately); its time includes starting the actors (their imports of torch
+and transformers) and loading the models. The peer's time starts after its own imports (printed,
 not counted). The peer runs in its own process, so its peak RSS is its own. The last line is one
 JSON object.
 
@@ -38,9 +38,15 @@ def build_candidates(root: Path, count: int, hidden: int, layers: int) -> list[P
     from engine.demo import BASE_DIR
     from engine.demo.tiny import _TOKENIZER_FILES, _token_ids
 
-    config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
-                         num_key_value_heads=8, intermediate_size=hidden * 8 // 3,
-                         max_position_embeddings=256, **_token_ids())
+    config = LlamaConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=hidden * 8 // 3,
+        max_position_embeddings=256,
+        **_token_ids(),
+    )
     paths = []
     for seed in range(count):
         torch.manual_seed(seed)
@@ -65,6 +71,7 @@ def examples(limit: int) -> dict[str, list[dict]]:
 
 # ---- the peer: a plain single-process Hugging Face loop --------------------------------------
 
+
 def peer(paths: list[str], limit: int, batch: int, new: int) -> dict:
     importing = time.perf_counter()
     import torch
@@ -75,22 +82,34 @@ def peer(paths: list[str], limit: int, batch: int, new: int) -> dict:
     for path in paths:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        gen = GenerationConfig(max_new_tokens=new, do_sample=False, num_beams=1,
-                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        gen = GenerationConfig(
+            max_new_tokens=new,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         for name, rows in data.items():
             nll = count = correct = matched = 0.0
             for start in range(0, len(rows), batch):
-                part = rows[start:start + batch]
-                a, b = _peer_scores(model, tok, [r["prompt"] for r in part],
-                                    [r["completion"] for r in part])
+                part = rows[start : start + batch]
+                a, b = _peer_scores(
+                    model, tok, [r["prompt"] for r in part], [r["completion"] for r in part]
+                )
                 nll, count = nll + float(a.sum()), count + float(b.sum())
                 correct += _peer_correct(model, tok, part, batch)
                 matched += _peer_matches(model, tok, part, gen)
-            results[f"{Path(path).name}/{name}"] = {"loss": nll / count,
-                                                    "accuracy": correct / len(rows),
-                                                    "exact_match": matched / len(rows)}
-    return {"seconds": time.perf_counter() - started, "results": results, "imports": imports,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            results[f"{Path(path).name}/{name}"] = {
+                "loss": nll / count,
+                "accuracy": correct / len(rows),
+                "exact_match": matched / len(rows),
+            }
+    return {
+        "seconds": time.perf_counter() - started,
+        "results": results,
+        "imports": imports,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _peer_scores(model, tok, prompts: list[str], completions: list[str]):
@@ -98,20 +117,22 @@ def _peer_scores(model, tok, prompts: list[str], completions: list[str]):
     import torch
 
     heads = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    tails = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-             for c in completions]
+    tails = [
+        tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in completions
+    ]
     width = max(len(h) + len(t) for h, t in zip(heads, tails))
     ids = torch.full((len(heads), width), tok.pad_token_id)
     labels = torch.full((len(heads), width), -100)
     mask = torch.zeros((len(heads), width), dtype=torch.long)
     for i, (h, t) in enumerate(zip(heads, tails)):
-        ids[i, :len(h) + len(t)] = torch.tensor(h + t)
-        labels[i, len(h):len(h) + len(t)] = torch.tensor(t)
-        mask[i, :len(h) + len(t)] = 1
+        ids[i, : len(h) + len(t)] = torch.tensor(h + t)
+        labels[i, len(h) : len(h) + len(t)] = torch.tensor(t)
+        mask[i, : len(h) + len(t)] = 1
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:],
-                                             reduction="none")
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none"
+    )
     return loss.sum(1), (labels[:, 1:] != -100).sum(1)
 
 
@@ -120,11 +141,15 @@ def _peer_correct(model, tok, rows: list[dict], batch: int) -> int:
     import torch
 
     pairs = [(r["prompt"], c) for r in rows for c in r["choices"]]
-    nll = torch.cat([_peer_scores(model, tok, *zip(*pairs[i:i + batch]))[0]
-                     for i in range(0, len(pairs), batch)])
+    nll = torch.cat(
+        [
+            _peer_scores(model, tok, *zip(*pairs[i : i + batch]))[0]
+            for i in range(0, len(pairs), batch)
+        ]
+    )
     correct, start = 0, 0
     for row in rows:
-        scores = -nll[start:start + len(row["choices"])]
+        scores = -nll[start : start + len(row["choices"])]
         correct += int(int(scores.argmax()) == row["answer"])
         start += len(row["choices"])
     return correct
@@ -134,36 +159,55 @@ def _peer_matches(model, tok, rows: list[dict], gen) -> int:
     import torch
 
     tok.padding_side = "left"
-    enc = tok([tok.bos_token + r["prompt"] for r in rows], add_special_tokens=False,
-              return_tensors="pt", padding=True)
+    enc = tok(
+        [tok.bos_token + r["prompt"] for r in rows],
+        add_special_tokens=False,
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         out = model.generate(**enc, generation_config=gen)
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return sum(t.strip() == r["completion"].strip() for t, r in zip(texts, rows))
 
 
 # ---- raysoup -----------------------------------------------------------------------------------
 
+
 def ours(paths: list[str], limit: int, batch: int, new: int, actors: int) -> dict:
     from engine.demo import DATA_DIR
-    from engine.evaluate import Candidate, evaluate
+    from engine.evaluate.pool import Candidate, evaluate_candidates
     from sweeps.evaluation import EvalSetConfig, EvaluateConfig
 
-    sets = [EvalSetConfig(name=n, path=str(DATA_DIR / n / "eval.jsonl"), limit=limit,
-                          max_new_tokens=new, metrics=["loss", "accuracy", "exact_match"])
-            for n in SETS]
+    sets = [
+        EvalSetConfig(
+            name=n,
+            path=str(DATA_DIR / n / "eval.jsonl"),
+            limit=limit,
+            max_new_tokens=new,
+            metrics=["loss", "accuracy", "exact_match"],
+        )
+        for n in SETS
+    ]
     candidates = [Candidate(Path(p).name, "trial", p) for p in paths]
     started = time.perf_counter()
-    table = evaluate(candidates, sets, EvaluateConfig(actors=actors, batch_size=batch,
-                                                      cpus_per_actor=1))
+    table = evaluate_candidates(
+        candidates, sets, EvaluateConfig(actors=actors, batch_size=batch, cpus_per_actor=1)
+    )
     seconds = time.perf_counter() - started
     assert (table.status == "ok").all(), table[table.status != "ok"].error.tolist()
-    results = {f"{c}/{s}": dict(zip(g.metric, g.value))
-               for (c, s), g in table.groupby(["candidate", "eval_set"])}
-    return {"seconds": seconds, "results": results, "compute_seconds": float(
-        table.drop_duplicates(["candidate", "eval_set"]).seconds.sum()),
+    results = {
+        f"{c}/{s}": dict(zip(g.metric, g.value))
+        for (c, s), g in table.groupby(["candidate", "eval_set"])
+    }
+    return {
+        "seconds": seconds,
+        "results": results,
+        "compute_seconds": float(table.drop_duplicates(["candidate", "eval_set"]).seconds.sum()),
         "tree_share": table.attrs["prefix_tree_share"],
-        "peak_rss_mb": table.attrs["peak_actor_rss_mb"], "threads": table.attrs["torch_threads"]}
+        "peak_rss_mb": table.attrs["peak_actor_rss_mb"],
+        "threads": table.attrs["torch_threads"],
+    }
 
 
 def agreement(a: dict, b: dict) -> float:
@@ -189,15 +233,20 @@ def main() -> None:
         print(json.dumps(peer(args.peer_only, args.limit, args.batch, args.new)))
         return
     with tempfile.TemporaryDirectory(prefix="raysoup-bench-eval-") as tmp:
-        paths = [str(p) for p in build_candidates(Path(tmp), args.candidates, args.hidden,
-                                                  args.layers)]
+        paths = [
+            str(p) for p in build_candidates(Path(tmp), args.candidates, args.hidden, args.layers)
+        ]
         report = run_all(paths, args)
     print(json.dumps(report))
 
 
 def _peer_process(paths: list[str], args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args, "--peer-only", *paths],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, *args, "--peer-only", *paths],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -210,43 +259,71 @@ def run_all(paths: list[str], args) -> dict:
     plain = _peer_process(paths, common)
     single = _peer_process(paths, common + ["--peer-threads", "1"])
     for label, res in (("torch default threads", plain), ("1 thread", single)):
-        print(f"plain HF loop, {label}: {res['seconds']:.1f} s, {n / res['seconds']:.1f} ex/s, "
-              f"peak RSS {res['peak_rss_mb']:.0f} MB (its imports, not timed: "
-              f"{res['imports']:.1f} s)", flush=True)
+        print(
+            f"plain HF loop, {label}: {res['seconds']:.1f} s, {n / res['seconds']:.1f} ex/s, "
+            f"peak RSS {res['peak_rss_mb']:.0f} MB (its imports, not timed: "
+            f"{res['imports']:.1f} s)",
+            flush=True,
+        )
     started = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             logging_level="WARNING")
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+    )
     ray_start = time.perf_counter() - started
     pools = {k: ours(paths, args.limit, args.batch, args.new, k) for k in (1, 2)}
     ray.shutdown()
     for k, res in pools.items():
-        print(f"raysoup, {k} actor(s) x {res['threads']} thread(s): {res['seconds']:.1f} s, "
-              f"{n / res['seconds']:.1f} ex/s ({plain['seconds'] / res['seconds']:.2f}x the "
-              f"plain loop), peak actor RSS {res['peak_rss_mb']:.0f} MB; max |diff| vs plain "
-              f"{agreement(plain['results'], res['results']):.2e}", flush=True)
-        print(f"  of which actor compute (model loads excluded, summed over actors) "
-              f"{res['compute_seconds']:.1f} s; examples through prefix trees "
-              f"{res['tree_share']:.0%}", flush=True)
+        print(
+            f"raysoup, {k} actor(s) x {res['threads']} thread(s): {res['seconds']:.1f} s, "
+            f"{n / res['seconds']:.1f} ex/s ({plain['seconds'] / res['seconds']:.2f}x the "
+            f"plain loop), peak actor RSS {res['peak_rss_mb']:.0f} MB; max |diff| vs plain "
+            f"{agreement(plain['results'], res['results']):.2e}",
+            flush=True,
+        )
+        print(
+            f"  of which actor compute (model loads excluded, summed over actors) "
+            f"{res['compute_seconds']:.1f} s; examples through prefix trees "
+            f"{res['tree_share']:.0%}",
+            flush=True,
+        )
     print(f"Ray start-up (not in the times above): {ray_start:.1f} s")
-    return {"bench": "evaluate", "examples": n, "model": f"llama {args.layers}x{args.hidden}",
-            "ours": round(n / pools[1]["seconds"], 2), "ours_2_actors":
-            round(n / pools[2]["seconds"], 2), "peer": round(n / plain["seconds"], 2),
-            "ratio": round(plain["seconds"] / pools[1]["seconds"], 3),
-            "ratio_2_actors": round(plain["seconds"] / pools[2]["seconds"], 3),
-            "peer_1_thread": round(n / single["seconds"], 2),
-            "seconds": {"peer": round(plain["seconds"], 2), "peer_1_thread": round(
-                single["seconds"], 2), "ours_1": round(
-                pools[1]["seconds"], 2), "ours_2": round(pools[2]["seconds"], 2),
-                "ray_start": round(ray_start, 2)},
-            "compute_seconds": {"ours_1": round(pools[1]["compute_seconds"], 2),
-                                "ours_2": round(pools[2]["compute_seconds"], 2)},
-            "peer_imports_seconds": round(plain["imports"], 2),
-            "peak_rss_mb": {"peer": round(plain["peak_rss_mb"]), "ours_1_actor": pools[1][
-                "peak_rss_mb"], "ours_2_actors": pools[2]["peak_rss_mb"]},
-            "max_abs_diff": max(agreement(plain["results"], r["results"])
-                                for r in pools.values()),
-            "machine": {"cpus": os.cpu_count(), "load_avg_1m_before": round(load, 2),
-                        "load_avg_1m_after": round(os.getloadavg()[0], 2)}}
+    return {
+        "bench": "evaluate",
+        "examples": n,
+        "model": f"llama {args.layers}x{args.hidden}",
+        "ours": round(n / pools[1]["seconds"], 2),
+        "ours_2_actors": round(n / pools[2]["seconds"], 2),
+        "peer": round(n / plain["seconds"], 2),
+        "ratio": round(plain["seconds"] / pools[1]["seconds"], 3),
+        "ratio_2_actors": round(plain["seconds"] / pools[2]["seconds"], 3),
+        "peer_1_thread": round(n / single["seconds"], 2),
+        "seconds": {
+            "peer": round(plain["seconds"], 2),
+            "peer_1_thread": round(single["seconds"], 2),
+            "ours_1": round(pools[1]["seconds"], 2),
+            "ours_2": round(pools[2]["seconds"], 2),
+            "ray_start": round(ray_start, 2),
+        },
+        "compute_seconds": {
+            "ours_1": round(pools[1]["compute_seconds"], 2),
+            "ours_2": round(pools[2]["compute_seconds"], 2),
+        },
+        "peer_imports_seconds": round(plain["imports"], 2),
+        "peak_rss_mb": {
+            "peer": round(plain["peak_rss_mb"]),
+            "ours_1_actor": pools[1]["peak_rss_mb"],
+            "ours_2_actors": pools[2]["peak_rss_mb"],
+        },
+        "max_abs_diff": max(agreement(plain["results"], r["results"]) for r in pools.values()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_1m_before": round(load, 2),
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import functools
 import hashlib
 import json
 import random
-import sysconfig
 import tempfile
 import threading
 import time
@@ -87,44 +86,58 @@ def write_jsonl(path: Path, texts: list[str]) -> str:
 
 def run_ours(pool_path: str, target_path: str, stage: dict) -> tuple[list[str], float, int]:
     """(selected texts, seconds, peak MB) of one selection stage on Ray Data."""
-    from engine.data import read_records, read_texts
-    from engine.selection import apply_selection
+    from engine.prepare.selection import apply_selection
+    from engine.prepare.stage import read_records, read_texts
     from sweeps import parse_sweep
 
-    data = parse_sweep({"name": "b", "model": {"preset": "demo"},
-                        "data": {"train": pool_path, "select": [stage]}}).data
+    data = parse_sweep(
+        {"name": "b", "model": {"preset": "demo"}, "data": {"train": pool_path, "select": [stage]}}
+    ).data
     with PeakMemory() as memory:
         started = time.perf_counter()
-        out, _ = apply_selection(read_records(pool_path, ["text"])[0], data.select, data,
-                                 read_texts)
+        out, _ = apply_selection(
+            read_records(pool_path, ["text"])[0], data.select, data, read_texts
+        )
         texts = [row["text"] for row in out.take_all()]
         seconds = time.perf_counter() - started
     return texts, seconds, memory.mb
 
 
-def run_peer(pool_path: str, target_path: str, keep: int, cpus: int, work: Path
-             ) -> tuple[list[str], float, int]:
+def run_peer(
+    pool_path: str, target_path: str, keep: int, cpus: int, work: Path
+) -> tuple[list[str], float, int]:
     """(selected texts, seconds, peak MB) of the reference HashedNgramDSIR, same settings."""
     from data_selection import HashedNgramDSIR
 
     with PeakMemory() as memory:
         started = time.perf_counter()
-        dsir = HashedNgramDSIR([pool_path], [target_path], cache_dir=str(work / "cache"),
-                               num_proc=cpus, ngrams=2, num_buckets=10_000,
-                               min_example_length=0)
+        dsir = HashedNgramDSIR(
+            [pool_path],
+            [target_path],
+            cache_dir=str(work / "cache"),
+            num_proc=cpus,
+            ngrams=2,
+            num_buckets=10_000,
+            min_example_length=0,
+        )
         dsir.fit_importance_estimator(num_tokens_to_fit="all")
         dsir.compute_importance_weights()
-        dsir.resample(out_dir=str(work / "out"), num_to_sample=keep,
-                      cache_dir=str(work / "resample"))
+        dsir.resample(
+            out_dir=str(work / "out"), num_to_sample=keep, cache_dir=str(work / "resample")
+        )
         seconds = time.perf_counter() - started
-    texts = [json.loads(line)["text"] for part in sorted((work / "out").glob("*.jsonl"))
-             for line in part.read_text().splitlines() if line.strip()]
+    texts = [
+        json.loads(line)["text"]
+        for part in sorted((work / "out").glob("*.jsonl"))
+        for line in part.read_text().splitlines()
+        if line.strip()
+    ]
     return texts, seconds, memory.mb
 
 
 def ngram_distribution(texts: list[str]) -> np.ndarray:
     """Word 1- and 2-gram frequencies in MD5 buckets: a hash neither side selects with."""
-    from engine.selection.features import words
+    from engine.prepare.selection.features import words
 
     counts: collections.Counter = collections.Counter()
     for text in texts:
@@ -155,11 +168,14 @@ def main() -> None:
     keep = round(args.keep * len(pool))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        pool_path, target_path = write_jsonl(work / "pool.jsonl", pool), write_jsonl(
-            work / "target.jsonl", target)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
-        from engine.runner import quiet_ray
+        pool_path, target_path = (
+            write_jsonl(work / "pool.jsonl", pool),
+            write_jsonl(work / "target.jsonl", target),
+        )
+        ray.init(
+            num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR"
+        )
+        from engine.core.session import quiet_ray
 
         quiet_ray()
         stage = {"type": "importance_resample", "target": target_path, "keep": keep}
@@ -168,38 +184,66 @@ def main() -> None:
         selected, seconds, memory = ours(stage)
         near = ours({"type": "near_dedup"})
         ray.shutdown()  # so the reference's memory is its own
-        peer, peer_seconds, peer_memory = run_peer(pool_path, target_path, keep, args.cpus,
-                                                   work)
-    report(args, pool, target, keep, (selected, seconds, memory), (peer, peer_seconds,
-                                                                   peer_memory), near)
+        peer, peer_seconds, peer_memory = run_peer(pool_path, target_path, keep, args.cpus, work)
+    report(
+        args,
+        pool,
+        target,
+        keep,
+        (selected, seconds, memory),
+        (peer, peer_seconds, peer_memory),
+        near,
+    )
 
 
 def report(args, pool, target, keep, ours, peer, near) -> None:
     target_dist = ngram_distribution(target)
     base = kl(target_dist, ngram_distribution(pool))
-    moves = {name: base - kl(target_dist, ngram_distribution(texts))
-             for name, (texts, _, _) in (("ours", ours), ("peer", peer))}
-    rate = {name: len(pool) / seconds for name, (_, seconds, _) in (("ours", ours),
-                                                                     ("peer", peer))}
-    print(f"pool {len(pool)} documents ({sum(map(len, pool)) / 1e6:.1f} MB), target "
-          f"{len(target)}, keep {keep}, {args.cpus} CPUs")
+    moves = {
+        name: base - kl(target_dist, ngram_distribution(texts))
+        for name, (texts, _, _) in (("ours", ours), ("peer", peer))
+    }
+    rate = {name: len(pool) / seconds for name, (_, seconds, _) in (("ours", ours), ("peer", peer))}
+    print(
+        f"pool {len(pool)} documents ({sum(map(len, pool)) / 1e6:.1f} MB), target "
+        f"{len(target)}, keep {keep}, {args.cpus} CPUs"
+    )
     for name in ("ours", "peer"):
         texts, seconds, memory = ours if name == "ours" else peer
-        print(f"{name}: {seconds:.2f} s, {rate[name]:.0f} docs/s, KL(target||selection) "
-              f"{base - moves[name]:.4f} (pool {base:.4f}, moved {moves[name]:.4f}), "
-              f"peak RSS {memory} MB, {len(texts)} selected")
+        print(
+            f"{name}: {seconds:.2f} s, {rate[name]:.0f} docs/s, KL(target||selection) "
+            f"{base - moves[name]:.4f} (pool {base:.4f}, moved {moves[name]:.4f}), "
+            f"peak RSS {memory} MB, {len(texts)} selected"
+        )
     near_rate = len(pool) / near[1]
-    print(f"near_dedup: {near[1]:.2f} s, {near_rate:.0f} docs/s, kept {len(near[0])}, "
-          f"peak RSS {near[2]} MB")
-    print(json.dumps({
-        "bench": "selection", "pool_docs": len(pool), "keep": keep, "cpus": args.cpus,
-        "ours": round(rate["ours"]), "peer": round(rate["peer"]),
-        "ratio": round(rate["ours"] / rate["peer"], 2),
-        "ours_seconds": round(ours[1], 2), "peer_seconds": round(peer[1], 2),
-        "kl_pool": round(base, 4), "kl_ours": round(base - moves["ours"], 4),
-        "kl_peer": round(base - moves["peer"], 4), "moved_ours": round(moves["ours"], 4),
-        "moved_peer": round(moves["peer"], 4), "near_dedup_docs_per_s": round(near_rate),
-        "peak_mb_ours": ours[2], "peak_mb_peer": peer[2], "peak_mb_near_dedup": near[2]}))
+    print(
+        f"near_dedup: {near[1]:.2f} s, {near_rate:.0f} docs/s, kept {len(near[0])}, "
+        f"peak RSS {near[2]} MB"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "selection",
+                "pool_docs": len(pool),
+                "keep": keep,
+                "cpus": args.cpus,
+                "ours": round(rate["ours"]),
+                "peer": round(rate["peer"]),
+                "ratio": round(rate["ours"] / rate["peer"], 2),
+                "ours_seconds": round(ours[1], 2),
+                "peer_seconds": round(peer[1], 2),
+                "kl_pool": round(base, 4),
+                "kl_ours": round(base - moves["ours"], 4),
+                "kl_peer": round(base - moves["peer"], 4),
+                "moved_ours": round(moves["ours"], 4),
+                "moved_peer": round(moves["peer"], 4),
+                "near_dedup_docs_per_s": round(near_rate),
+                "peak_mb_ours": ours[2],
+                "peak_mb_peer": peer[2],
+                "peak_mb_near_dedup": near[2],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,12 +51,16 @@ def bare_trial(config: dict, model_path: str, steps: int) -> None:
         opt.step()
         opt.zero_grad()
     with torch.no_grad():
-        eval_loss = sum(model(**_batch(evals[i:i + BATCH], tok.pad_token_id)).loss.item()
-                        for i in range(0, len(evals), BATCH)) / math.ceil(len(evals) / BATCH)
+        eval_loss = sum(
+            model(**_batch(evals[i : i + BATCH], tok.pad_token_id)).loss.item()
+            for i in range(0, len(evals), BATCH)
+        ) / math.ceil(len(evals) / BATCH)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
-        tune.report({"eval_loss": eval_loss, "peak_rss_mb": _peak_mb()},
-                    checkpoint=tune.Checkpoint.from_directory(tmp))
+        tune.report(
+            {"eval_loss": eval_loss, "peak_rss_mb": _peak_mb()},
+            checkpoint=tune.Checkpoint.from_directory(tmp),
+        )
 
 
 def _examples(tok, path: Path) -> list[tuple[list[int], list[int]]]:
@@ -76,8 +80,8 @@ def _batch(rows, pad: int) -> dict:
     ids = torch.full((len(rows), width), pad)
     labels = torch.full((len(rows), width), -100)
     for i, (x, y) in enumerate(rows):
-        ids[i, :len(x[:width])] = torch.tensor(x[:width])
-        labels[i, :len(y[:width])] = torch.tensor(y[:width])
+        ids[i, : len(x[:width])] = torch.tensor(x[:width])
+        labels[i, : len(y[:width])] = torch.tensor(y[:width])
     return {"input_ids": ids, "labels": labels, "attention_mask": (ids != pad).long()}
 
 
@@ -86,21 +90,35 @@ def _peak_mb() -> float:
 
 
 def run_bare(model_path: str, lrs: list[float], seeds: list[int], steps: int, storage: str):
-    fn = tune.with_resources(tune.with_parameters(bare_trial, model_path=model_path, steps=steps),
-                             {"cpu": 1})
-    grid = tune.Tuner(fn, param_space={"lr": tune.grid_search(lrs), "seed": tune.grid_search(seeds)},
-                      run_config=tune.RunConfig(storage_path=storage, name="bare",
-                                                verbose=0)).fit()
+    fn = tune.with_resources(
+        tune.with_parameters(bare_trial, model_path=model_path, steps=steps), {"cpu": 1}
+    )
+    grid = tune.Tuner(
+        fn,
+        param_space={"lr": tune.grid_search(lrs), "seed": tune.grid_search(seeds)},
+        run_config=tune.RunConfig(storage_path=storage, name="bare", verbose=0),
+    ).fit()
     return [r.metrics for r in grid]
 
 
 def run_ours(model_path: str, lrs: list[float], seeds: list[int], steps: int, storage: str):
-    sweep = parse_sweep({
-        "name": "ours", "model": {"path": model_path},
-        "data": {"train": str(TRAIN), "eval": str(EVAL), "format": "prompt_completion"},
-        "train": {"lr": {"grid": lrs}, "max_steps": steps, "batch_size": BATCH,
-                  "seq_len": SEQ_LEN, "eval_every": steps, "schedule": "constant"},
-        "seeds": seeds, "checkpoint": {"every": steps, "keep": 1}})
+    sweep = parse_sweep(
+        {
+            "name": "ours",
+            "model": {"path": model_path},
+            "data": {"train": str(TRAIN), "eval": str(EVAL), "format": "prompt_completion"},
+            "train": {
+                "lr": {"grid": lrs},
+                "max_steps": steps,
+                "batch_size": BATCH,
+                "seq_len": SEQ_LEN,
+                "eval_every": steps,
+                "schedule": "constant",
+            },
+            "seeds": seeds,
+            "checkpoint": {"every": steps, "keep": 1},
+        }
+    )
     result = engine.run(sweep, storage=storage, progress=False)
     return result.trials.to_dict("records")
 
@@ -124,17 +142,30 @@ def main() -> None:
             rows = fn(model_path, lrs, seeds, args.steps, str(work / f"{name}{repeat}"))
             times[name].append(time.perf_counter() - started)
             peaks[name].append(max(r.get("peak_rss_mb") or 0 for r in rows))
-            print(f"{name:>4} run {repeat}: {times[name][-1]:6.1f} s for {len(rows)} trials, "
-                  f"peak trial RSS {peaks[name][-1]:.0f} MB")
+            print(
+                f"{name:>4} run {repeat}: {times[name][-1]:6.1f} s for {len(rows)} trials, "
+                f"peak trial RSS {peaks[name][-1]:.0f} MB"
+            )
     ray.shutdown()
     ours, bare = statistics.mean(times["ours"]), statistics.mean(times["bare"])
-    print(f"\nmean wall time: raysoup {ours:.1f} s, bare Tune {bare:.1f} s, "
-          f"ratio {ours / bare:.2f} (goal <= 1.20)")
-    print(json.dumps({"bench": "trial_overhead", "trials": len(lrs) * len(seeds),
-                      "steps": args.steps, "ours": round(ours, 2), "peer": round(bare, 2),
-                      "ratio": round(ours / bare, 3),
-                      "peak_trial_rss_mb": {k: round(max(v), 1) for k, v in peaks.items()},
-                      "runs_s": {k: [round(t, 2) for t in v] for k, v in times.items()}}))
+    print(
+        f"\nmean wall time: raysoup {ours:.1f} s, bare Tune {bare:.1f} s, "
+        f"ratio {ours / bare:.2f} (goal <= 1.20)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "trial_overhead",
+                "trials": len(lrs) * len(seeds),
+                "steps": args.steps,
+                "ours": round(ours, 2),
+                "peer": round(bare, 2),
+                "ratio": round(ours / bare, 3),
+                "peak_trial_rss_mb": {k: round(max(v), 1) for k, v in peaks.items()},
+                "runs_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Everything that runs on Ray: data preparation, trials, results, and the `raysoup` command.
+"""Everything that runs a sweep on Ray: one package per stage (`prepare`, `train`, `merge`,
+`evaluate`, `report`) over shared pieces (`core`), the runner, preflight and the `raysoup`
+command.
 
 `engine.run` and friends load the runner on first use, so a worker that imports one engine
 module (an evaluation actor, a data worker) does not pay for the whole sweep machinery.

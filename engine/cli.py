@@ -1,29 +1,40 @@
-"""The `raysoup` command: each subcommand parses, validates and calls one library function."""
+"""The `raysoup` command: each subcommand parses, validates and calls one library function.
+
+Each command imports what it runs inside its own function, so `raysoup --help` and
+`raysoup validate` start without loading Ray or torch.
+"""
 
 from __future__ import annotations
 
 import functools
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
 from sweeps import SweepError, load_sweep
 
-app = typer.Typer(help="Sweep fine-tunes of Hugging Face models on Ray, and merge the results.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Sweep fine-tunes of Hugging Face models on Ray, and merge the results.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 errors = Console(stderr=True)
 
 DEMO_SWEEP = Path(__file__).resolve().parent.parent / "sweeps" / "examples" / "demo.yaml"
-StorageOption = typer.Option(None, "--storage", help="Folder that holds run directories "
-                             "(default: the sweep's `storage`, `runs`).")
+StorageOption = typer.Option(
+    None,
+    "--storage",
+    help="Folder that holds run directories (default: the sweep's `storage`, `runs`).",
+)
 
 
 def user_errors(fn):
     """Show a user's mistake as one clear message and exit 2, with no traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -33,6 +44,7 @@ def user_errors(fn):
                 raise
             errors.print(f"error: {err}", style="red", highlight=False, markup=False)
             raise typer.Exit(2) from None
+
     return wrapper
 
 
@@ -48,30 +60,34 @@ def _is_user_error(err: Exception) -> bool:
 def validate(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py).")) -> None:
     """Check a sweep file and its data files without running anything."""
     from engine.preflight import check
-    from engine.runner import count_trials
 
     definition = load_sweep(sweep)
     check(definition)
     spaces = definition.search_space()
-    console.print(f"[green]ok[/] {sweep}: sweep '{definition.name}', "
-                  f"{len(spaces)} searched field(s): {', '.join(spaces) or 'none'}; "
-                  f"{count_trials(definition)} trial(s)")
+    console.print(
+        f"[green]ok[/] {sweep}: sweep '{definition.name}', "
+        f"{len(spaces)} searched field(s): {', '.join(spaces) or 'none'}; "
+        f"{definition.trial_count()} trial(s)"
+    )
 
 
 @app.command()
 @user_errors
-def run(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."),
-        storage: Optional[str] = StorageOption) -> None:
+def run(
+    sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."),
+    storage: str | None = StorageOption,
+) -> None:
     """Run a sweep: prepare data, train, merge, evaluate every candidate, write the report."""
     _run(load_sweep(sweep), storage)
 
 
 @app.command()
 @user_errors
-def resume(run_dir: Path = typer.Argument(..., help="Run directory of an interrupted sweep.")
-           ) -> None:
+def resume(
+    run_dir: Path = typer.Argument(..., help="Run directory of an interrupted sweep."),
+) -> None:
     """Finish an interrupted sweep; finished trials, merges and evaluations are reused."""
-    from engine.display import print_result
+    from engine.report.terminal import print_result
     from engine.runner import resume as resume_sweep
 
     result = resume_sweep(run_dir)
@@ -82,15 +98,14 @@ def resume(run_dir: Path = typer.Argument(..., help="Run directory of an interru
 @user_errors
 def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished sweep.")) -> None:
     """Print a finished sweep's data selection, leaderboard and candidates; rebuild report.html."""
-    from engine.data import read_manifest
-    from engine.display import print_result, selection_table
-    from engine.report import write_report
-    from engine.rundir import RunDir
-    from engine.runner import load_result
+    from engine.core.rundir import RunDir
+    from engine.prepare.manifest import read_manifest
+    from engine.report.files import write_report
+    from engine.report.result import load_result
+    from engine.report.terminal import print_result, selection_table
 
     result = load_result(run_dir)
-    write_report(result.sweep, RunDir(result.run_dir), result.trials, result.merges,
-                 result.evals)
+    write_report(result.sweep, RunDir(result.run_dir), result.trials, result.merges, result.evals)
     manifest = read_manifest(RunDir(result.run_dir)) or {}
     for task, entry in manifest.get("tasks", {}).items():
         if entry.get("selection"):
@@ -100,12 +115,15 @@ def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished
 
 @app.command()
 @user_errors
-def merge(recipe: Path = typer.Argument(..., help="Merge recipe: raysoup's or any mergekit YAML."),
-          out: Path = typer.Option(..., "--out", help="Output model folder; it appears only "
-                                   "when the merge is complete."),
-          overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
-          workers: int = typer.Option(2, help="Threads reading and combining tensors."),
-          progress: bool = typer.Option(True, help="Show per-tensor progress.")) -> None:
+def merge(
+    recipe: Path = typer.Argument(..., help="Merge recipe: raysoup's or any mergekit YAML."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output model folder; it appears only when the merge is complete."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace --out if it exists."),
+    workers: int = typer.Option(2, help="Threads reading and combining tensors."),
+    progress: bool = typer.Option(True, help="Show per-tensor progress."),
+) -> None:
     """Merge models by a recipe into a Hugging Face model folder (per-tensor progress)."""
     from merging.cli import merge_command
 
@@ -114,45 +132,62 @@ def merge(recipe: Path = typer.Argument(..., help="Merge recipe: raysoup's or an
 
 @app.command("eval")
 @user_errors
-def eval_(models: list[Path] = typer.Argument(..., help="Model folders (full models or LoRA "
-                                             "adapters) to evaluate."),
-          data: list[Path] = typer.Option(..., "--data", help="Evaluation file (.jsonl, .json, "
-                                          ".parquet, .csv); repeat for several sets."),
-          name: Optional[list[str]] = typer.Option(None, "--name", help="Name of each --data "
-                                                   "set, in order (default: the file's stem)."),
-          format: str = typer.Option("prompt_completion", "--format",
-                                     help="prompt_completion or text."),
-          metric: Optional[list[str]] = typer.Option(
-              None, "--metric", help="Metric to compute, repeatable: loss, ppl, accuracy, "
-              "accuracy_norm, exact_match or module:function (default: by the file's fields)."),
-          split: str = typer.Option("test", "--split", help="selection or test (a label in "
-                                    "the results)."),
-          out: Optional[Path] = typer.Option(None, "--out", help="Folder to write "
-                                             "evals.parquet into."),
-          actors: str = typer.Option("auto", "--actors", help="Evaluation actors (a number, "
-                                     "or auto: one per free CPU)."),
-          batch_size: int = typer.Option(16, "--batch-size", help="Examples per model batch."),
-          limit: Optional[int] = typer.Option(None, "--limit", help="Only the first n rows of "
-                                              "each set."),
-          max_new_tokens: int = typer.Option(32, "--max-new-tokens",
-                                             help="Generation limit for exact_match."),
-          gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor",
-                                               help="GPUs per actor (0: CPU).")) -> None:
+def eval_(
+    models: list[Path] = typer.Argument(
+        ..., help="Model folders (full models or LoRA adapters) to evaluate."
+    ),
+    data: list[Path] = typer.Option(
+        ...,
+        "--data",
+        help="Evaluation file (.jsonl, .json, .parquet, .csv); repeat for several sets.",
+    ),
+    name: list[str] | None = typer.Option(
+        None, "--name", help="Name of each --data set, in order (default: the file's stem)."
+    ),
+    format: str = typer.Option("prompt_completion", "--format", help="prompt_completion or text."),
+    metric: list[str] | None = typer.Option(
+        None,
+        "--metric",
+        help="Metric to compute, repeatable: loss, ppl, accuracy, "
+        "accuracy_norm, exact_match or module:function (default: by the file's fields).",
+    ),
+    split: str = typer.Option(
+        "test", "--split", help="selection or test (a label in the results)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Folder to write evals.parquet into."),
+    actors: str = typer.Option(
+        "auto", "--actors", help="Evaluation actors (a number, or auto: one per free CPU)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Examples per model batch."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first n rows of each set."),
+    max_new_tokens: int = typer.Option(
+        32, "--max-new-tokens", help="Generation limit for exact_match."
+    ),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="GPUs per actor (0: CPU)."),
+) -> None:
     """Evaluate model folders on evaluation sets and print one table (exit 1 if any failed)."""
-    from engine.display import print_evals
-    from engine.evaluate import candidates_from_paths, evaluate
-    from engine.runner import ray_session
+    from engine.core.session import ray_session
+    from engine.evaluate.pool import candidates_from_paths, evaluate_candidates
+    from engine.report.terminal import print_evals
     from sweeps.evaluation import config_for_files
 
     config = config_for_files(
-        [str(d) for d in data], names=name, metrics=metric,
-        set_fields={"format": format, "split": split, "limit": limit,
-                    "max_new_tokens": max_new_tokens},
-        actors=int(actors) if actors.isdigit() else actors, batch_size=batch_size,
-        gpus_per_actor=gpus_per_actor)
+        [str(d) for d in data],
+        names=name,
+        metrics=metric,
+        set_fields={
+            "format": format,
+            "split": split,
+            "limit": limit,
+            "max_new_tokens": max_new_tokens,
+        },
+        actors=int(actors) if actors.isdigit() else actors,
+        batch_size=batch_size,
+        gpus_per_actor=gpus_per_actor,
+    )
     candidates = candidates_from_paths([str(m) for m in models], kind="model")
     with ray_session():
-        table = evaluate(candidates, config=config, out=out, progress=True)
+        table = evaluate_candidates(candidates, config=config, out=out, progress=True)
     print_evals(table, console)
     if out is not None:
         console.print(f"Results: {out / 'evals.parquet'}")
@@ -162,14 +197,14 @@ def eval_(models: list[Path] = typer.Argument(..., help="Model folders (full mod
 
 @app.command()
 @user_errors
-def demo(storage: Optional[str] = StorageOption) -> None:
+def demo(storage: str | None = StorageOption) -> None:
     """Run the built-in demo: the whole pipeline on two bundled tasks, a small model, local Ray."""
     console.print(f"Demo sweep: {DEMO_SWEEP}")
     _run(load_sweep(DEMO_SWEEP), storage)
 
 
-def _run(definition, storage: Optional[str]) -> None:
-    from engine.display import print_result
+def _run(definition, storage: str | None) -> None:
+    from engine.report.terminal import print_result
     from engine.runner import run as run_sweep
 
     result = run_sweep(definition, storage)

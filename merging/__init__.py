@@ -12,11 +12,11 @@ start-up (seconds) a merge that runs on numpy arrays never pays.
 
 import importlib
 
-from .api import merge, method_info
-from .catalog import known_methods
-from .errors import MergeError
-from .methods import get_method, merge_method, native_methods
-from .recipe import Recipe, load_recipe, parse_recipe
+from merging.api import merge, method_info
+from merging.catalog import known_methods
+from merging.errors import MergeError
+from merging.methods import get_method, merge_method, native_methods
+from merging.recipe import Recipe, load_recipe, parse_recipe
 
 _LAZY = {
     "bake_adapter": "bake",

@@ -7,15 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import checks
-from .catalog import describe
-from .errors import MergeError
-from .io import ModelFiles
-from .mergekit_bridge import run_mergekit
-from .native import run_native
-from .output import staged_output
-from .provenance import hash_model, source_hash, write_provenance
-from .recipe import Recipe, load_recipe, parse_recipe
+from merging import checks
+from merging.catalog import describe
+from merging.errors import MergeError
+from merging.io import ModelFiles
+from merging.mergekit_bridge import run_mergekit
+from merging.native import run_native
+from merging.output import staged_output
+from merging.provenance import hash_model, source_hash, write_provenance
+from merging.recipe import Recipe, load_recipe, parse_recipe
 
 
 def merge(
@@ -43,8 +43,10 @@ def merge(
         if recipe.resolved_engine() == "native":
             # The native engine hashes the input bytes as it reads them.
             streamed = run_native(recipe, tmp, progress=progress, workers=workers)
-            sources = [source_hash(model, streamed[model]) if model in streamed else hash_model(model)
-                       for model in recipe.input_models()]
+            sources = [
+                source_hash(model, streamed[model]) if model in streamed else hash_model(model)
+                for model in recipe.input_models()
+            ]
         else:
             with ThreadPoolExecutor(2, thread_name_prefix="raysoup-hash") as pool:
                 hashes = [pool.submit(hash_model, model) for model in recipe.input_models()]
@@ -66,7 +68,9 @@ def verify_output(folder: Path, recipe: Recipe) -> None:
     merged = ModelFiles(folder)
     for name in merged.names():
         try:
-            checks.check_finite(name, merged.load(name), f"output of mergekit {recipe.merge_method}")
+            checks.check_finite(
+                name, merged.load(name), f"output of mergekit {recipe.merge_method}"
+            )
         except MergeError as error:
             raise MergeError(f"{error}{_bad_inputs(name, recipe)}") from None
 
@@ -84,5 +88,10 @@ def _bad_inputs(name: str, recipe: Recipe) -> str:
 def method_info(name: str) -> dict[str, Any]:
     """Parameters and defaults of a method as the recipe sees them (for docs and --help)."""
     info = describe(name)
-    return {"name": info.name, "native": info.native, "base": info.base,
-            "shared": info.shared, "per_model": info.per_model}
+    return {
+        "name": info.name,
+        "native": info.native,
+        "base": info.base,
+        "shared": info.shared,
+        "per_model": info.per_model,
+    }

@@ -12,8 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 FLOAT_CODES = ("F32", "F16", "BF16")  # stored dtypes the array path reads and writes
-NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
-         "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+NUMPY = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def to_float32(raw: np.ndarray, code: str) -> np.ndarray:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from . import checks
-from .errors import MergeError
-from .io import CODES, ModelFiles, ShardedWriter, TensorInfo, copy_side_files
-from .lora import PREFIX, Adapter
-from .output import staged_output
-from .provenance import hash_model, write_card
-from .stream import stream
+from merging import checks
+from merging.errors import MergeError
+from merging.io import CODES, ModelFiles, ShardedWriter, TensorInfo, copy_side_files
+from merging.lora import PREFIX, Adapter
+from merging.output import staged_output
+from merging.provenance import hash_model, write_card
+from merging.stream import stream
 
 
 def bake_adapter(
@@ -35,22 +35,41 @@ def bake_adapter(
     base, lora = ModelFiles(base_model), Adapter(adapter)
     updates = _targets(base, lora)
     requested = CODES.get(out_dtype or "")
-    plan = [(name, TensorInfo(checks.output_dtype([info], requested), info.shape)) for name, info in base.info.items()]
+    plan = [
+        (name, TensorInfo(checks.output_dtype([info], requested), info.shape))
+        for name, info in base.info.items()
+    ]
     with staged_output(out_dir, overwrite) as tmp:
         writer = ShardedWriter(tmp, plan, shard_size)
 
         def load(item):
-            return [base.load_float32(item[0]) if base.info[item[0]].dtype.is_floating_point else base.load(item[0])]
+            return [
+                base.load_float32(item[0])
+                if base.info[item[0]].dtype.is_floating_point
+                else base.load(item[0])
+            ]
 
         def combine(item, tensors):
-            return _apply(item[0], tensors[0], updates.get(item[0]), lora, weight).to(dict(plan)[item[0]].dtype)
+            return _apply(item[0], tensors[0], updates.get(item[0]), lora, weight).to(
+                dict(plan)[item[0]].dtype
+            )
 
         stream([(name, None) for name, _ in plan], load, combine, writer, progress=progress)
         floats = [info.code for _, info in plan if info.is_floating_point]
         copy_side_files(base.folder, tmp, floats[0] if floats else None)
-        spec = {"bake_adapter": str(adapter), "base_model": str(base_model), "weight": weight, "out_dtype": out_dtype}
-        write_card(tmp, "Baked LoRA adapter", spec, [hash_model(str(base_model)), hash_model(str(adapter))],
-                   {str(base_model): "base", str(adapter): "adapter"})
+        spec = {
+            "bake_adapter": str(adapter),
+            "base_model": str(base_model),
+            "weight": weight,
+            "out_dtype": out_dtype,
+        }
+        write_card(
+            tmp,
+            "Baked LoRA adapter",
+            spec,
+            [hash_model(str(base_model)), hash_model(str(adapter))],
+            {str(base_model): "base", str(adapter): "adapter"},
+        )
     return Path(out_dir)
 
 
@@ -60,7 +79,9 @@ def _targets(base: ModelFiles, lora: Adapter) -> dict[str, tuple[str, str]]:
     for module in lora.modules:
         name = module.removeprefix(PREFIX) + ".weight"
         if name not in base.info:
-            raise MergeError(f"adapter module {module!r} has no base tensor {name!r} in {base.folder}")
+            raise MergeError(
+                f"adapter module {module!r} has no base tensor {name!r} in {base.folder}"
+            )
         targets[name] = ("lora", module)
     for key in lora.extra:
         name = key.removeprefix(PREFIX).replace(".modules_to_save.default", "")
@@ -82,7 +103,8 @@ def _apply(name: str, tensor: torch.Tensor, target, lora: Adapter, weight: float
         delta = delta.T
     if delta.shape != tensor.shape:
         raise MergeError(
-            f"tensor {name!r}: adapter update {tuple(delta.shape)} does not fit base {tuple(tensor.shape)}"
+            f"tensor {name!r}: adapter update {tuple(delta.shape)} does not fit base "
+            f"{tuple(tensor.shape)}"
         )
     merged = tensor + weight * delta
     checks.check_finite(name, merged, f"base plus adapter {lora.folder}")

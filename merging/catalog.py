@@ -7,10 +7,11 @@ model, which are required and whether it needs a base, without caring who runs i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
-from .methods import get_method, native_methods
+from merging.methods import get_method, native_methods
+
 
 class _Required:
     def __repr__(self) -> str:
@@ -37,7 +38,7 @@ class MethodInfo:
         return sorted({**self.shared, **self.per_model})
 
 
-@lru_cache(maxsize=None)
+@cache
 def mergekit_methods() -> tuple[str, ...]:
     """Names of every method mergekit 0.1.5 has registered."""
     from mergekit import merge_methods
@@ -63,7 +64,9 @@ def describe(name: str, engine: Engine | None = None) -> MethodInfo:
     if engine != "mergekit" and name in native_methods():
         return _native_info(name)
     if name not in mergekit_methods():
-        raise ValueError(f"method {name!r} is native only; mergekit has: {', '.join(mergekit_methods())}")
+        raise ValueError(
+            f"method {name!r} is native only; mergekit has: {', '.join(mergekit_methods())}"
+        )
     return _mergekit_info(name)
 
 
@@ -80,7 +83,7 @@ def _native_info(name: str) -> MethodInfo:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mergekit_info(name: str) -> MethodInfo:
     from mergekit import merge_methods
     from mergekit.merge_methods.base import ParameterScope

@@ -8,12 +8,13 @@ output takes ``out_dtype``, else ``dtype``, else the promoted input dtype.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import MergeError
-from .io import DTYPE_NAMES, ModelFiles, TensorInfo
+from merging.errors import MergeError
+from merging.io import DTYPE_NAMES, ModelFiles, TensorInfo
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +71,7 @@ def output_dtype(infos: Sequence[TensorInfo], requested: str | None) -> str:
     return "F64" if "F64" in codes else "F32"  # any mixture of F32, F16 and BF16 promotes to F32
 
 
-def check_finite(tensor: str, value: "torch.Tensor | np.ndarray", models: str) -> None:
+def check_finite(tensor: str, value: torch.Tensor | np.ndarray, models: str) -> None:
     """Refuse NaN or Inf in a torch tensor or numpy array; ``models`` names where it came from."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind != "f" or value.size == 0:
@@ -91,12 +92,17 @@ def check_finite(tensor: str, value: "torch.Tensor | np.ndarray", models: str) -
         raise MergeError(f"tensor {tensor!r} contains {bad} ({models})")
 
 
-def check_equal(tensor: str, values: Mapping[str, "torch.Tensor | np.ndarray"]) -> "torch.Tensor | np.ndarray":
-    """Non-float buffers (torch tensors or numpy arrays) are copied only when every model agrees exactly."""
+def check_equal(
+    tensor: str, values: Mapping[str, torch.Tensor | np.ndarray]
+) -> torch.Tensor | np.ndarray:
+    """Non-float buffers (torch tensors or numpy arrays) are copied only when every model agrees
+    exactly."""
     first_name, first = next(iter(values.items()))
     for model, value in values.items():
         if tuple(first.shape) != tuple(value.shape) or not bool((first == value).all()):
-            raise MergeError(f"non-float tensor {tensor!r} differs between {first_name} and {model}")
+            raise MergeError(
+                f"non-float tensor {tensor!r} differs between {first_name} and {model}"
+            )
     return first
 
 

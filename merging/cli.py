@@ -12,9 +12,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .api import merge
-from .errors import MergeError
-from .recipe import load_recipe
+from merging.api import merge
+from merging.errors import MergeError
+from merging.recipe import load_recipe
 
 
 def merge_command(
@@ -36,7 +36,9 @@ def merge_command(
     console = Console(stderr=True)
     recipe = load_recipe(recipe_path)
     engine = recipe.resolved_engine()
-    console.print(f"[bold]{recipe.merge_method}[/] over {len(recipe.input_models())} models ({engine} engine)")
+    console.print(
+        f"[bold]{recipe.merge_method}[/] over {len(recipe.input_models())} models ({engine} engine)"
+    )
     path = merge(recipe, out, progress=progress, overwrite=overwrite, workers=workers)
     console.print(f"wrote [green]{path}[/]")
     return path
@@ -44,14 +46,18 @@ def merge_command(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m merging.cli RECIPE --out DIR [--overwrite] [--no-progress]``."""
-    parser = argparse.ArgumentParser(prog="python -m merging.cli", description=merge_command.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m merging.cli", description=merge_command.__doc__.split("\n")[0]
+    )
     parser.add_argument("recipe", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        merge_command(args.recipe, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        merge_command(
+            args.recipe, args.out, overwrite=args.overwrite, progress=not args.no_progress
+        )
     except (MergeError, ValueError) as error:
         Console(stderr=True).print(f"[red]error:[/] {error}")
         return 2

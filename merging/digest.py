@@ -21,7 +21,7 @@ from pathlib import Path
 
 import blake3
 
-from .io import ModelFiles, stored_bytes
+from merging.io import ModelFiles, stored_bytes
 
 ALGORITHM = "blake3"
 READ_BYTES = 16 << 20  # large enough for BLAKE3 to spread one update over every core
@@ -76,13 +76,16 @@ class StreamingHash:
         return bool(self.state)
 
     def feed(self, name: str, rows: tuple[int, int] | None, raw) -> None:
-        """Hash the stored bytes of tensor ``name`` (or its ``rows``), a torch tensor or array just read."""
+        """Hash the stored bytes of tensor ``name`` (or its ``rows``), a torch tensor or array just
+        read."""
         path, offset = self.files.location[name]
         state = self.state.get(path)
         if state is None:
             return
         if rows is not None:
-            offset += rows[0] * self.files.info[name].nbytes // max(1, self.files.info[name].shape[0])
+            offset += (
+                rows[0] * self.files.info[name].nbytes // max(1, self.files.info[name].shape[0])
+            )
         if offset != state[1]:
             self.state[path] = None  # out of order: hash from disk at the end
             return
@@ -91,7 +94,8 @@ class StreamingHash:
         state[1] += len(data)
 
     def digests(self) -> dict[Path, str]:
-        """``{file: hex digest}``, re-reading only files that were neither known nor streamed whole."""
+        """``{file: hex digest}``, re-reading only files that were neither known nor streamed
+        whole."""
         out = dict(self.known)
         for path, state in self.state.items():
             complete = state is not None and state[1] == path.stat().st_size
@@ -128,7 +132,7 @@ class HashLanes:
             self.running[index].result()
             self.running[index] = None
 
-    def __enter__(self) -> "HashLanes":
+    def __enter__(self) -> HashLanes:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
@@ -141,6 +145,8 @@ class HashLanes:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _feed(lane: list[tuple[int, StreamingHash]], item: tuple[str, tuple[int, int] | None], raws: list) -> None:
+def _feed(
+    lane: list[tuple[int, StreamingHash]], item: tuple[str, tuple[int, int] | None], raws: list
+) -> None:
     for (_, hasher), raw in zip(lane, raws):
         hasher.feed(item[0], item[1], raw)

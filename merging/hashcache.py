@@ -21,7 +21,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .digest import ALGORITHM, file_digest
+from merging.digest import ALGORITHM, file_digest
 
 CACHE_ENV = "RAYSOUP_CACHE_DIR"
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arrays import NUMPY
-from .errors import MergeError
+from merging.arrays import NUMPY
+from merging.errors import MergeError
 
 if TYPE_CHECKING:
     import torch
@@ -49,8 +49,18 @@ SIDE_FILES = (
     "chat_template.json",
 )
 # safetensors dtype codes and the torch dtype names they stand for
-DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 CODES = {name: code for code, name in DTYPE_NAMES.items()}
 
 
@@ -62,12 +72,12 @@ class TensorInfo:
     shape: tuple[int, ...]
 
     @classmethod
-    def of(cls, dtype: "torch.dtype", shape: tuple[int, ...]) -> "TensorInfo":
+    def of(cls, dtype: torch.dtype, shape: tuple[int, ...]) -> TensorInfo:
         """The info of a torch dtype and shape."""
         return cls(CODES[str(dtype).removeprefix("torch.")], tuple(shape))
 
     @property
-    def dtype(self) -> "torch.dtype":
+    def dtype(self) -> torch.dtype:
         """The torch dtype (imports torch)."""
         import torch
 
@@ -132,14 +142,14 @@ class ModelFiles:
             done += read
         return array
 
-    def load(self, name: str, rows: tuple[int, int] | None = None) -> "torch.Tensor":
+    def load(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The stored tensor (or its rows) as a torch tensor of its stored dtype."""
         import torch
 
         tensor = torch.from_numpy(self.load_array(name, rows))
         return tensor.view(torch.bfloat16) if self.info[name].code == "BF16" else tensor
 
-    def load_float32(self, name: str, rows: tuple[int, int] | None = None) -> "torch.Tensor":
+    def load_float32(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """The stored tensor as float32 (no second copy when it is stored as float32)."""
         import torch
 
@@ -195,8 +205,11 @@ def read_header(path: Path) -> dict[str, tuple[TensorInfo, int]]:
     }
 
 
-def plan_shards(plan: list[tuple[str, TensorInfo]], shard_size: int) -> list[list[tuple[str, TensorInfo]]]:
-    """Split tensors, in order, into shards of at most ``shard_size`` bytes (one tensor may exceed it)."""
+def plan_shards(
+    plan: list[tuple[str, TensorInfo]], shard_size: int
+) -> list[list[tuple[str, TensorInfo]]]:
+    """Split tensors, in order, into shards of at most ``shard_size`` bytes (one tensor may
+    exceed it)."""
     shards: list[list[tuple[str, TensorInfo]]] = [[]]
     size = 0
     for name, info in plan:
@@ -229,7 +242,7 @@ class ShardedWriter:
     def _file_name(self, shard: int) -> str:
         return f"model-{shard + 1:05d}-of-{len(self.shards):05d}.safetensors"
 
-    def write(self, name: str, tensor: "torch.Tensor | np.ndarray") -> None:
+    def write(self, name: str, tensor: torch.Tensor | np.ndarray) -> None:
         """Append the next tensor of the plan (or its next row block) to its shard."""
         if name != self.expected[self.position]:
             raise RuntimeError(f"writer expected {self.expected[self.position]!r}, got {name!r}")
@@ -255,10 +268,14 @@ class ShardedWriter:
     def close(self) -> None:
         """Finish the last shard and write ``model.safetensors.index.json``."""
         if self.position != len(self.expected):
-            raise RuntimeError(f"writer closed after {self.position} of {len(self.expected)} tensors")
+            raise RuntimeError(
+                f"writer closed after {self.position} of {len(self.expected)} tensors"
+            )
         if self._handle:
             self._handle.close()
-        weight_map = {name: self._file_name(i) for i, shard in enumerate(self.shards) for name, _ in shard}
+        weight_map = {
+            name: self._file_name(i) for i, shard in enumerate(self.shards) for name, _ in shard
+        }
         total = sum(info.nbytes for shard in self.shards for _, info in shard)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
@@ -276,7 +293,7 @@ def _header_bytes(shard: list[tuple[str, TensorInfo]]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def stored_bytes(tensor: "torch.Tensor | np.ndarray") -> np.ndarray:
+def stored_bytes(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
     """The bytes of a tensor or array as it is stored, as a flat ``uint8`` array (no copy
     when it is contiguous)."""
     if not isinstance(tensor, np.ndarray):
@@ -287,7 +304,8 @@ def stored_bytes(tensor: "torch.Tensor | np.ndarray") -> np.ndarray:
 
 
 def copy_side_files(source: Path, target: Path, out_code: str | None) -> None:
-    """Copy config (with the output dtype, a safetensors code), generation config and tokenizer files."""
+    """Copy config (with the output dtype, a safetensors code), generation config and tokenizer
+    files."""
     config = source / "config.json"
     if config.exists():
         data = json.loads(config.read_text())
@@ -298,4 +316,3 @@ def copy_side_files(source: Path, target: Path, out_code: str | None) -> None:
     for name in SIDE_FILES:
         if (source / name).exists():
             shutil.copy2(source / name, target / name)
-

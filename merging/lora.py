@@ -16,24 +16,35 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import save_file
 
-from .errors import MergeError
-from .io import ModelFiles
-from .output import staged_output
-from .provenance import hash_model, write_card
+from merging.errors import MergeError
+from merging.io import ModelFiles
+from merging.output import staged_output
+from merging.provenance import hash_model, write_card
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?:embedding_)?(?P<part>[AB])(?:\.weight)?$")
 NATIVE = ("stack", "svd")
-PEFT_TYPES = ("svd", "linear", "cat", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
-              "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")
+PEFT_TYPES = (
+    "svd",
+    "linear",
+    "cat",
+    "ties",
+    "ties_svd",
+    "dare_ties",
+    "dare_linear",
+    "dare_ties_svd",
+    "dare_linear_svd",
+    "magnitude_prune",
+    "magnitude_prune_svd",
+)
 
 
 class Adapter:
@@ -45,7 +56,10 @@ class Adapter:
             raise MergeError(f"{self.folder} is not a PEFT adapter folder (no {ADAPTER_CONFIG})")
         self.config = json.loads((self.folder / ADAPTER_CONFIG).read_text())
         if self.config.get("peft_type", "LORA") != "LORA" or self.config.get("use_dora"):
-            raise MergeError(f"{self.folder}: only plain LoRA adapters are supported (not DoRA or other PEFT types)")
+            raise MergeError(
+                f"{self.folder}: only plain LoRA adapters are supported (not DoRA or other PEFT "
+                "types)"
+            )
         self.files = ModelFiles(self.folder)
         self.modules, self.extra = _split_keys(self.files.names(), self.folder)
 
@@ -112,7 +126,9 @@ def merge_adapters(
     if len(weights) != len(loaded):
         raise MergeError(f"weights: {len(weights)} given for {len(loaded)} adapters")
     if method not in NATIVE and method not in PEFT_TYPES:
-        raise MergeError(f"method: unknown adapter merge {method!r}; allowed: {', '.join(NATIVE + PEFT_TYPES)}")
+        raise MergeError(
+            f"method: unknown adapter merge {method!r}; allowed: {', '.join(NATIVE + PEFT_TYPES)}"
+        )
     params = {"weights": weights, "rank": rank, "density": density}
     with staged_output(out_dir, overwrite) as tmp:
         if method in NATIVE:
@@ -120,7 +136,9 @@ def merge_adapters(
         else:
             _peft_adapter_merge(loaded, weights, method, rank, density, base_model, tmp)
         sources = [hash_model(str(a.folder)) for a in loaded]
-        write_card(tmp, f"LoRA adapter merge ({method})", {"adapter_merge": method, **params}, sources)
+        write_card(
+            tmp, f"LoRA adapter merge ({method})", {"adapter_merge": method, **params}, sources
+        )
     return Path(out_dir)
 
 
@@ -132,22 +150,31 @@ def _native_adapter_merge(
         if set(adapter.modules) != set(modules):
             missing = sorted(set(modules) ^ set(adapter.modules))[0]
             raise MergeError(
-                f"adapters target different modules: {missing!r} (in {loaded[0].folder} vs {adapter.folder})"
+                f"adapters target different modules: {missing!r} (in {loaded[0].folder} vs "
+                f"{adapter.folder})"
             )
     if any(a.extra for a in loaded):
         folder = next(a for a in loaded if a.extra).folder
         raise MergeError(f"{folder}: modules_to_save are not merged in adapter space")
     tensors, ranks = {}, {}
     for module in modules:
-        a, b = _stack(loaded, weights, module) if method == "stack" else _svd(loaded, weights, module, rank)
+        a, b = (
+            _stack(loaded, weights, module)
+            if method == "stack"
+            else _svd(loaded, weights, module, rank)
+        )
         a_key, b_key = loaded[0].modules[module]
         tensors[a_key], tensors[b_key] = a.contiguous(), b.contiguous()
         ranks[module] = a.shape[0]
     save_file(tensors, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    (out / ADAPTER_CONFIG).write_text(json.dumps(_merged_config(loaded[0].config, ranks), indent=2) + "\n")
+    (out / ADAPTER_CONFIG).write_text(
+        json.dumps(_merged_config(loaded[0].config, ranks), indent=2) + "\n"
+    )
 
 
-def _stack(loaded: list[Adapter], weights: list[float], module: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _stack(
+    loaded: list[Adapter], weights: list[float], module: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = [adapter.pair(module) for adapter in loaded]
     a = torch.cat([a for a, _, _ in pairs], dim=0)
     b = torch.cat([w * s * b for (_, b, s), w in zip(pairs, weights)], dim=1)
@@ -168,8 +195,14 @@ def _merged_config(config: dict, ranks: dict[str, int]) -> dict:
     """The first adapter's config with ranks set and every scale equal to 1 (alpha = r)."""
     common = max(set(ranks.values()), key=list(ranks.values()).count)
     odd = {m.removeprefix(PREFIX): r for m, r in ranks.items() if r != common}
-    return {**config, "r": common, "lora_alpha": common, "use_rslora": False,
-            "rank_pattern": odd, "alpha_pattern": dict(odd)}
+    return {
+        **config,
+        "r": common,
+        "lora_alpha": common,
+        "use_rslora": False,
+        "rank_pattern": odd,
+        "alpha_pattern": dict(odd),
+    }
 
 
 def _peft_adapter_merge(loaded, weights, method, rank, density, base_model, out: Path) -> None:
@@ -178,13 +211,17 @@ def _peft_adapter_merge(loaded, weights, method, rank, density, base_model, out:
 
     base_path = base_model or loaded[0].config.get("base_model_name_or_path")
     if not base_path or not Path(base_path).exists():
-        raise MergeError(f"base_model: PEFT's {method} needs the base model folder; got {base_path!r}")
+        raise MergeError(
+            f"base_model: PEFT's {method} needs the base model folder; got {base_path!r}"
+        )
     base = AutoModelForCausalLM.from_pretrained(base_path)
     model = PeftModel.from_pretrained(base, loaded[0].folder, adapter_name="a0")
     for i, adapter in enumerate(loaded[1:], start=1):
         model.load_adapter(adapter.folder, adapter_name=f"a{i}")
     names = [f"a{i}" for i in range(len(loaded))]
-    model.add_weighted_adapter(names, list(weights), "merged", combination_type=method, svd_rank=rank, density=density)
+    model.add_weighted_adapter(
+        names, list(weights), "merged", combination_type=method, svd_rank=rank, density=density
+    )
     scratch = out / "_peft"
     model.save_pretrained(scratch, selected_adapters=["merged"])
     for path in (scratch / "merged").iterdir():

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .errors import MergeError
-from .io import copy_side_files
-from .recipe import Recipe
+from merging.errors import MergeError
+from merging.io import copy_side_files
+from merging.recipe import Recipe
 
 _OURS = {"shard_size", "seed", "engine"}
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import arrays, checks, hashcache
-from .digest import HashLanes, StreamingHash
-from .io import CODES, DTYPE_NAMES, ModelFiles, ShardedWriter, TensorInfo, copy_side_files
-from .methods import MethodSpec, get_method
-from .params import ParameterResolver
-from .recipe import Recipe
-from .stream import stream
+from merging import arrays, checks, hashcache
+from merging.digest import HashLanes, StreamingHash
+from merging.io import CODES, DTYPE_NAMES, ModelFiles, ShardedWriter, TensorInfo, copy_side_files
+from merging.methods import MethodSpec, get_method
+from merging.params import ParameterResolver
+from merging.recipe import Recipe
+from merging.stream import stream
 
 BLOCK_BYTES = 16 << 20  # elementwise methods see large tensors in row blocks of about this size
 
@@ -46,19 +46,26 @@ def open_inputs(recipe: Recipe, spec: MethodSpec) -> Inputs:
     if spec.base == "required":
         return Inputs(files, recipe.base_model, [m for m in entries if m != recipe.base_model])
     if recipe.base_model and recipe.base_model not in entries:
-        entries.append(recipe.base_model)  # as mergekit does: a base given to linear is one more input
+        entries.append(
+            recipe.base_model
+        )  # as mergekit does: a base given to linear is one more input
     return Inputs(files, None, list(dict.fromkeys(entries)))
 
 
-def run_native(recipe: Recipe, out_dir: Path, *, progress: bool = False, workers: int = 2) -> dict[str, dict[str, str]]:
-    """Merge into ``out_dir``, which exists and is empty; returns ``{model: {file: hex digest}}``."""
+def run_native(
+    recipe: Recipe, out_dir: Path, *, progress: bool = False, workers: int = 2
+) -> dict[str, dict[str, str]]:
+    """Merge into ``out_dir``, which exists and is empty; returns ``{model: {file: hex
+    digest}}``."""
     spec = get_method(recipe.merge_method)
     inputs = open_inputs(recipe, spec)
     used = {name: inputs.files[name] for name in inputs.order}
     names = checks.check_tensor_sets(used)
     requested = CODES.get(recipe.out_dtype or recipe.dtype or "")
     plan = [(name, _out_info(name, used, requested)) for name in names]
-    donor = inputs.files[recipe.base_model or inputs.order[0]]  # config and tokenizer come from here
+    donor = inputs.files[
+        recipe.base_model or inputs.order[0]
+    ]  # config and tokenizer come from here
     resolver = ParameterResolver(recipe, spec, inputs.others, _num_layers(donor.config()))
     ops = ArrayOps() if runs_on_arrays(spec, resolver, used, plan) else TorchOps()
     combine = _Combiner(spec, resolver, inputs, dict(plan), recipe.seed or 0, ops)
@@ -67,7 +74,9 @@ def run_native(recipe: Recipe, out_dir: Path, *, progress: bool = False, workers
     hashes = {model: _hasher(inputs.files[model]) for model in inputs.order}
     with HashLanes(list(hashes.values())) as lanes:
         feed = (lambda item, loaded: lanes(item, loaded.raw)) if lanes.needed else None
-        stream(items, combine.load, combine, writer, progress=progress, workers=workers, on_loaded=feed)
+        stream(
+            items, combine.load, combine, writer, progress=progress, workers=workers, on_loaded=feed
+        )
     floats = [info.code for _, info in plan if info.is_floating_point]
     copy_side_files(donor.folder, out_dir, floats[0] if floats else None)
     return {model: _digests(hashes[model]) for model in inputs.order}
@@ -88,18 +97,31 @@ def _digests(hasher: StreamingHash) -> dict[str, str]:
     return {path.name: digest for path, digest in digests.items()}
 
 
-def runs_on_arrays(spec: MethodSpec, resolver: ParameterResolver, used: dict[str, ModelFiles],
-                   plan: list[tuple[str, TensorInfo]]) -> bool:
+def runs_on_arrays(
+    spec: MethodSpec,
+    resolver: ParameterResolver,
+    used: dict[str, ModelFiles],
+    plan: list[tuple[str, TensorInfo]],
+) -> bool:
     """Whether the method's array kernel gives exactly its torch result for this merge:
     float32, float16 or bfloat16 throughout, and parameter values the kernel accepts."""
     if spec.array_fn is None or spec.random:
         return False
-    codes = {info.code for files in used.values() for info in files.info.values() if info.is_floating_point}
+    codes = {
+        info.code
+        for files in used.values()
+        for info in files.info.values()
+        if info.is_floating_point
+    }
     codes |= {info.code for _, info in plan if info.is_floating_point}
     if not codes <= set(arrays.FLOAT_CODES):
         return False
     count = len(resolver.per_model)
-    return all(spec.accepts_arrays(resolver.resolve(name), count) for name, info in plan if info.is_floating_point)
+    return all(
+        spec.accepts_arrays(resolver.resolve(name), count)
+        for name, info in plan
+        if info.is_floating_point
+    )
 
 
 def _out_info(name: str, used: dict[str, ModelFiles], requested: str | None) -> TensorInfo:
@@ -109,7 +131,9 @@ def _out_info(name: str, used: dict[str, ModelFiles], requested: str | None) -> 
     return TensorInfo(checks.output_dtype(list(infos.values()), requested), first.shape)
 
 
-def work_items(plan: list[tuple[str, TensorInfo]], block_bytes: int | None) -> list[tuple[str, tuple[int, int] | None]]:
+def work_items(
+    plan: list[tuple[str, TensorInfo]], block_bytes: int | None
+) -> list[tuple[str, tuple[int, int] | None]]:
     """One item per tensor, or, with ``block_bytes``, row blocks of the large ones."""
     items = []
     for name, info in plan:
@@ -184,9 +208,23 @@ class ArrayOps:
 class _Combiner:
     """Loads one tensor from every input and applies the method to it."""
 
-    def __init__(self, spec: MethodSpec, resolver: ParameterResolver, inputs: Inputs, plan: dict, seed: int,
-                 ops: TorchOps | ArrayOps):
-        self.spec, self.resolver, self.inputs, self.plan, self.seed, self.ops = spec, resolver, inputs, plan, seed, ops
+    def __init__(
+        self,
+        spec: MethodSpec,
+        resolver: ParameterResolver,
+        inputs: Inputs,
+        plan: dict,
+        seed: int,
+        ops: TorchOps | ArrayOps,
+    ):
+        self.spec, self.resolver, self.inputs, self.plan, self.seed, self.ops = (
+            spec,
+            resolver,
+            inputs,
+            plan,
+            seed,
+            ops,
+        )
 
     def load(self, item: tuple[str, tuple[int, int] | None]) -> Loaded:
         name, rows = item
@@ -209,6 +247,10 @@ class _Combiner:
         generator = self.ops.generator(tensor_seed(self.seed, name)) if self.spec.random else None
         base = tensors[0] if self.inputs.base else None
         models = tensors[1:] if self.inputs.base else tensors
-        merged = self.spec(base, models, self.resolver.resolve(name), generator, arrays=self.ops.arrays)
-        checks.check_finite(name, merged, f"output of {self.spec.name} over {', '.join(self.inputs.order)}")
+        merged = self.spec(
+            base, models, self.resolver.resolve(name), generator, arrays=self.ops.arrays
+        )
+        checks.check_finite(
+            name, merged, f"output of {self.spec.name} over {', '.join(self.inputs.order)}"
+        )
         return self.ops.narrow(merged, out.code)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from .errors import MergeError
+from merging.errors import MergeError
 
 TMP_MARK = ".raysoup-tmp-"
 
@@ -24,7 +24,9 @@ def staged_output(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
     """Yield an empty temporary folder that becomes ``out_dir`` if the block succeeds."""
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not overwrite:
-        raise MergeError(f"output folder {out_dir} already exists; pass overwrite=True to replace it")
+        raise MergeError(
+            f"output folder {out_dir} already exists; pass overwrite=True to replace it"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -10,12 +10,13 @@ outside the layer stack (embeddings, final norm, head) use t = 0. A list of
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import TypeAdapter
 
-from .methods.registry import MethodSpec, ParamSpec
-from .recipe import Conditional, Recipe
+from merging.methods.registry import MethodSpec, ParamSpec
+from merging.recipe import Conditional, Recipe
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -71,7 +72,9 @@ class ParameterResolver:
         out = {}
         for param in self.spec.params:
             if param.per_model:
-                out[param.name] = [self._one(param, (own, self.shared), tensor_name, t) for own in self.per_model]
+                out[param.name] = [
+                    self._one(param, (own, self.shared), tensor_name, t) for own in self.per_model
+                ]
             else:
                 out[param.name] = self._one(param, (self.shared,), tensor_name, t)
         return out
@@ -83,5 +86,7 @@ class ParameterResolver:
                 if value is not None:
                     return self._adapters[param.name].validate_python(value)
         if param.required:
-            raise ValueError(f"parameters.{param.name}: required by {self.spec.name} (tensor {tensor_name})")
+            raise ValueError(
+                f"parameters.{param.name}: required by {self.spec.name} (tensor {tensor_name})"
+            )
         return param.default

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from . import catalog
-from .methods import native_methods
+from merging import catalog
+from merging.methods import native_methods
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 DTypeName = Literal["float32", "float16", "bfloat16"]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -31,45 +31,75 @@ class _Strict(BaseModel):
 class Conditional(_Strict):
     """A parameter value that applies to tensors whose name contains ``filter``."""
 
-    value: Union[Scalar, list[Scalar]] = Field(description="The value, or a gradient over layers.")
-    filter: str | None = Field(None, description="Substring of tensor names; None or '*' matches all.")
+    value: Scalar | list[Scalar] = Field(description="The value, or a gradient over layers.")
+    filter: str | None = Field(
+        None, description="Substring of tensor names; None or '*' matches all."
+    )
 
 
-Setting = Union[Scalar, list[Scalar], Conditional, list[Conditional]]
+Setting = Scalar | list[Scalar] | Conditional | list[Conditional]
 
 
 class ModelEntry(_Strict):
     """One input model and its per-model parameters."""
 
-    model: str = Field(description="Local folder of a Hugging Face model (mergekit's 'path+lora' also works).")
-    parameters: dict[str, Setting] | None = Field(None, description="Per-model parameters (weight, density, ...).")
+    model: str = Field(
+        description="Local folder of a Hugging Face model (mergekit's 'path+lora' also works)."
+    )
+    parameters: dict[str, Setting] | None = Field(
+        None, description="Per-model parameters (weight, density, ...)."
+    )
 
 
 class Recipe(_Strict):
     """A merge: mergekit's configuration keys plus ``shard_size``, ``seed`` and ``engine``."""
 
     merge_method: str = Field(description="Method name; see merging.known_methods().")
-    models: list[ModelEntry] | None = Field(None, description="Input models (mergekit 'models' syntax).")
-    slices: list[dict[str, Any]] | None = Field(None, description="mergekit slices; always run by mergekit.")
-    modules: dict[str, Any] | None = Field(None, description="mergekit modules; always run by mergekit.")
-    base_model: str | None = Field(None, description="Base model for task-vector methods and slerp (t=0).")
-    dtype: DTypeName | None = Field(None, description="mergekit's compute dtype; natively only the output dtype.")
-    out_dtype: DTypeName | None = Field(None, description="Output dtype; default dtype, else the inputs' dtype.")
-    parameters: dict[str, Setting] | None = Field(None, description="Parameters shared by all models.")
+    models: list[ModelEntry] | None = Field(
+        None, description="Input models (mergekit 'models' syntax)."
+    )
+    slices: list[dict[str, Any]] | None = Field(
+        None, description="mergekit slices; always run by mergekit."
+    )
+    modules: dict[str, Any] | None = Field(
+        None, description="mergekit modules; always run by mergekit."
+    )
+    base_model: str | None = Field(
+        None, description="Base model for task-vector methods and slerp (t=0)."
+    )
+    dtype: DTypeName | None = Field(
+        None, description="mergekit's compute dtype; natively only the output dtype."
+    )
+    out_dtype: DTypeName | None = Field(
+        None, description="Output dtype; default dtype, else the inputs' dtype."
+    )
+    parameters: dict[str, Setting] | None = Field(
+        None, description="Parameters shared by all models."
+    )
     tokenizer_source: str | None = Field(
         None, description="mergekit tokenizer source; anything but 'base' routes to mergekit."
     )
-    tokenizer: dict[str, Any] | None = Field(None, description="mergekit tokenizer config; routes to mergekit.")
-    chat_template: str | None = Field(None, description="mergekit chat template; routes to mergekit.")
-    shard_size: int = Field(5 * 10**9, description="Largest output shard in bytes ('2GB' and '500MB' accepted).")
-    seed: int | None = Field(None, description="Seed of random methods (DARE); drawn and recorded when unset.")
+    tokenizer: dict[str, Any] | None = Field(
+        None, description="mergekit tokenizer config; routes to mergekit."
+    )
+    chat_template: str | None = Field(
+        None, description="mergekit chat template; routes to mergekit."
+    )
+    shard_size: int = Field(
+        5 * 10**9, description="Largest output shard in bytes ('2GB' and '500MB' accepted)."
+    )
+    seed: int | None = Field(
+        None, description="Seed of random methods (DARE); drawn and recorded when unset."
+    )
     engine: Literal["auto", "native", "mergekit"] = Field("auto", description="Who runs the merge.")
 
     @field_validator("merge_method")
     @classmethod
     def _known_method(cls, name: str) -> str:
         if not catalog.is_known(name):
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(catalog.known_methods())}")
+            raise ValueError(
+                f"unknown method {name!r}; known: {', '.join(catalog.known_methods())}"
+            )
         return name
 
     @field_validator("shard_size", mode="before")
@@ -85,10 +115,12 @@ class Recipe(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _check(self) -> "Recipe":
+    def _check(self) -> Recipe:
         forms = [k for k in ("models", "slices", "modules") if getattr(self, k)]
         if len(forms) != 1:
-            raise ValueError(f"models/slices/modules: give exactly one of them; got {forms or 'none'}")
+            raise ValueError(
+                f"models/slices/modules: give exactly one of them; got {forms or 'none'}"
+            )
         if self.engine == "native":
             _require_native(self)
         try:
@@ -129,14 +161,19 @@ def _native_blockers(recipe: Recipe) -> list[str]:
     if any("+" in m for m in recipe.input_models()):
         reasons.append("models: 'path+lora' references are baked by mergekit")
     if recipe.tokenizer or recipe.chat_template or recipe.tokenizer_source not in (None, "base"):
-        reasons.append("tokenizer options other than tokenizer_source: base are handled by mergekit")
+        reasons.append(
+            "tokenizer options other than tokenizer_source: base are handled by mergekit"
+        )
     return reasons
 
 
 def _require_native(recipe: Recipe) -> None:
     blockers = _native_blockers(recipe)
     if blockers:
-        raise ValueError(f"engine: 'native' cannot run this recipe ({'; '.join(blockers)}); use 'auto' or 'mergekit'")
+        raise ValueError(
+            f"engine: 'native' cannot run this recipe ({'; '.join(blockers)}); use 'auto' or "
+            "'mergekit'"
+        )
 
 
 def _check_models(recipe: Recipe, info: catalog.MethodInfo) -> None:
@@ -149,17 +186,24 @@ def _check_models(recipe: Recipe, info: catalog.MethodInfo) -> None:
         raise ValueError(f"base_model: {info.name} does not take a base model")
     others = [m for m in recipe.models or [] if m.model != recipe.base_model]
     if info.base == "required" and info.max_models and len(others) > info.max_models:
-        raise ValueError(f"models: {info.name} takes {info.max_models} model(s) besides base_model; got {len(others)}")
+        raise ValueError(
+            f"models: {info.name} takes {info.max_models} model(s) besides base_model; got "
+            f"{len(others)}"
+        )
     _check_required(recipe, info, others)
 
 
-def _check_parameter_names(path: str, params: dict | None, info: catalog.MethodInfo, shared_ok: bool) -> None:
+def _check_parameter_names(
+    path: str, params: dict | None, info: catalog.MethodInfo, shared_ok: bool
+) -> None:
     for key in params or {}:
         if key not in info.parameters:
             allowed = ", ".join(info.parameters) or "none"
             raise ValueError(f"{path}.{key}: unknown parameter for {info.name}; allowed: {allowed}")
         if not shared_ok and key in info.shared:
-            raise ValueError(f"{path}.{key}: {key} is shared by all models; set it under top-level parameters")
+            raise ValueError(
+                f"{path}.{key}: {key} is shared by all models; set it under top-level parameters"
+            )
 
 
 def _check_required(recipe: Recipe, info: catalog.MethodInfo, others: list[ModelEntry]) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
-from .api import merge
-from .errors import MergeError
+from merging.api import merge
+from merging.errors import MergeError
 
 _STEP = re.compile(r"(\d+)(?!.*\d)")
 
@@ -62,12 +63,18 @@ def _linear_recipe(models: Sequence[Path], **extra) -> dict:
 
 
 def uniform_soup(
-    checkpoints: Sequence[str | Path], out_dir: str | Path, *, overwrite: bool = False, **recipe_keys
+    checkpoints: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    **recipe_keys,
 ) -> Path:
     """Average the checkpoints with equal weights into ``out_dir``."""
     if not checkpoints:
         raise MergeError("a soup needs at least one checkpoint")
-    return merge(_linear_recipe([Path(c) for c in checkpoints], **recipe_keys), out_dir, overwrite=overwrite)
+    return merge(
+        _linear_recipe([Path(c) for c in checkpoints], **recipe_keys), out_dir, overwrite=overwrite
+    )
 
 
 average_checkpoints = uniform_soup
@@ -81,7 +88,9 @@ class GreedySoup:
     ingredients: list[Path]
     score: float
     individual: dict[Path, float] = field(default_factory=dict)
-    tried: list[tuple[Path, float, bool]] = field(default_factory=list)  # (candidate, soup score, kept)
+    tried: list[tuple[Path, float, bool]] = field(
+        default_factory=list
+    )  # (candidate, soup score, kept)
 
 
 def greedy_soup(
@@ -104,9 +113,13 @@ def greedy_soup(
     ranked = sorted(paths, key=individual.get, reverse=mode == "max")
     soup, best = [ranked[0]], individual[ranked[0]]
     tried = []
-    with tempfile.TemporaryDirectory(prefix="raysoup-greedy-", dir=Path(out_dir).absolute().parent) as scratch:
+    with tempfile.TemporaryDirectory(
+        prefix="raysoup-greedy-", dir=Path(out_dir).absolute().parent
+    ) as scratch:
         for i, candidate in enumerate(ranked[1:]):
-            trial = merge(_linear_recipe(soup + [candidate], **recipe_keys), Path(scratch) / f"trial-{i}")
+            trial = merge(
+                _linear_recipe(soup + [candidate], **recipe_keys), Path(scratch) / f"trial-{i}"
+            )
             value = score(trial)
             kept = better(value, best)
             tried.append((candidate, value, kept))

@@ -18,11 +18,12 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from .io import ShardedWriter
+from merging.io import ShardedWriter
 
 Item = tuple[str, "tuple[int, int] | None"]  # a tensor name and, optionally, a block of its rows
 Loader = Callable[[Item], object]
@@ -53,7 +54,11 @@ def stream(
         loaded = load(item)
         return combine(item, loaded), loaded
 
-    with _torch_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="raysoup-merge") as pool, bar as shown:
+    with (
+        _torch_threads(1),
+        ThreadPoolExecutor(workers, thread_name_prefix="raysoup-merge") as pool,
+        bar as shown,
+    ):
         task = shown.add_task("merging", total=len(items)) if shown else None
         pending: deque[Future] = deque()
         upcoming = iter(items)
@@ -102,7 +107,9 @@ def _progress(enabled: bool):
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    )
 
 
 class _WriterThread:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -16,10 +16,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-def _known_suffix(value: Optional[str]) -> Optional[str]:
+def _known_suffix(value: str | None) -> str | None:
     if value is not None and not value.endswith(DATA_SUFFIXES):
-        raise ValueError(f"'{value}' is not a known data file; allowed suffixes: "
-                         + ", ".join(DATA_SUFFIXES))
+        raise ValueError(
+            f"'{value}' is not a known data file; allowed suffixes: " + ", ".join(DATA_SUFFIXES)
+        )
     return value
 
 
@@ -27,7 +28,7 @@ DataFile = Annotated[str, AfterValidator(_known_suffix)]
 """A path to a data file with a known suffix (.jsonl, .json, .parquet, .csv)."""
 
 
-def absolute(path: Optional[str], base: Path) -> Optional[str]:
+def absolute(path: str | None, base: Path) -> str | None:
     """`path` made absolute against `base` (remote URLs and absolute paths unchanged)."""
     if path is None or "://" in path or Path(path).is_absolute():
         return path

@@ -6,18 +6,19 @@ Every field carries a description; `docs/sweeps.md` is generated from these mode
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from sweeps.base import DataFile, Strict, absolute
 from sweeps.evaluation import EvaluateConfig
 from sweeps.plans import MergePlan
-from sweeps.selection import Stage, check_stage_types
 from sweeps.scale import DataScale, ScalingConfig
-from sweeps.space import Space, searchable
+from sweeps.selection import Stage, check_stage_types
+from sweeps.space import Space, grid_size, searchable
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
@@ -28,7 +29,6 @@ Method = Literal["full", "lora"]
 Schedule = Literal["constant", "linear", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
-PRESETS = ("demo", "tiny-random")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 METRICS = ("eval_loss", "eval_ppl", "train_loss")
 DEFAULT_TASK = "default"
@@ -37,19 +37,24 @@ DEFAULT_TASK = "default"
 class ModelConfig(Strict):
     """The base model every trial fine-tunes. Give exactly one of `preset` or `path`."""
 
-    preset: Optional[Literal["demo", "tiny-random"]] = Field(
-        None, description="A built-in model: `demo` (a small pretrained Llama shipped with raysoup) "
-        "or `tiny-random` (a randomly initialised 2-layer Llama, for tests).")
-    path: Optional[str] = Field(
-        None, description="A local model folder or a Hugging Face hub name.")
+    preset: Literal["demo", "tiny-random"] | None = Field(
+        None,
+        description="A built-in model: `demo` (a small pretrained Llama shipped with raysoup) "
+        "or `tiny-random` (a randomly initialised 2-layer Llama, for tests).",
+    )
+    path: str | None = Field(None, description="A local model folder or a Hugging Face hub name.")
     trust_remote_code: bool = Field(
-        False, description="Allow the model's own Python code to run. Off by default: only turn it "
-        "on for repositories you trust.")
+        False,
+        description="Allow the model's own Python code to run. Off by default: only turn it "
+        "on for repositories you trust.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self):
         if (self.preset is None) == (self.path is None):
-            raise ValueError("give exactly one of `model.preset` (demo, tiny-random) or `model.path`")
+            raise ValueError(
+                "give exactly one of `model.preset` (demo, tiny-random) or `model.path`"
+            )
         return self
 
 
@@ -57,54 +62,80 @@ class LoraConfig(Strict):
     """Low-rank adapter settings, used when `finetune.method` is `lora`."""
 
     r: searchable(PositiveInt, "int") = Field(8, description="Adapter rank.")
-    alpha: searchable(PositiveFloat) = Field(16.0, description="Scale numerator: updates are "
-                                             "scaled by alpha / r.")
+    alpha: searchable(PositiveFloat) = Field(
+        16.0, description="Scale numerator: updates are scaled by alpha / r."
+    )
     dropout: searchable(Fraction) = Field(0.0, description="Dropout on the adapter input.")
-    target_modules: Union[Literal["all-linear"], list[str]] = Field(
-        "all-linear", description="Module names to adapt (for example [q_proj, v_proj]), or "
-        "`all-linear` for every linear layer but the output head.")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="Module names to adapt (for example [q_proj, v_proj]), or "
+        "`all-linear` for every linear layer but the output head.",
+    )
 
 
 class FinetuneConfig(Strict):
     """How the base model is fine-tuned."""
 
     method: searchable(Method, "categorical") = Field(
-        "full", description="`full` (every weight) or `lora` (low-rank adapters; checkpoints hold "
-        "only the adapter).")
+        "full",
+        description="`full` (every weight) or `lora` (low-rank adapters; checkpoints hold "
+        "only the adapter).",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Settings for `lora`.")
 
 
 class DataConfig(Strict):
     """Fine-tuning data: files, their fields, and how text becomes training examples."""
 
-    train: Optional[DataFile] = Field(
-        None, description="Training file (.jsonl, .json, .parquet or .csv). A relative path is "
-        "taken from the sweep file's folder. Required unless `tasks` gives each task's files.")
-    eval: Optional[DataFile] = Field(None, description="Evaluation file: the selection set (training "
-                                "reports its loss; soups and rankings read it). If absent, "
-                                "`eval_fraction` of the training file is held out (never trained "
-                                "on).")
-    test: Optional[DataFile] = Field(None, description="Test file: evaluated for every candidate but "
-                                "never read by any selection (greedy soups, choosing the best).")
+    train: DataFile | None = Field(
+        None,
+        description="Training file (.jsonl, .json, .parquet or .csv). A relative path is "
+        "taken from the sweep file's folder. Required unless `tasks` gives each task's files.",
+    )
+    eval: DataFile | None = Field(
+        None,
+        description="Evaluation file: the selection set (training "
+        "reports its loss; soups and rankings read it). If absent, "
+        "`eval_fraction` of the training file is held out (never trained "
+        "on).",
+    )
+    test: DataFile | None = Field(
+        None,
+        description="Test file: evaluated for every candidate but "
+        "never read by any selection (greedy soups, choosing the best).",
+    )
     eval_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
-        0.1, description="Share of the training file held out for evaluation when `eval` is absent.")
+        0.1, description="Share of the training file held out for evaluation when `eval` is absent."
+    )
     format: Literal["text", "prompt_completion"] = Field(
-        "text", description="`text`: causal-LM loss on every token of `text_field`. "
-        "`prompt_completion`: loss on the completion tokens only.")
+        "text",
+        description="`text`: causal-LM loss on every token of `text_field`. "
+        "`prompt_completion`: loss on the completion tokens only.",
+    )
     text_field: str = Field("text", description="Field with the text (format `text`).")
-    prompt_field: str = Field("prompt", description="Field with the prompt (format "
-                              "`prompt_completion`).")
-    completion_field: str = Field("completion", description="Field with the completion (format "
-                                  "`prompt_completion`).")
-    seed: int = Field(0, description="Seed of the one shuffle of the data; data-scale subsets "
-                      "are prefixes of that order, so smaller subsets lie inside larger ones.")
-    select: list[Stage] = Field([], description="Selection stages run on the training file, in "
-                                "order, before tokenizing: exact_dedup, near_dedup, filter, "
-                                "importance_resample, random (see docs/data.md).")
+    prompt_field: str = Field(
+        "prompt", description="Field with the prompt (format `prompt_completion`)."
+    )
+    completion_field: str = Field(
+        "completion", description="Field with the completion (format `prompt_completion`)."
+    )
+    seed: int = Field(
+        0,
+        description="Seed of the one shuffle of the data; data-scale subsets "
+        "are prefixes of that order, so smaller subsets lie inside larger ones.",
+    )
+    select: list[Stage] = Field(
+        [],
+        description="Selection stages run on the training file, in "
+        "order, before tokenizing: exact_dedup, near_dedup, filter, "
+        "importance_resample, random (see docs/data.md).",
+    )
     on_bad_line: Literal["error", "skip"] = Field(
-        "error", description="A malformed JSONL line (not JSON, not an object, or missing a "
+        "error",
+        description="A malformed JSONL line (not JSON, not an object, or missing a "
         "field): `error` stops and names the file and line; `skip` drops it and records the "
-        "count in the data manifest.")
+        "count in the data manifest.",
+    )
 
     @field_validator("select", mode="before")
     @classmethod
@@ -122,9 +153,8 @@ class TaskConfig(Strict):
     """One task of the `task` axis: its own files; every other data setting comes from `data`."""
 
     train: DataFile = Field(..., description="The task's training file.")
-    eval: Optional[DataFile] = Field(None, description="The task's selection set (see "
-                                     "`data.eval`).")
-    test: Optional[DataFile] = Field(None, description="The task's test set (see `data.test`).")
+    eval: DataFile | None = Field(None, description="The task's selection set (see `data.eval`).")
+    test: DataFile | None = Field(None, description="The task's test set (see `data.test`).")
 
 
 class TrainConfig(Strict):
@@ -132,32 +162,41 @@ class TrainConfig(Strict):
 
     lr: searchable(PositiveFloat) = Field(3e-4, description="Peak learning rate.")
     schedule: searchable(Schedule, "categorical") = Field(
-        "linear", description="Decay after warm-up: constant, linear (to 0) or cosine (to 0).")
+        "linear", description="Decay after warm-up: constant, linear (to 0) or cosine (to 0)."
+    )
     warmup_steps: searchable(NonNegInt, "int") = Field(0, description="Steps of linear warm-up.")
     epochs: searchable(PositiveFloat) = Field(
-        1.0, description="Passes over the trial's data subset (ignored when max_steps is set).")
-    max_steps: Optional[searchable(PositiveInt, "int")] = Field(
-        None, description="Optimizer steps to take; overrides `epochs`.")
+        1.0, description="Passes over the trial's data subset (ignored when max_steps is set)."
+    )
+    max_steps: searchable(PositiveInt, "int") | None = Field(
+        None, description="Optimizer steps to take; overrides `epochs`."
+    )
     batch_size: searchable(PositiveInt, "int") = Field(8, description="Examples per micro-batch.")
     grad_accum: searchable(PositiveInt, "int") = Field(
-        1, description="Micro-batches per optimizer step.")
+        1, description="Micro-batches per optimizer step."
+    )
     seq_len: searchable(PositiveInt, "int") = Field(
-        128, description="Longest example in tokens; longer ones are truncated.")
+        128, description="Longest example in tokens; longer ones are truncated."
+    )
     weight_decay: searchable(NonNegFloat) = Field(0.0, description="AdamW weight decay.")
-    max_grad_norm: Optional[PositiveFloat] = Field(1.0, description="Gradient clipping norm "
-                                                   "(null: no clipping).")
+    max_grad_norm: PositiveFloat | None = Field(
+        1.0, description="Gradient clipping norm (null: no clipping)."
+    )
     precision: searchable(Precision, "categorical") = Field(
-        "fp32", description="fp32, bf16 (autocast) or fp16 (autocast with loss scaling; GPU only).")
-    eval_every: PositiveInt = Field(50, description="Evaluate (and report) every N optimizer "
-                                    "steps, and at the end.")
+        "fp32", description="fp32, bf16 (autocast) or fp16 (autocast with loss scaling; GPU only)."
+    )
+    eval_every: PositiveInt = Field(
+        50, description="Evaluate (and report) every N optimizer steps, and at the end."
+    )
 
 
 class CheckpointConfig(Strict):
     """When trials save checkpoints (safetensors) and how many they keep."""
 
     every: PositiveInt = Field(100, description="Save every N optimizer steps (and at the end).")
-    keep: Optional[PositiveInt] = Field(
-        2, description="Keep the last K checkpoints of each trial (null: keep all).")
+    keep: PositiveInt | None = Field(
+        2, description="Keep the last K checkpoints of each trial (null: keep all)."
+    )
 
 
 class ResourcesConfig(Strict):
@@ -165,8 +204,9 @@ class ResourcesConfig(Strict):
 
     cpus_per_trial: PositiveFloat = Field(1.0, description="CPUs reserved for each trial.")
     gpus_per_trial: NonNegFloat = Field(0.0, description="GPUs reserved for each trial.")
-    max_concurrent: Optional[PositiveInt] = Field(
-        None, description="Most trials at once (null: as many as resources allow).")
+    max_concurrent: PositiveInt | None = Field(
+        None, description="Most trials at once (null: as many as resources allow)."
+    )
 
 
 class Sweep(Strict):
@@ -179,46 +219,69 @@ class Sweep(Strict):
 
     name: str = Field(..., description="Sweep name; the run directory is `<storage>/<name>`.")
     model: ModelConfig = Field(..., description="The base model.")
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig,
-                                     description="Full fine-tuning or LoRA.")
-    data: DataConfig = Field(..., description="Fine-tuning data (with `tasks`: the settings "
-                             "every task shares).")
-    tasks: Optional[dict[str, TaskConfig]] = Field(
-        None, description="Task axis: several tasks, each with its own files, trained from the "
-        "same base model (so task models can be merged). Keys are task names.")
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="Full fine-tuning or LoRA."
+    )
+    data: DataConfig = Field(
+        ..., description="Fine-tuning data (with `tasks`: the settings every task shares)."
+    )
+    tasks: dict[str, TaskConfig] | None = Field(
+        None,
+        description="Task axis: several tasks, each with its own files, trained from the "
+        "same base model (so task models can be merged). Keys are task names.",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
-    data_scale: Optional[DataScale] = Field(
-        None, description="Data-scale axis: example counts ([500, 2000]), fractions of the "
+    data_scale: DataScale | None = Field(
+        None,
+        description="Data-scale axis: example counts ([500, 2000]), fractions of the "
         "prepared training set ([0.25, 1.0]), or a log-spaced range of either "
-        "({log_range: [100, 10000], points: 5}). Null: the whole set.")
-    seeds: list[int] = Field([0], min_length=1, description="Seed axis: every setting is trained "
-                             "once per seed (model init of adapters, batch order, dropout).")
-    num_samples: PositiveInt = Field(1, description="Draws from the sampled spaces (choice, "
-                                     "uniform, ...), each crossed with every grid axis.")
-    metric: str = Field("eval_loss", description="Metric that ranks trials: "
-                        + ", ".join(METRICS) + ".")
+        "({log_range: [100, 10000], points: 5}). Null: the whole set.",
+    )
+    seeds: list[int] = Field(
+        [0],
+        min_length=1,
+        description="Seed axis: every setting is trained "
+        "once per seed (model init of adapters, batch order, dropout).",
+    )
+    num_samples: PositiveInt = Field(
+        1,
+        description="Draws from the sampled spaces (choice, "
+        "uniform, ...), each crossed with every grid axis.",
+    )
+    metric: str = Field(
+        "eval_loss", description="Metric that ranks trials: " + ", ".join(METRICS) + "."
+    )
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` wins.")
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig,
-                                         description="Checkpoint schedule.")
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
-                                       description="Trial resources.")
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig,
-                                   description="Scaling-law fit over the data-scale axis.")
-    storage: str = Field("runs", description="Folder that holds run directories (relative to "
-                         "the working directory).")
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="Checkpoint schedule."
+    )
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig, description="Trial resources."
+    )
+    scaling: ScalingConfig = Field(
+        default_factory=ScalingConfig, description="Scaling-law fit over the data-scale axis."
+    )
+    storage: str = Field(
+        "runs", description="Folder that holds run directories (relative to the working directory)."
+    )
     evaluate: EvaluateConfig = Field(
-        default_factory=EvaluateConfig, description="The evaluate stage: every candidate (base "
-        "model, trials, merges) on every set (see docs/evaluation.md).")
+        default_factory=EvaluateConfig,
+        description="The evaluate stage: every candidate (base "
+        "model, trials, merges) on every set (see docs/evaluation.md).",
+    )
     merge: list[MergePlan] = Field(
-        default_factory=list, description="Merge plans, each producing candidates: "
-        "`checkpoint_average`, `soup`, `task_merge` (see docs/pipeline.md).")
+        default_factory=list,
+        description="Merge plans, each producing candidates: "
+        "`checkpoint_average`, `soup`, `task_merge` (see docs/pipeline.md).",
+    )
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not NAME_PATTERN.match(value):
-            raise ValueError(f"'{value}' is not a usable folder name; use letters, digits, "
-                             "'.', '_' and '-'")
+            raise ValueError(
+                f"'{value}' is not a usable folder name; use letters, digits, '.', '_' and '-'"
+            )
         return value
 
     @field_validator("metric")
@@ -244,8 +307,10 @@ class Sweep(Strict):
                 raise ValueError("`tasks` needs at least one task")
             bad = [name for name in self.tasks if not NAME_PATTERN.match(name)]
             if bad:
-                raise ValueError(f"task name '{bad[0]}' is not a usable folder name; use letters, "
-                                 "digits, '.', '_' and '-'")
+                raise ValueError(
+                    f"task name '{bad[0]}' is not a usable folder name; use letters, "
+                    "digits, '.', '_' and '-'"
+                )
         return self
 
     def task_names(self) -> list[str]:
@@ -262,28 +327,49 @@ class Sweep(Strict):
         """Every search space in the definition, by dotted field path (`train.lr`)."""
         return dict(_find_spaces(self, ""))
 
-    def for_trial(self, params: dict[str, Any]) -> "Sweep":
+    def trial_count(self) -> int:
+        """How many trials the sweep runs: each grid point and sample, on every task, data
+        size and seed."""
+        grids = math.prod(grid_size(s) for s in self.search_space().values())
+        return (
+            grids
+            * self.num_samples
+            * len(self.data_scale or [None])
+            * len(self.seeds)
+            * len(self.task_names())
+        )
+
+    def for_trial(self, params: dict[str, Any]) -> Sweep:
         """This sweep with each search space replaced by the trial's value, re-validated."""
         data = self.model_dump(mode="json")
         for path, value in params.items():
             _set_path(data, path, value)
         return Sweep.model_validate(data)
 
-    def resolve_paths(self, base: Path) -> "Sweep":
+    def resolve_paths(self, base: Path) -> Sweep:
         """Data file paths made absolute against `base` (the sweep file's folder)."""
         files = ("train", "eval", "test")
         updates = {k: absolute(getattr(self.data, k), base) for k in files}
-        updates["select"] = [s.model_copy(update={"target": absolute(s.target, base)})
-                             if hasattr(s, "target") else s for s in self.data.select]
+        updates["select"] = [
+            s.model_copy(update={"target": absolute(s.target, base)}) if hasattr(s, "target") else s
+            for s in self.data.select
+        ]
         tasks = self.tasks and {
             name: task.model_copy(update={k: absolute(getattr(task, k), base) for k in files})
-            for name, task in self.tasks.items()}
+            for name, task in self.tasks.items()
+        }
         evaluate = self.evaluate.resolve_paths(base)
         model = self.model
         if model.path is not None and (base / model.path).exists():
             model = model.model_copy(update={"path": str((base / model.path).resolve())})
-        return self.model_copy(update={"data": self.data.model_copy(update=updates),
-                                       "tasks": tasks, "model": model, "evaluate": evaluate})
+        return self.model_copy(
+            update={
+                "data": self.data.model_copy(update=updates),
+                "tasks": tasks,
+                "model": model,
+                "evaluate": evaluate,
+            }
+        )
 
 
 def _find_spaces(node: Any, prefix: str):

@@ -3,14 +3,14 @@
 A set names a data file, which fields hold the prompt, completion, choices and answer, whether
 it is a `selection` set (model choice may read it) or a `test` set (reported only), and its
 metrics. Metric names are checked here against the catalog of known names; the metrics
-themselves live in `engine.metrics`, which declares every metric it registers into this
+themselves live in `engine.evaluate.metrics`, which declares every metric it registers into this
 catalog, so a user metric registered there is accepted here too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -18,19 +18,28 @@ from sweeps.base import DataFile, Strict, absolute
 
 OBSERVATIONS = ("tokens", "choices", "generation")
 
-# What each built-in metric needs the model to produce, by name. `engine.metrics` holds the
+# What each built-in metric needs the model to produce, by name. `engine.evaluate.metrics` holds the
 # implementations; user metrics are added by `declare_metric`.
-_CATALOG: dict[str, str] = {"loss": "tokens", "ppl": "tokens", "accuracy": "choices",
-                            "accuracy_norm": "choices", "exact_match": "generation"}
-DEFAULT_METRICS = {"tokens": ["loss", "ppl"], "choices": ["accuracy", "accuracy_norm"],
-                   "generation": ["exact_match"]}
+_CATALOG: dict[str, str] = {
+    "loss": "tokens",
+    "ppl": "tokens",
+    "accuracy": "choices",
+    "accuracy_norm": "choices",
+    "exact_match": "generation",
+}
+DEFAULT_METRICS = {
+    "tokens": ["loss", "ppl"],
+    "choices": ["accuracy", "accuracy_norm"],
+    "generation": ["exact_match"],
+}
 
 
 def declare_metric(name: str, needs: str) -> None:
     """Make `name` a metric that configs may use; the same name with other needs is refused."""
     if needs not in OBSERVATIONS:
-        raise ValueError(f"metric {name!r}: unknown needs {needs!r}; allowed: "
-                         + ", ".join(OBSERVATIONS))
+        raise ValueError(
+            f"metric {name!r}: unknown needs {needs!r}; allowed: " + ", ".join(OBSERVATIONS)
+        )
     if _CATALOG.get(name, needs) != needs:
         raise ValueError(f"metric {name!r} is already declared with needs {_CATALOG[name]!r}")
     _CATALOG[name] = needs
@@ -40,66 +49,97 @@ def known_metrics() -> list[str]:
     return sorted(_CATALOG)
 
 
-def metric_needs(name: str) -> Optional[str]:
+def metric_needs(name: str) -> str | None:
     """What a catalogued metric needs, or None for a `module:function` user metric."""
     return _CATALOG.get(name)
 
 
 def is_import_name(name: str) -> bool:
     module, _, function = name.partition(":")
-    return bool(module and function) and all(p.isidentifier() for p in module.split(".")) \
+    return (
+        bool(module and function)
+        and all(p.isidentifier() for p in module.split("."))
         and function.isidentifier()
+    )
 
 
 class EvalSetConfig(Strict):
     """One evaluation set: a data file, its fields, its split and its metrics."""
 
-    name: str = Field(..., min_length=1, description="Name of the set in results "
-                      "(`eval_set` column); unique among the sets.")
-    path: DataFile = Field(..., description="Data file (.jsonl, .json, .parquet or .csv). A relative "
-                      "path is taken from the sweep file's folder.")
+    name: str = Field(
+        ...,
+        min_length=1,
+        description="Name of the set in results (`eval_set` column); unique among the sets.",
+    )
+    path: DataFile = Field(
+        ...,
+        description="Data file (.jsonl, .json, .parquet or .csv). A relative "
+        "path is taken from the sweep file's folder.",
+    )
     format: Literal["text", "prompt_completion"] = Field(
-        "prompt_completion", description="`text`: loss on every token of `text_field`. "
-        "`prompt_completion`: loss on the completion tokens only, as in training.")
-    text_field: str = Field("text", description="Field with the text (format `text`); it is "
-                            "also the prompt of choice and generation metrics in that format.")
-    prompt_field: str = Field("prompt", description="Field with the prompt (format "
-                              "`prompt_completion`).")
-    completion_field: str = Field("completion", description="Field with the reference "
-                                  "completion (format `prompt_completion`).")
-    choices_field: Optional[str] = Field(
-        "choices", description="Field with the list of candidate completions (accuracy "
-        "metrics); null: the set has none.")
-    answer_field: Optional[str] = Field(
-        "answer", description="Field with the right choice: an index into the choices, or the "
-        "answer string; null: the set has none.")
+        "prompt_completion",
+        description="`text`: loss on every token of `text_field`. "
+        "`prompt_completion`: loss on the completion tokens only, as in training.",
+    )
+    text_field: str = Field(
+        "text",
+        description="Field with the text (format `text`); it is "
+        "also the prompt of choice and generation metrics in that format.",
+    )
+    prompt_field: str = Field(
+        "prompt", description="Field with the prompt (format `prompt_completion`)."
+    )
+    completion_field: str = Field(
+        "completion",
+        description="Field with the reference completion (format `prompt_completion`).",
+    )
+    choices_field: str | None = Field(
+        "choices",
+        description="Field with the list of candidate completions (accuracy "
+        "metrics); null: the set has none.",
+    )
+    answer_field: str | None = Field(
+        "answer",
+        description="Field with the right choice: an index into the choices, or the "
+        "answer string; null: the set has none.",
+    )
     split: Literal["selection", "test"] = Field(
-        "selection", description="`selection`: model choice (best trial, greedy soup) may read "
-        "it. `test`: reported only; selection never reads it.")
-    metrics: Optional[list[str]] = Field(
-        None, description="Metric names (`raysoup eval --help` lists them) or `module:function` "
+        "selection",
+        description="`selection`: model choice (best trial, greedy soup) may read "
+        "it. `test`: reported only; selection never reads it.",
+    )
+    metrics: list[str] | None = Field(
+        None,
+        description="Metric names (`raysoup eval --help` lists them) or `module:function` "
         "user metrics. Null: loss and ppl, plus accuracy and accuracy_norm when the file has the "
-        "choices and answer fields, plus exact_match for prompt/completion sets.")
+        "choices and answer fields, plus exact_match for prompt/completion sets.",
+    )
     max_new_tokens: Annotated[int, Field(gt=0)] = Field(
-        32, description="Most tokens generated per example (exact_match and other generation "
-        "metrics).")
-    limit: Optional[Annotated[int, Field(gt=0)]] = Field(
-        None, description="Evaluate only the first n rows of the file (null: all).")
+        32,
+        description="Most tokens generated per example (exact_match and other generation metrics).",
+    )
+    limit: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="Evaluate only the first n rows of the file (null: all)."
+    )
     seq_len: Annotated[int, Field(gt=0)] = Field(
-        128, description="Longest sequence in tokens. Loss sequences are cut at the end, as in "
-        "training; choice and generation prompts lose their start instead.")
+        128,
+        description="Longest sequence in tokens. Loss sequences are cut at the end, as in "
+        "training; choice and generation prompts lose their start instead.",
+    )
 
     @field_validator("metrics")
     @classmethod
-    def _known_metrics(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+    def _known_metrics(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return value
         if not value:
             raise ValueError("give at least one metric, or leave `metrics` out for the defaults")
         for name in value:
             if metric_needs(name) is None and not is_import_name(name):
-                raise ValueError(f"unknown metric {name!r}; known: {', '.join(known_metrics())}"
-                                 " (or a user metric as `module:function`)")
+                raise ValueError(
+                    f"unknown metric {name!r}; known: {', '.join(known_metrics())}"
+                    " (or a user metric as `module:function`)"
+                )
         if len(set(value)) != len(value):
             raise ValueError(f"metrics must be distinct, got {value}")
         return value
@@ -109,11 +149,12 @@ class EvalSetConfig(Strict):
         for name in self.metrics or []:
             missing = self.missing_fields(metric_needs(name))
             if missing:
-                raise ValueError(f"eval set {self.name!r}: metric {name!r} needs "
-                                 f"`{missing[0]}`, which is null")
+                raise ValueError(
+                    f"eval set {self.name!r}: metric {name!r} needs `{missing[0]}`, which is null"
+                )
         return self
 
-    def missing_fields(self, needs: Optional[str]) -> list[str]:
+    def missing_fields(self, needs: str | None) -> list[str]:
         """Config fields a metric with `needs` requires but the set leaves null."""
         if needs == "choices":
             return [f for f in ("choices_field", "answer_field") if getattr(self, f) is None]
@@ -127,8 +168,11 @@ class EvalSetConfig(Strict):
     def fields_for(self, needs: str) -> list[str]:
         """The file fields that a metric with `needs` reads."""
         if needs == "tokens":
-            return [self.text_field] if self.format == "text" else [self.prompt_field,
-                                                                    self.completion_field]
+            return (
+                [self.text_field]
+                if self.format == "text"
+                else [self.prompt_field, self.completion_field]
+            )
         if needs == "choices":
             return [self.prompt_key(), self.choices_field, self.answer_field]
         if self.format == "prompt_completion":
@@ -150,26 +194,39 @@ class EvaluateConfig(Strict):
     """The evaluate stage: the sets, and the actor pool that runs every candidate on them."""
 
     sets: list[EvalSetConfig] = Field(
-        default_factory=list, description="Evaluation sets. In a sweep, each task's `eval` file "
-        "(split selection) and `test` file (split test) are evaluated too, before these.")
-    rank_by: str = Field("loss", description="The metric that ranks candidates in a sweep's "
-                         "leaderboard, averaged over the selection sets (loss and ppl: lower is "
-                         "better; every other metric: higher is better).")
+        default_factory=list,
+        description="Evaluation sets. In a sweep, each task's `eval` file "
+        "(split selection) and `test` file (split test) are evaluated too, before these.",
+    )
+    rank_by: str = Field(
+        "loss",
+        description="The metric that ranks candidates in a sweep's "
+        "leaderboard, averaged over the selection sets (loss and ppl: lower is "
+        "better; every other metric: higher is better).",
+    )
     batch_size: Annotated[int, Field(gt=0)] = Field(
-        16, description="Examples per model batch (examples of similar length go together).")
-    actors: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
-        "auto", description="Evaluation actors, each holding one model at a time; `auto`: the "
+        16, description="Examples per model batch (examples of similar length go together)."
+    )
+    actors: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Evaluation actors, each holding one model at a time; `auto`: the "
         "cluster's CPUs divided by `cpus_per_actor` (GPUs by `gpus_per_actor` when set), "
-        "starting with those free and growing as resources free up.")
-    cpus_per_actor: Annotated[float, Field(gt=0)] = Field(1.0, description="CPUs reserved for "
-                                                          "each actor.")
+        "starting with those free and growing as resources free up.",
+    )
+    cpus_per_actor: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="CPUs reserved for each actor."
+    )
     gpus_per_actor: Annotated[float, Field(ge=0)] = Field(
-        0.0, description="GPUs reserved for each actor; above 0 the model runs on CUDA.")
-    torch_threads: Optional[Annotated[int, Field(gt=0)]] = Field(
-        None, description="torch threads per actor on CPU; null: the cluster's CPUs shared "
-        "evenly among the actors.")
+        0.0, description="GPUs reserved for each actor; above 0 the model runs on CUDA."
+    )
+    torch_threads: Annotated[int, Field(gt=0)] | None = Field(
+        None,
+        description="torch threads per actor on CPU; null: the cluster's CPUs shared "
+        "evenly among the actors.",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="fp32, or bf16 / fp16 autocast (fp16 needs a GPU).")
+        "fp32", description="fp32, or bf16 / fp16 autocast (fp16 needs a GPU)."
+    )
 
     @field_validator("rank_by")
     @classmethod
@@ -190,24 +247,28 @@ class EvaluateConfig(Strict):
     @model_validator(mode="after")
     def _fp16_needs_gpu(self):
         if self.precision == "fp16" and self.gpus_per_actor == 0:
-            raise ValueError("precision fp16 needs a GPU (set gpus_per_actor); on CPU use fp32 "
-                             "or bf16")
+            raise ValueError(
+                "precision fp16 needs a GPU (set gpus_per_actor); on CPU use fp32 or bf16"
+            )
         return self
 
-    def sets_for(self, splits: Optional[list[str]] = None) -> list[EvalSetConfig]:
+    def sets_for(self, splits: list[str] | None = None) -> list[EvalSetConfig]:
         """The sets of the given splits (all when None): selection code asks for `selection`."""
         return [s for s in self.sets if splits is None or s.split in splits]
 
-    def resolve_paths(self, base: Path) -> "EvaluateConfig":
+    def resolve_paths(self, base: Path) -> EvaluateConfig:
         """Set paths made absolute against `base` (the sweep file's folder)."""
         sets = [s.model_copy(update={"path": absolute(s.path, base)}) for s in self.sets]
         return self.model_copy(update={"sets": sets})
 
 
-
-def config_for_files(paths: list[str], names: Optional[list[str]] = None,
-                     metrics: Optional[list[str]] = None, set_fields: Optional[dict] = None,
-                     **fields) -> EvaluateConfig:
+def config_for_files(
+    paths: list[str],
+    names: list[str] | None = None,
+    metrics: list[str] | None = None,
+    set_fields: dict | None = None,
+    **fields,
+) -> EvaluateConfig:
     """An `EvaluateConfig` with one set per file, all alike (what `raysoup eval` builds).
 
     Sets are named by `names`, else by file stem (with the folder's name where stems repeat).
@@ -215,11 +276,15 @@ def config_for_files(paths: list[str], names: Optional[list[str]] = None,
     from sweeps.errors import SweepError, format_validation_error
 
     if names and len(names) != len(paths):
-        raise SweepError(f"--name: {len(names)} name(s) for {len(paths)} data file(s); give one "
-                         "per file, or none")
+        raise SweepError(
+            f"--name: {len(names)} name(s) for {len(paths)} data file(s); give one "
+            "per file, or none"
+        )
     names = list(names or _file_names(paths))
-    sets = [{"name": n, "path": p, "metrics": metrics or None, **(set_fields or {})}
-            for n, p in zip(names, paths)]
+    sets = [
+        {"name": n, "path": p, "metrics": metrics or None, **(set_fields or {})}
+        for n, p in zip(names, paths)
+    ]
     try:
         return EvaluateConfig.model_validate({"sets": sets, **fields})
     except ValidationError as err:
@@ -228,5 +293,6 @@ def config_for_files(paths: list[str], names: Optional[list[str]] = None,
 
 def _file_names(paths: list[str]) -> list[str]:
     stems = [Path(p).stem for p in paths]
-    return [s if stems.count(s) == 1 else f"{Path(p).parent.name}-{s}"
-            for s, p in zip(stems, paths)]
+    return [
+        s if stems.count(s) == 1 else f"{Path(p).parent.name}-{s}" for s, p in zip(stems, paths)
+    ]

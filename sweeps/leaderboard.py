@@ -39,8 +39,7 @@ def candidate_scores(evals: pd.DataFrame, metric: str) -> pd.DataFrame:
     return frame.join(scores, on="candidate")
 
 
-def set_scores(evals: pd.DataFrame, metric: str, order: list[str] | None = None
-               ) -> pd.DataFrame:
+def set_scores(evals: pd.DataFrame, metric: str, order: list[str] | None = None) -> pd.DataFrame:
     """`metric` of every candidate on each set: one row per candidate (in `order` when given),
     one column per set named `<set> (<split>)`, selection sets first."""
     ok = evals[(evals["metric"] == metric) & (evals["status"] == "ok")]
@@ -53,19 +52,22 @@ def set_scores(evals: pd.DataFrame, metric: str, order: list[str] | None = None
     return table.rename_axis("candidate").reset_index()
 
 
-def leaderboard(evals: pd.DataFrame, ingredients: dict[str, list[str]],
-                ranking: Ranking) -> pd.DataFrame:
+def leaderboard(
+    evals: pd.DataFrame, ingredients: dict[str, list[str]], ranking: Ranking
+) -> pd.DataFrame:
     """Every candidate ranked by selection score, with merge gains over their ingredients."""
     board = candidate_scores(evals, ranking.metric)
     by_name = board.set_index("candidate")["test"]
-    gains = [_gains(by_name, ingredients.get(c, []), by_name.get(c), ranking)
-             for c in board["candidate"]]
+    gains = [
+        _gains(by_name, ingredients.get(c, []), by_name.get(c), ranking) for c in board["candidate"]
+    ]
     board["ingredients"] = [ingredients.get(c, []) for c in board["candidate"]]
     board["gain_vs_best"] = [g[0] for g in gains]
     board["gain_vs_mean"] = [g[1] for g in gains]
     key = board["selection"] * -ranking.sign()
-    board = board.assign(_key=key).sort_values(["_key", "candidate"], na_position="last",
-                                               kind="stable")
+    board = board.assign(_key=key).sort_values(
+        ["_key", "candidate"], na_position="last", kind="stable"
+    )
     board.insert(0, "rank", range(1, len(board) + 1))
     return board.drop(columns="_key").reset_index(drop=True)
 
@@ -97,26 +99,39 @@ def _verdict(gain) -> str:
 
 def board_markdown(board: pd.DataFrame, ranking: Ranking, title: str) -> str:
     """The leaderboard as a Markdown table."""
-    columns = ["rank", "candidate", "kind", "selection", "test", "gain_vs_best", "gain_vs_mean",
-               "ingredients"]
+    columns = [
+        "rank",
+        "candidate",
+        "kind",
+        "selection",
+        "test",
+        "gain_vs_best",
+        "gain_vs_mean",
+        "ingredients",
+    ]
     arrow = "higher" if ranking.higher_is_better else "lower"
-    return (f"## {title}\n\n{len(board)} candidates ranked by mean `{ranking.metric}` on the "
-            f"selection sets ({arrow} is better); `test` is never used for ranking. Gains are on "
-            "test, positive when the merge beats its ingredients.\n\n"
-            + markdown_table(board, columns))
+    return (
+        f"## {title}\n\n{len(board)} candidates ranked by mean `{ranking.metric}` on the "
+        f"selection sets ({arrow} is better); `test` is never used for ranking. Gains are on "
+        "test, positive when the merge beats its ingredients.\n\n" + markdown_table(board, columns)
+    )
 
 
 def sets_markdown(scores: pd.DataFrame, metric: str) -> str:
     """`set_scores` as a Markdown section."""
-    return (f"## Each evaluation set\n\n`{metric}` of every candidate on each set, in "
-            "leaderboard order.\n\n" + markdown_table(scores, list(scores.columns)))
+    return (
+        f"## Each evaluation set\n\n`{metric}` of every candidate on each set, in "
+        "leaderboard order.\n\n" + markdown_table(scores, list(scores.columns))
+    )
 
 
 def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
     """`columns` of `frame` as a Markdown table, cells formatted by `format_cell`."""
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    lines += ["| " + " | ".join(format_cell(row[c]) for c in columns) + " |"
-              for _, row in frame.iterrows()]
+    lines += [
+        "| " + " | ".join(format_cell(row[c]) for c in columns) + " |"
+        for _, row in frame.iterrows()
+    ]
     return "\n".join(lines) + "\n"
 
 

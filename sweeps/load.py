@@ -64,6 +64,8 @@ def _from_python(path: Path) -> Sweep:
     if isinstance(sweep, dict):
         return parse_sweep(sweep, str(path))
     if not isinstance(sweep, Sweep):
-        raise SweepError(f"{path}: the file must define `sweep = Sweep(...)` (found "
-                         f"{type(sweep).__name__ if sweep is not None else 'no `sweep`'})")
+        raise SweepError(
+            f"{path}: the file must define `sweep = Sweep(...)` (found "
+            f"{type(sweep).__name__ if sweep is not None else 'no `sweep`'})"
+        )
     return sweep

@@ -13,23 +13,28 @@ in the sweep or a soup of one trial is refused up front.
 from __future__ import annotations
 
 import itertools
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from sweeps.base import Strict
 
 PositiveInt = Annotated[int, Field(gt=0)]
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 AXES = ("task", "data_size", "seed")
 
 
 class _Plan(Strict):
-    name: Optional[str] = Field(None, description="Name of the plan, used in candidate names "
-                                "(default: its type, numbered if repeated).")
-    where: dict[str, Union[Scalar, list[Scalar]]] = Field(
-        default_factory=dict, description="Use only trials whose fields have these values, for "
-        "example `{data_size: 1000}` or `{seed: [0, 1]}` (a list: any of its values).")
+    name: str | None = Field(
+        None,
+        description="Name of the plan, used in candidate names "
+        "(default: its type, numbered if repeated).",
+    )
+    where: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict,
+        description="Use only trials whose fields have these values, for "
+        "example `{data_size: 1000}` or `{seed: [0, 1]}` (a list: any of its values).",
+    )
 
 
 class CheckpointAveragePlan(_Plan):
@@ -37,10 +42,12 @@ class CheckpointAveragePlan(_Plan):
 
     type: Literal["checkpoint_average"] = Field(..., description="Plan kind.")
     select: Literal["all", "last", "every"] = Field(
-        "all", description="Which checkpoints: `all` kept, the `last` k, or `every` n-th counting "
-        "back from the final one.")
-    k: Optional[PositiveInt] = Field(None, description="How many, for `select: last`.")
-    n: Optional[PositiveInt] = Field(None, description="Stride, for `select: every`.")
+        "all",
+        description="Which checkpoints: `all` kept, the `last` k, or `every` n-th counting "
+        "back from the final one.",
+    )
+    k: PositiveInt | None = Field(None, description="How many, for `select: last`.")
+    n: PositiveInt | None = Field(None, description="Stride, for `select: every`.")
 
     @model_validator(mode="after")
     def _needs_count(self):
@@ -56,26 +63,37 @@ class SoupPlan(_Plan):
 
     type: Literal["soup"] = Field(..., description="Plan kind.")
     method: Literal["uniform", "greedy"] = Field(
-        "uniform", description="`uniform` averages every trial of a group; `greedy` adds trials "
-        "best first and keeps each only if the selection metric improves.")
-    across: Union[Literal["all"], list[str]] = Field(
-        ["seed"], description="Fields that vary inside a group (`seed`, `data_size`, `task`, or a "
+        "uniform",
+        description="`uniform` averages every trial of a group; `greedy` adds trials "
+        "best first and keeps each only if the selection metric improves.",
+    )
+    across: Literal["all"] | list[str] = Field(
+        ["seed"],
+        description="Fields that vary inside a group (`seed`, `data_size`, `task`, or a "
         "searched field such as `train.lr`); trials equal in every other field form one group. "
-        "`all`: the whole sweep is one group.")
-    top_k: Optional[PositiveInt] = Field(
-        None, description="Use only the best k trials of each group by the selection metric "
-        "(null: all of them).")
+        "`all`: the whole sweep is one group.",
+    )
+    top_k: PositiveInt | None = Field(
+        None,
+        description="Use only the best k trials of each group by the selection metric "
+        "(null: all of them).",
+    )
 
 
 class TaskMergePlan(_Plan):
     """Merge the task models of each setting with the base model, by a merge method."""
 
     type: Literal["task_merge"] = Field(..., description="Plan kind.")
-    method: str = Field("task_arithmetic", description="A merge method known to `raysoup merge` "
-                        "(task_arithmetic, ties, dare_ties, linear, ...).")
-    parameters: dict[str, Union[Scalar, list[Scalar]]] = Field(
-        default_factory=dict, description="Method parameters (weight, density, lambda, ...). A "
-        "list is a grid: one merge per combination.")
+    method: str = Field(
+        "task_arithmetic",
+        description="A merge method known to `raysoup merge` "
+        "(task_arithmetic, ties, dare_ties, linear, ...).",
+    )
+    parameters: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict,
+        description="Method parameters (weight, density, lambda, ...). A "
+        "list is a grid: one merge per combination.",
+    )
 
     def grid(self) -> list[dict[str, Scalar]]:
         """One parameter dict per combination of the listed values."""
@@ -84,8 +102,7 @@ class TaskMergePlan(_Plan):
         return [dict(zip(names, combo)) for combo in itertools.product(*values)]
 
 
-MergePlan = Annotated[Union[CheckpointAveragePlan, SoupPlan, TaskMergePlan],
-                      Field(discriminator="type")]
+MergePlan = Annotated[CheckpointAveragePlan | SoupPlan | TaskMergePlan, Field(discriminator="type")]
 
 
 def plan_names(plans: list) -> list[str]:
@@ -94,15 +111,20 @@ def plan_names(plans: list) -> list[str]:
     names = []
     for plan in plans:
         counts[plan.type] = counts.get(plan.type, 0) + 1
-        names.append(plan.name or (plan.type if counts[plan.type] == 1
-                                   else f"{plan.type}{counts[plan.type]}"))
+        names.append(
+            plan.name
+            or (plan.type if counts[plan.type] == 1 else f"{plan.type}{counts[plan.type]}")
+        )
     return names
 
 
 def axis_sizes(sweep) -> dict[str, int]:
     """How many values each axis of the sweep takes; sampled spaces count as one `sample` axis."""
-    sizes = {"task": len(sweep.task_names()), "seed": len(sweep.seeds),
-             "data_size": len(sweep.data_scale or [None])}
+    sizes = {
+        "task": len(sweep.task_names()),
+        "seed": len(sweep.seeds),
+        "data_size": len(sweep.data_scale or [None]),
+    }
     for path, space in sweep.search_space().items():
         values = space.values() if space.key == "grid" else None
         sizes[path] = len(values) if values else 0
@@ -130,8 +152,10 @@ def _check_where_values(where: dict, values: dict[str, list], at: str) -> list[s
             continue
         missing = [v for v in (wanted if isinstance(wanted, list) else [wanted]) if v not in known]
         if missing:
-            problems.append(f"{at}.where.{key}: no trial has {missing[0]!r}; the sweep's values: "
-                            + ", ".join(map(str, known)))
+            problems.append(
+                f"{at}.where.{key}: no trial has {missing[0]!r}; the sweep's values: "
+                + ", ".join(map(str, known))
+            )
     return problems
 
 
@@ -147,14 +171,18 @@ def check_plans(sweep) -> list[str]:
         where = f"merge[{i}]"
         unknown = [f for f in plan.where if f not in allowed]
         if unknown:
-            problems.append(f"{where}.where: '{unknown[0]}' is not an axis of this sweep; "
-                            f"allowed: {', '.join(allowed)}")
+            problems.append(
+                f"{where}.where: '{unknown[0]}' is not an axis of this sweep; "
+                f"allowed: {', '.join(allowed)}"
+            )
         problems += _check_where_values(plan.where, axis_values(sweep), where)
         if plan.type == "soup":
             problems += _check_soup(plan, sizes, where)
         elif plan.type == "task_merge" and sizes["task"] < 2:
-            problems.append(f"{where}: task_merge merges task models with the base model and "
-                            f"needs a `tasks` section with at least two tasks")
+            problems.append(
+                f"{where}: task_merge merges task models with the base model and "
+                f"needs a `tasks` section with at least two tasks"
+            )
     return problems
 
 
@@ -176,12 +204,16 @@ def _check_soup(plan: SoupPlan, sizes: dict[str, int], where: str) -> list[str]:
         allowed = [k for k in sizes if k != "sample"]
         unknown = [f for f in plan.across if f not in allowed]
         if unknown:
-            return [f"{where}.across: '{unknown[0]}' is not an axis of this sweep; allowed: "
-                    + ", ".join(allowed)]
+            return [
+                f"{where}.across: '{unknown[0]}' is not an axis of this sweep; allowed: "
+                + ", ".join(allowed)
+            ]
         group = _group_size(sizes, plan.across)
     if group < 2:
-        return [f"{where}: every soup group holds a single trial (the sweep has one value along "
-                f"{plan.across}); soup across an axis with several values"]
+        return [
+            f"{where}: every soup group holds a single trial (the sweep has one value along "
+            f"{plan.across}); soup across an axis with several values"
+        ]
     return []
 
 

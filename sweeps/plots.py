@@ -67,8 +67,10 @@ def _draw_points(ax, group: dict, color: str) -> np.ndarray:
     points = group["points"]
     sizes = np.array([p["data_size"] for p in points], dtype=float)
     mean = np.array([p["mean"] for p in points], dtype=float)
-    spread = np.array([[p["mean"] - p["min"] for p in points],
-                       [p["max"] - p["mean"] for p in points]], dtype=float)
+    spread = np.array(
+        [[p["mean"] - p["min"] for p in points], [p["max"] - p["mean"] for p in points]],
+        dtype=float,
+    )
     label = group["label"] if group["status"] == "ok" else f"{group['label']} (no fit)"
     ax.errorbar(sizes, mean, yerr=spread, fmt="o", color=color, capsize=3, label=label)
     return sizes
@@ -90,13 +92,19 @@ def _draw_fit(ax, group: dict, law, sizes: np.ndarray, color: str) -> float:
         err = None
         if p["low"] is not None:
             err = [[p["value"] - p["low"]], [p["high"] - p["value"]]]
-        ax.errorbar([p["data_size"]], [p["value"]], yerr=err, fmt="*", color=color,
-                    markersize=10, capsize=3)
+        ax.errorbar(
+            [p["data_size"]], [p["value"]], yerr=err, fmt="*", color=color, markersize=10, capsize=3
+        )
     return last
 
 
-COLORS = {"trial": "#4C72B0", "checkpoint_average": "#55A868", "soup": "#C44E52",
-          "task_merge": "#8172B2", "base": "#937860"}
+COLORS = {
+    "trial": "#4C72B0",
+    "checkpoint_average": "#55A868",
+    "soup": "#C44E52",
+    "task_merge": "#8172B2",
+    "base": "#937860",
+}
 
 
 def plot_by_kind(board: pd.DataFrame, ranking: Ranking):
@@ -108,12 +116,19 @@ def plot_by_kind(board: pd.DataFrame, ranking: Ranking):
     rng = np.random.default_rng(0)
     for x, kind in enumerate(kinds):
         values = board.loc[board["kind"] == kind, split].dropna()
-        ax.scatter(x + rng.uniform(-0.15, 0.15, len(values)), values, s=28,
-                   color=COLORS.get(kind, "gray"), alpha=0.8)
+        ax.scatter(
+            x + rng.uniform(-0.15, 0.15, len(values)),
+            values,
+            s=28,
+            color=COLORS.get(kind, "gray"),
+            alpha=0.8,
+        )
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylabel(f"{ranking.metric} ({split})")
-    ax.set_title(f"{ranking.metric} by candidate kind "
-                 f"({'higher' if ranking.higher_is_better else 'lower'} is better)")
+    ax.set_title(
+        f"{ranking.metric} by candidate kind "
+        f"({'higher' if ranking.higher_is_better else 'lower'} is better)"
+    )
     fig.tight_layout()
     return fig
 

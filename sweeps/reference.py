@@ -7,6 +7,7 @@ A test regenerates it and compares, so the reference cannot drift from the code.
 
 from __future__ import annotations
 
+import types
 import typing
 
 from pydantic import BaseModel
@@ -59,7 +60,7 @@ def _items(annotation):
     """Models inside a container field: `tasks.<name>` of a dict, `merge[]` of a list (one per
     `type` of a union)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+    if _is_union(annotation) and len(args) == 1:
         return _items(args[0])
     origin = typing.get_origin(annotation)
     if origin is dict and _submodel(args[1]):
@@ -69,8 +70,15 @@ def _items(annotation):
         if typing.get_origin(inner) is typing.Annotated:
             inner = typing.get_args(inner)[0]
         models = [m for m in typing.get_args(inner) or (inner,) if _submodel(m)]
-        return [(f"[]` with type {_type(m.model_fields['type'].annotation)}"
-                 if "type" in m.model_fields else "[]`", m) for m in models]
+        return [
+            (
+                f"[]` with type {_type(m.model_fields['type'].annotation)}"
+                if "type" in m.model_fields
+                else "[]`",
+                m,
+            )
+            for m in models
+        ]
     return []
 
 
@@ -79,8 +87,11 @@ def _prefix(title: str) -> str:
 
 
 def _submodel(annotation) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
-            and not issubclass(annotation, Space):
+    if (
+        isinstance(annotation, type)
+        and issubclass(annotation, BaseModel)
+        and not issubclass(annotation, Space)
+    ):
         return annotation
     return None
 
@@ -89,8 +100,10 @@ def _section(title: str, model: type[BaseModel]) -> str:
     doc = (model.__doc__ or "").strip().splitlines()[0]
     rows = ["| field | type | default | description |", "|---|---|---|---|"]
     for name, field in model.model_fields.items():
-        rows.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} | "
-                    f"{(field.description or '').replace('|', '/')} |")
+        rows.append(
+            f"| `{name}` | {_type(field.annotation)} | {_default(field)} | "
+            f"{(field.description or '').replace('|', '/')} |"
+        )
     return f"## {title}\n\n{doc}\n\n" + "\n".join(rows) + "\n"
 
 
@@ -116,9 +129,14 @@ def _type(annotation) -> str:
         return " / ".join(f"`{a}`" for a in typing.get_args(annotation))
     if _submodel(annotation):
         return "section"
-    if args and typing.get_origin(annotation) is typing.Union:
+    if args and _is_union(annotation):
         return " or ".join(_type(a) for a in args)
     return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+def _is_union(annotation) -> bool:
+    """`Union[a, b]` and `Optional[a]`, or `a | b` and `a | None`."""
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from sweeps.leaderboard import format_cell
 
+
 def render_html(title: str, sections: list[tuple[str, str]], images: dict[str, bytes]) -> str:
     """A self-contained page: each (heading, HTML) section, then the images inline."""
     body = [f"<h1>{html.escape(title)}</h1>"]
@@ -18,8 +19,10 @@ def render_html(title: str, sections: list[tuple[str, str]], images: dict[str, b
         body.append(f"<h2>{html.escape(heading)}</h2>\n{content}")
     for name, png in images.items():
         data = base64.b64encode(png).decode()
-        body.append(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(name)}</figcaption></figure>")
+        body.append(
+            f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        )
     return PAGE.format(title=html.escape(title), body="\n".join(body))
 
 
@@ -27,8 +30,10 @@ def table_html(frame: pd.DataFrame, columns: list[str]) -> str:
     """A DataFrame as an HTML table with the project's cell formatting (values escaped)."""
     shown = frame[[c for c in columns if c in frame.columns]]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in shown.columns)
-    rows = ["<tr>" + "".join(f"<td>{html.escape(format_cell(v))}</td>" for v in row) + "</tr>"
-            for row in shown.itertuples(index=False)]
+    rows = [
+        "<tr>" + "".join(f"<td>{html.escape(format_cell(v))}</td>" for v in row) + "</tr>"
+        for row in shown.itertuples(index=False)
+    ]
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 

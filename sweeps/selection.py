@@ -7,7 +7,7 @@ newline: the text field, or the prompt and the completion.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, Field, StrictInt, field_validator, model_validator
 
@@ -23,7 +23,7 @@ def _keep(value: int | float) -> int | float:
     return value
 
 
-Keep = Annotated[Union[StrictInt, float], AfterValidator(_keep)]
+Keep = Annotated[StrictInt | float, AfterValidator(_keep)]
 KEEP_HELP = "Rows to keep: a count (5000) or a fraction of the rows that reach this stage (0.25)."
 
 
@@ -43,15 +43,22 @@ class NearDedup(StageConfig):
 
     type: Literal["near_dedup"] = Field(..., description="`near_dedup`.")
     threshold: Annotated[float, Field(gt=0, lt=1)] = Field(
-        0.8, description="Jaccard similarity of n-gram sets above which rows count as duplicates "
-        "(sets the LSH bands unless `bands` and `rows` are given).")
-    ngram: Count = Field(5, description="Words per shingle; a text with fewer words uses its "
-                         "single words.")
+        0.8,
+        description="Jaccard similarity of n-gram sets above which rows count as duplicates "
+        "(sets the LSH bands unless `bands` and `rows` are given).",
+    )
+    ngram: Count = Field(
+        5, description="Words per shingle; a text with fewer words uses its single words."
+    )
     num_perm: Annotated[int, Field(ge=16, le=1024)] = Field(
-        128, description="MinHash permutations: more is more exact and slower.")
-    bands: Optional[Count] = Field(None, description="LSH bands (give with `rows`; null: the "
-                                   "split that best separates pairs below and above `threshold`).")
-    rows: Optional[Count] = Field(None, description="MinHash values per LSH band (with `bands`).")
+        128, description="MinHash permutations: more is more exact and slower."
+    )
+    bands: Count | None = Field(
+        None,
+        description="LSH bands (give with `rows`; null: the "
+        "split that best separates pairs below and above `threshold`).",
+    )
+    rows: Count | None = Field(None, description="MinHash values per LSH band (with `bands`).")
     seed: int = Field(0, description="Seed of the MinHash permutations.")
 
     @model_validator(mode="after")
@@ -59,8 +66,9 @@ class NearDedup(StageConfig):
         if (self.bands is None) != (self.rows is None):
             raise ValueError("give both `bands` and `rows`, or neither")
         if self.bands and self.bands * self.rows > self.num_perm:
-            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm "
-                             f"{self.num_perm}")
+            raise ValueError(
+                f"bands x rows = {self.bands * self.rows} exceeds num_perm {self.num_perm}"
+            )
         return self
 
 
@@ -69,18 +77,24 @@ class Filter(StageConfig):
     white-space separated words, not model tokens."""
 
     type: Literal["filter"] = Field(..., description="`filter`.")
-    min_chars: Optional[Count] = Field(None, description="Drop texts shorter than this.")
-    max_chars: Optional[Count] = Field(None, description="Drop texts longer than this.")
-    min_tokens: Optional[Count] = Field(None, description="Drop texts of fewer white-space words.")
-    max_tokens: Optional[Count] = Field(None, description="Drop texts of more white-space words.")
-    include: list[str] = Field([], description="Regular expressions; keep only texts that match "
-                               "at least one (empty: no such condition).")
+    min_chars: Count | None = Field(None, description="Drop texts shorter than this.")
+    max_chars: Count | None = Field(None, description="Drop texts longer than this.")
+    min_tokens: Count | None = Field(None, description="Drop texts of fewer white-space words.")
+    max_tokens: Count | None = Field(None, description="Drop texts of more white-space words.")
+    include: list[str] = Field(
+        [],
+        description="Regular expressions; keep only texts that match "
+        "at least one (empty: no such condition).",
+    )
     exclude: list[str] = Field([], description="Regular expressions; drop texts that match any.")
-    max_repetition_ratio: Optional[Ratio] = Field(
-        None, description="Drop texts whose share of repeated word 3-grams is above this.")
-    max_symbol_ratio: Optional[Ratio] = Field(
-        None, description="Drop texts whose share of non-space characters that are neither "
-        "letters nor digits is above this.")
+    max_repetition_ratio: Ratio | None = Field(
+        None, description="Drop texts whose share of repeated word 3-grams is above this."
+    )
+    max_symbol_ratio: Ratio | None = Field(
+        None,
+        description="Drop texts whose share of non-space characters that are neither "
+        "letters nor digits is above this.",
+    )
 
     @field_validator("include", "exclude")
     @classmethod
@@ -100,9 +114,11 @@ class Filter(StageConfig):
                 raise ValueError(f"{low} ({lo}) is above {high} ({hi})")
         set_fields = self.model_fields_set - {"type"}
         if not set_fields:
-            raise ValueError("a filter needs at least one condition: min_chars, max_chars, "
-                             "min_tokens, max_tokens, include, exclude, max_repetition_ratio, "
-                             "max_symbol_ratio")
+            raise ValueError(
+                "a filter needs at least one condition: min_chars, max_chars, "
+                "min_tokens, max_tokens, include, exclude, max_repetition_ratio, "
+                "max_symbol_ratio"
+            )
         return self
 
 
@@ -112,19 +128,27 @@ class ImportanceResample(StageConfig):
     one fixed draw, so smaller keeps are inside larger ones."""
 
     type: Literal["importance_resample"] = Field(..., description="`importance_resample`.")
-    target: DataFile = Field(..., description="File of target examples (.jsonl, .json, .parquet or "
-                        ".csv). A relative path is taken from the sweep file's folder.")
-    target_field: Optional[str] = Field(
-        None, description="Field of the target file to read (null: the data's own fields).")
+    target: DataFile = Field(
+        ...,
+        description="File of target examples (.jsonl, .json, .parquet or "
+        ".csv). A relative path is taken from the sweep file's folder.",
+    )
+    target_field: str | None = Field(
+        None, description="Field of the target file to read (null: the data's own fields)."
+    )
     keep: Keep = Field(..., description=KEEP_HELP)
     ngrams: Annotated[int, Field(ge=1, le=4)] = Field(
-        2, description="Longest word n-gram counted (2: words and word pairs).")
-    buckets: Annotated[int, Field(ge=16)] = Field(10_000, description="Hash buckets of the "
-                                                  "n-gram counts.")
+        2, description="Longest word n-gram counted (2: words and word pairs)."
+    )
+    buckets: Annotated[int, Field(ge=16)] = Field(
+        10_000, description="Hash buckets of the n-gram counts."
+    )
     smoothing: Annotated[float, Field(gt=0)] = Field(
-        0.001, description="Pseudo-count added to every bucket of both n-gram counts: smaller "
+        0.001,
+        description="Pseudo-count added to every bucket of both n-gram counts: smaller "
         "follows the target more closely (n-grams the target lacks weigh heavily against a "
-        "row), larger is gentler.")
+        "row), larger is gentler.",
+    )
     seed: int = Field(0, description="Seed of the Gumbel draw.")
 
 
@@ -138,7 +162,7 @@ class RandomSubset(StageConfig):
 
 STAGES = (ExactDedup, NearDedup, Filter, ImportanceResample, RandomSubset)
 STAGE_TYPES = tuple(s.model_fields["type"].annotation.__args__[0] for s in STAGES)
-Stage = Annotated[Union[STAGES], Field(discriminator="type")]
+Stage = Annotated[Union[STAGES], Field(discriminator="type")]  # noqa: UP007 (a tuple)
 
 
 def check_stage_types(stages):
@@ -146,6 +170,7 @@ def check_stage_types(stages):
     for index, stage in enumerate(stages if isinstance(stages, list) else []):
         kind = stage.get("type") if isinstance(stage, dict) else getattr(stage, "type", None)
         if kind not in STAGE_TYPES:
-            raise ValueError(f"[{index}].type: unknown stage type {kind!r}; known: "
-                             f"{', '.join(STAGE_TYPES)}")
+            raise ValueError(
+                f"[{index}].type: unknown stage type {kind!r}; known: {', '.join(STAGE_TYPES)}"
+            )
     return stages

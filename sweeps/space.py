@@ -152,26 +152,13 @@ def searchable(tp: Any, kind: str = "float") -> Any:
     members += [Annotated[SPACES[k][tp], Tag(TAG_MARK + k)] for k in kinds]
     message = "not a value or a known search space; search spaces here: " + ", ".join(kinds)
     return Annotated[
-        Union[tuple(members)],
-        Discriminator(lambda v: _kind(v, kinds), custom_error_type="search_space",
-                      custom_error_message=message),
+        Union[tuple(members)],  # noqa: UP007 (built from a list)
+        Discriminator(
+            lambda v: _kind(v, kinds),
+            custom_error_type="search_space",
+            custom_error_message=message,
+        ),
     ]
-
-
-def to_tune(space: Space) -> Any:
-    """The Ray Tune search object for a space (Ray is imported only here, lazily)."""
-    from ray import tune
-
-    if isinstance(space, Grid):
-        return tune.grid_search(space.values())
-    if isinstance(space, Choice):
-        return tune.choice(space.values())
-    low, high = space.bounds()
-    if isinstance(space, LogUniform):
-        return tune.loguniform(low, high)
-    if isinstance(space, Uniform):
-        return tune.uniform(low, high)
-    return tune.randint(low, high + 1)
 
 
 def grid_size(space: Space) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.data import example_keys
+from engine.prepare.keys import example_keys
 
 texts = st.lists(st.text(min_size=1, max_size=30), min_size=2, max_size=60, unique=True)
 
@@ -46,19 +46,27 @@ def test_the_torch_free_encoder_matches_the_transformers_tokenizer():
 
     import pyarrow as pa
 
-    from engine.data import tokenize_batch
+    from engine.core.encode import fast_path_agrees
     from engine.demo import BASE_DIR
-    from engine.encode import fast_path_agrees
+    from engine.prepare.stage import tokenize_batch
     from sweeps import parse_sweep
     from tests.conftest import DEMO_DATA
 
     assert fast_path_agrees(str(BASE_DIR))
-    rows = [json.loads(line) for line in
-            (DEMO_DATA / "reverse" / "train.jsonl").read_text().splitlines()[:200]]
-    table = pa.Table.from_pylist([{"prompt": r["prompt"], "completion": r["completion"]}
-                                  for r in rows])
-    data = parse_sweep({"name": "e", "model": {"preset": "demo"},
-                        "data": {"train": "x.jsonl", "format": "prompt_completion"}}).data
+    rows = [
+        json.loads(line)
+        for line in (DEMO_DATA / "reverse" / "train.jsonl").read_text().splitlines()[:200]
+    ]
+    table = pa.Table.from_pylist(
+        [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+    )
+    data = parse_sweep(
+        {
+            "name": "e",
+            "model": {"preset": "demo"},
+            "data": {"train": "x.jsonl", "format": "prompt_completion"},
+        }
+    ).data
     fast = tokenize_batch(table, data, str(BASE_DIR), False, fast=True)
     slow = tokenize_batch(table, data, str(BASE_DIR), False, fast=False)
     assert fast.equals(slow)

@@ -42,7 +42,13 @@ def test_base_model_loads_and_runs(tokenizer):
 
 def test_base_folder_is_small_and_complete():
     names = {p.name for p in BASE_DIR.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "README.md",
+    } <= names
     assert sum(p.stat().st_size for p in BASE_DIR.iterdir()) < 10 * 2**20
 
 
@@ -56,13 +62,19 @@ def test_tokenizer_round_trips_task_text(tokenizer, task):
 
 
 def test_tokenizer_special_tokens(tokenizer):
-    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<s>", "</s>", "<pad>")
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (
+        "<s>",
+        "</s>",
+        "<pad>",
+    )
     assert len({tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}) == 3
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_bundled_data(task):
-    splits = [_read_jsonl(DATA_DIR / task / f"{split}.jsonl") for split in ("train", "eval", "test")]
+    splits = [
+        _read_jsonl(DATA_DIR / task / f"{split}.jsonl") for split in ("train", "eval", "test")
+    ]
     assert [len(rows) for rows in splits] == [2000, 100, 100]
     prompts = [{e["prompt"] for e in rows} for rows in splits]
     for example in sum(splits, []):
@@ -98,7 +110,9 @@ def test_save_tiny_model(tmp_path, arch):
 
 
 def test_save_tiny_model_seed_sets_weights(tmp_path):
-    same = [save_tiny_model(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    same = [
+        save_tiny_model(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 0), ("c", 1))
+    ]
     weights = [(p / "model.safetensors").read_bytes() for p in same]
     assert weights[0] == weights[1] != weights[2]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pyarrow as pa
@@ -16,13 +17,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from engine.batches import token_nll
+from engine.core.batches import token_nll
+from engine.core.models import load_tokenizer
 from engine.demo import BASE_DIR
-from engine.eval_sets import check_eval
-from engine.evaluate import Candidate, evaluate, plan_set, unit_pieces, work_units
-from engine.metrics import get_metric, metric
-from engine.metrics.choice import pick
-from engine.models import load_tokenizer
+from engine.evaluate.metrics import get_metric, metric
+from engine.evaluate.metrics.choice import pick
+from engine.evaluate.pool import Candidate, evaluate_candidates, plan_set, unit_pieces, work_units
+from engine.evaluate.sets import set_problems
 from sweeps import SweepError
 from sweeps.evaluation import EvalSetConfig, EvaluateConfig
 from tests.conftest import DEMO_DATA
@@ -42,6 +43,7 @@ def same_first_char(prediction: str, reference: str) -> float:
 
 
 # ---- plain torch references ------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def base():
@@ -83,6 +85,7 @@ def rows(path, limit=None) -> list[dict]:
 
 # ---- fixtures: models, sets, the two pool runs ----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, base):
     """A LoRA adapter on the demo model (random, non-zero B), and the same adapter merged."""
@@ -92,8 +95,9 @@ def models(tmp_path_factory, base):
     root = tmp_path_factory.mktemp("models")
     # A fresh copy: PEFT changes the model it wraps, and `base` is the reference.
     model, tok = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32), base[1]
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                             task_type="CAUSAL_LM")
+    config = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
     wrapped = peft.get_peft_model(model, config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
@@ -124,21 +128,29 @@ def em_file(tmp_path_factory, base):
 
 @pytest.fixture(scope="module")
 def sets(em_file):
-    return [EvalSetConfig(name="add", path=str(ADD), limit=N, max_new_tokens=NEW_TOKENS),
-            EvalSetConfig(name="em", path=str(em_file), max_new_tokens=NEW_TOKENS,
-                          metrics=["exact_match", "same_length", USER])]
+    return [
+        EvalSetConfig(name="add", path=str(ADD), limit=N, max_new_tokens=NEW_TOKENS),
+        EvalSetConfig(
+            name="em",
+            path=str(em_file),
+            max_new_tokens=NEW_TOKENS,
+            metrics=["exact_match", "same_length", USER],
+        ),
+    ]
 
 
 @pytest.fixture(scope="module")
 def candidates(models):
-    return [Candidate("demo", "base", str(BASE_DIR)),
-            Candidate("adapter", "trial", str(models / "adapter")),
-            Candidate("merged", "task_merge", str(models / "merged"))]
+    return [
+        Candidate("demo", "base", str(BASE_DIR)),
+        Candidate("adapter", "trial", str(models / "adapter")),
+        Candidate("merged", "task_merge", str(models / "merged")),
+    ]
 
 
 @pytest.fixture(scope="module")
 def one_actor(ray_local, candidates, sets):
-    return evaluate(candidates, sets, EvaluateConfig(actors=1, batch_size=5))
+    return evaluate_candidates(candidates, sets, EvaluateConfig(actors=1, batch_size=5))
 
 
 @pytest.fixture(scope="module")
@@ -147,14 +159,20 @@ def two_actors(ray_local, candidates, sets, models, tmp_path_factory):
     ghost = EvalSetConfig(name="ghost", path="/nonexistent/test.jsonl", split="test")
     out = tmp_path_factory.mktemp("out")
     broken = Candidate("broken", "soup", str(models / "broken"))
-    table = evaluate([candidates[0], broken, *candidates[1:]], [*sets, ghost],
-                     EvaluateConfig(actors=2, batch_size=5), splits=["selection"], out=out)
+    table = evaluate_candidates(
+        [candidates[0], broken, *candidates[1:]],
+        [*sets, ghost],
+        EvaluateConfig(actors=2, batch_size=5),
+        splits=["selection"],
+        out=out,
+    )
     return table, out
 
 
 def value(table: pd.DataFrame, candidate: str, eval_set: str, name: str) -> float:
-    row = table[(table.candidate == candidate) & (table.eval_set == eval_set)
-                & (table.metric == name)]
+    row = table[
+        (table.candidate == candidate) & (table.eval_set == eval_set) & (table.metric == name)
+    ]
     assert len(row) == 1, (candidate, eval_set, name)
     assert row.iloc[0]["status"] == "ok", row.iloc[0]["error"]
     return float(row.iloc[0]["value"])
@@ -162,12 +180,28 @@ def value(table: pd.DataFrame, candidate: str, eval_set: str, name: str) -> floa
 
 # ---- metric values against plain torch -------------------------------------------------------
 
+
 def test_default_metrics_and_columns(one_actor):
     add = one_actor[one_actor.eval_set == "add"]
-    assert list(dict.fromkeys(add.metric)) == ["loss", "ppl", "accuracy", "accuracy_norm",
-                                               "exact_match"]
-    assert {"candidate", "kind", "eval_set", "split", "metric", "value", "n", "status", "error",
-            "seconds"} <= set(one_actor.columns)
+    assert list(dict.fromkeys(add.metric)) == [
+        "loss",
+        "ppl",
+        "accuracy",
+        "accuracy_norm",
+        "exact_match",
+    ]
+    assert {
+        "candidate",
+        "kind",
+        "eval_set",
+        "split",
+        "metric",
+        "value",
+        "n",
+        "status",
+        "error",
+        "seconds",
+    } <= set(one_actor.columns)
     assert (one_actor.status == "ok").all() and (one_actor.n == N).all()
     assert set(one_actor.kind) == {"base", "trial", "task_merge"}
 
@@ -184,17 +218,21 @@ def test_loss_matches_the_training_report(one_actor, base):
     """Tokenized as the prepare stage does and scored by the training loop's evaluation."""
     from types import SimpleNamespace
 
-    from engine.data import tokenize_batch
-    from engine.train_loop import evaluate as train_eval
+    from engine.core.batches import mean_loss
+    from engine.prepare.stage import tokenize_batch
     from sweeps import DataConfig
 
     model, tok = base
     data = DataConfig(train=str(ADD), format="prompt_completion")
-    batch = tokenize_batch(pa.Table.from_pylist(rows(ADD, N)).select(data.fields()), data,
-                           str(BASE_DIR), trust_remote_code=False)
+    batch = tokenize_batch(
+        pa.Table.from_pylist(rows(ADD, N)).select(data.fields()),
+        data,
+        str(BASE_DIR),
+        trust_remote_code=False,
+    )
     split = {"input_ids": batch["input_ids"].to_pylist(), "labels": batch["labels"].to_pylist()}
     cfg = SimpleNamespace(batch_size=4, seq_len=128, precision="fp32")
-    trained = train_eval(model, split, cfg, tok.pad_token_id, torch.device("cpu"))
+    trained = mean_loss(model, split, cfg, tok.pad_token_id, torch.device("cpu"))
     assert value(one_actor, "demo", "add", "loss") == pytest.approx(trained, rel=1e-5)
 
 
@@ -222,12 +260,15 @@ def test_exact_match_and_user_metrics_match_greedy_decoding(one_actor, em_file, 
 
 # ---- candidates and the pool -----------------------------------------------------------------
 
+
 def test_lora_adapter_equals_its_merged_weights(one_actor):
     for name in ("loss", "accuracy", "accuracy_norm"):
         assert value(one_actor, "adapter", "add", name) == pytest.approx(
-            value(one_actor, "merged", "add", name), rel=1e-4)
+            value(one_actor, "merged", "add", name), rel=1e-4
+        )
     assert value(one_actor, "adapter", "add", "loss") != pytest.approx(
-        value(one_actor, "demo", "add", "loss"), rel=1e-3)
+        value(one_actor, "demo", "add", "loss"), rel=1e-3
+    )
 
 
 def test_one_and_two_actors_agree(one_actor, two_actors):
@@ -235,15 +276,15 @@ def test_one_and_two_actors_agree(one_actor, two_actors):
     assert table.attrs["actors"] == 2 and one_actor.attrs["actors"] == 1
     for _, row in one_actor.iterrows():
         assert value(table, row.candidate, row.eval_set, row.metric) == pytest.approx(
-            row.value, rel=1e-5, abs=1e-6)
+            row.value, rel=1e-5, abs=1e-6
+        )
 
 
 def test_each_actor_loads_each_model_once(one_actor, two_actors):
     assert one_actor.attrs["model_loads"] == {"demo": 1, "adapter": 1, "merged": 1}
     assert one_actor.attrs["prefix_tree_share"] == 1.0  # every example went through a tree
     # Four candidates keep two actors busy: each candidate is one unit, loaded by one actor.
-    assert two_actors[0].attrs["model_loads"] == {"demo": 1, "broken": 1, "adapter": 1,
-                                                  "merged": 1}
+    assert two_actors[0].attrs["model_loads"] == {"demo": 1, "broken": 1, "adapter": 1, "merged": 1}
 
 
 def test_an_auto_pool_grows_when_a_busy_cpu_frees_up(ray_local, candidates, sets):
@@ -262,7 +303,7 @@ def test_an_auto_pool_grows_when_a_busy_cpu_frees_up(ray_local, candidates, sets
     # Freed before the pool's actors have started, but after the pool was sized.
     threading.Timer(1.0, ray.kill, args=(busy,)).start()
     many = [Candidate(f"{c.name}{i}", c.kind, c.path) for i in range(2) for c in candidates]
-    table = evaluate(many, sets, EvaluateConfig(actors="auto", batch_size=8))
+    table = evaluate_candidates(many, sets, EvaluateConfig(actors="auto", batch_size=8))
     assert (table.status == "ok").all()
     assert table.attrs["actors"] == 2 and table.attrs["actor_processes"] == 2
 
@@ -272,10 +313,15 @@ def test_work_units_cover_every_example_once_in_runs_of_about_equal_size(sets):
     candidates = [Candidate(f"c{i}", "trial", "/unused") for i in range(2)]
     units = work_units(candidates, plans, pieces=3)
     assert len(units) == 6 and [u["candidate"] for u in units] == [0, 0, 0, 1, 1, 1]
-    seen = [(p["set"], e["i"]) for u in units[:3] for p in json.loads(u["payload"])
-            for e in p["examples"]]
-    assert sorted(seen) == [(s, i) for s, plan in enumerate(plans)
-                            for i in range(len(plan.examples))]
+    seen = [
+        (p["set"], e["i"])
+        for u in units[:3]
+        for p in json.loads(u["payload"])
+        for e in p["examples"]
+    ]
+    assert sorted(seen) == [
+        (s, i) for s, plan in enumerate(plans) for i in range(len(plan.examples))
+    ]
     sizes = [sum(len(p["examples"]) for p in json.loads(u["payload"])) for u in units[:3]]
     assert max(sizes) - min(sizes) <= 2
     assert unit_pieces(candidates=27, examples=400, actors=2) == 1
@@ -302,9 +348,13 @@ def test_selection_never_reads_a_test_set_and_results_are_written(two_actors):
 
 # ---- config and input errors -----------------------------------------------------------------
 
+
 def test_unknown_metric_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown metric 'acc'; known: accuracy, "
-                                         r"accuracy_norm, exact_match, loss, ppl"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown metric 'acc'; known: accuracy, "
+        r"accuracy_norm, exact_match, loss, ppl",
+    ):
         EvalSetConfig(name="a", path="a.jsonl", metrics=["acc"])
     with pytest.raises(ValueError, match="unknown metric 'acc'"):
         get_metric("acc")
@@ -318,22 +368,29 @@ def test_metric_needing_a_null_field_names_the_set_and_field():
 def test_metric_needing_a_field_the_file_lacks(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text('{"prompt": "1+1=", "completion": " 2", "choices": [" 2", " 3"]}\n')
-    config = EvaluateConfig(sets=[EvalSetConfig(name="qa", path=str(path),
-                                                metrics=["loss", "accuracy"])])
-    with pytest.raises(SweepError, match=r"evaluate.sets\[0\].metrics: eval set 'qa': metric "
-                                         r"'accuracy' needs field 'answer'"):
-        check_eval(config)
+    config = EvaluateConfig(
+        sets=[EvalSetConfig(name="qa", path=str(path), metrics=["loss", "accuracy"])]
+    )
+    problems = set_problems(config.sets[0], "evaluate.sets[0]")
+    assert len(problems) == 1
+    assert re.match(
+        r"evaluate.sets\[0\].metrics: eval set 'qa': metric 'accuracy' needs field "
+        r"'answer'",
+        problems[0],
+    )
     # Left to the defaults, the set gets the metrics its fields allow.
-    check_eval(EvaluateConfig(sets=[EvalSetConfig(name="qa", path=str(path))]))
+    assert set_problems(EvalSetConfig(name="qa", path=str(path)), "evaluate.sets[0]") == []
 
 
 def test_bad_answer_names_the_row(tmp_path, ray_local):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"prompt": "a", "choices": ["x", "y"], "answer": 0}\n'
-                    '{"prompt": "b", "choices": ["x", "y"], "answer": 5}\n')
+    path.write_text(
+        '{"prompt": "a", "choices": ["x", "y"], "answer": 0}\n'
+        '{"prompt": "b", "choices": ["x", "y"], "answer": 5}\n'
+    )
     bad = EvalSetConfig(name="bad", path=str(path), metrics=["accuracy"])
     with pytest.raises(SweepError, match=r"'bad'.* row 2: field 'answer': index 5 is outside"):
-        evaluate([Candidate("demo", "base", str(BASE_DIR))], [bad])
+        evaluate_candidates([Candidate("demo", "base", str(BASE_DIR))], [bad])
 
 
 def test_duplicate_metric_registration_is_refused():
@@ -349,6 +406,7 @@ def test_set_names_must_be_unique():
 
 # ---- pure math -------------------------------------------------------------------------------
 
+
 def test_token_nll_is_cross_entropy_per_row():
     torch.manual_seed(0)
     logits, labels = torch.randn(3, 7, 11), torch.randint(0, 11, (3, 7))
@@ -356,8 +414,9 @@ def test_token_nll_is_cross_entropy_per_row():
     labels[2, 5:] = -100
     nll, count = token_nll(logits, labels)
     for row in range(3):
-        ce = torch.nn.functional.cross_entropy(logits[row, :-1], labels[row, 1:],
-                                               ignore_index=-100, reduction="sum")
+        ce = torch.nn.functional.cross_entropy(
+            logits[row, :-1], labels[row, 1:], ignore_index=-100, reduction="sum"
+        )
         assert float(nll[row]) == pytest.approx(float(ce), rel=1e-6)
         assert int(count[row]) == int((labels[row, 1:] != -100).sum())
 
@@ -370,12 +429,29 @@ def test_pick_sums_or_normalises_and_breaks_ties_to_the_first():
 
 # ---- the command -----------------------------------------------------------------------------
 
+
 def test_eval_command(ray_local, tmp_path):
     from engine.cli import app
 
-    result = CliRunner().invoke(app, ["eval", str(BASE_DIR), "--data", str(ADD), "--limit", "6",
-                                      "--metric", "loss", "--metric", "accuracy", "--out",
-                                      str(tmp_path), "--actors", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(BASE_DIR),
+            "--data",
+            str(ADD),
+            "--limit",
+            "6",
+            "--metric",
+            "loss",
+            "--metric",
+            "accuracy",
+            "--out",
+            str(tmp_path),
+            "--actors",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "loss" in result.output and "accuracy" in result.output
     table = pd.read_parquet(tmp_path / "evals.parquet")
@@ -386,14 +462,17 @@ def test_eval_command(ray_local, tmp_path):
 def test_eval_command_errors(tmp_path):
     from engine.cli import app
 
-    result = CliRunner().invoke(app, ["eval", str(BASE_DIR), "--data", str(ADD),
-                                      "--metric", "bleu"])
+    result = CliRunner().invoke(
+        app, ["eval", str(BASE_DIR), "--data", str(ADD), "--metric", "bleu"]
+    )
     assert result.exit_code == 2
     assert "unknown metric 'bleu'" in result.output
 
 
 @pytest.mark.gpu
 def test_gpu_actor_gives_the_cpu_values(one_actor, candidates, sets, ray_local):
-    table = evaluate(candidates[:1], sets[:1], EvaluateConfig(actors=1, gpus_per_actor=1))
+    table = evaluate_candidates(
+        candidates[:1], sets[:1], EvaluateConfig(actors=1, gpus_per_actor=1)
+    )
     for _, row in table.iterrows():
         assert row.value == pytest.approx(value(one_actor, "demo", "add", row.metric), rel=1e-3)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import engine
-from engine.rundir import RunDir
+from engine.core.rundir import RunDir
 from sweeps import parse_sweep
 from sweeps.leaderboard import set_scores
 from tests.conftest import DEMO_DATA
@@ -37,15 +37,24 @@ def pipeline_sweep(data: Path, **extra) -> dict:
         "name": "pipeline",
         "model": {"preset": "tiny-random"},
         "data": {"format": "prompt_completion"},
-        "tasks": {task: {split: str(data / task / f"{split}.jsonl")
-                         for split in ("train", "eval", "test")} for task in TASKS},
+        "tasks": {
+            task: {
+                split: str(data / task / f"{split}.jsonl") for split in ("train", "eval", "test")
+            }
+            for task in TASKS
+        },
         "train": {"lr": 3e-3, "max_steps": 4, "batch_size": 8, "seq_len": 24, "eval_every": 2},
         "seeds": [0, 1],
         "checkpoint": {"every": 2, "keep": 1},
-        "merge": [{"type": "checkpoint_average"},
-                  {"type": "soup", "method": "greedy"},
-                  {"type": "task_merge", "method": "ties",
-                   "parameters": {"density": [0.5, 1.0], "weight": 1.0}}],
+        "merge": [
+            {"type": "checkpoint_average"},
+            {"type": "soup", "method": "greedy"},
+            {
+                "type": "task_merge",
+                "method": "ties",
+                "parameters": {"density": [0.5, 1.0], "weight": 1.0},
+            },
+        ],
         "evaluate": {"rank_by": "accuracy", "batch_size": 8},
         # One trial at a time leaves a CPU of the 2 free, so merges can start between trials.
         "resources": {"max_concurrent": 1},
@@ -66,7 +75,10 @@ def test_every_trial_and_merge_is_made_with_its_lineage(result):
     merges = result.merges.set_index("candidate")
     assert set(merges["status"]) == {"done"}, merges["error"].tolist()
     assert merges["kind"].value_counts().to_dict() == {
-        "checkpoint_average": 4, "soup": 2, "task_merge": 4}
+        "checkpoint_average": 4,
+        "soup": 2,
+        "task_merge": 4,
+    }
     for name, row in merges.iterrows():
         members = trials.loc[list(row["ingredients"])]
         if row["kind"] == "soup":  # the seeds of one task
@@ -74,9 +86,11 @@ def test_every_trial_and_merge_is_made_with_its_lineage(result):
             assert set(row["kept"]) <= set(row["ingredients"]) and row["kept"]
         elif row["kind"] == "task_merge":  # one model per task, same seed
             assert sorted(members["task"]) == list(TASKS) and members["seed"].nunique() == 1
-        sources = {"checkpoint_average": list(members["checkpoints"].iloc[0]),
-                   "soup": list(trials.loc[list(row["kept"]), "checkpoint"]),
-                   "task_merge": list(members["checkpoint"])}[row["kind"]]
+        sources = {
+            "checkpoint_average": list(members["checkpoints"].iloc[0]),
+            "soup": list(trials.loc[list(row["kept"]), "checkpoint"]),
+            "task_merge": list(members["checkpoint"]),
+        }[row["kind"]]
         recipe = (Path(row["path"]) / "recipe.yaml").read_text()
         assert sources and all(source in recipe for source in sources), name
 
@@ -95,11 +109,11 @@ def test_evals_cover_every_candidate_set_and_metric(result):
     assert set(evals["status"]) == {"ok"}, evals["error"].dropna().tolist()
     assert set(evals["kind"]) == {"base", "trial", "checkpoint_average", "soup", "task_merge"}
     assert evals["candidate"].nunique() == 1 + 4 + len(result.merges)
-    sets = {"add": "selection", "add-test": "test", "reverse": "selection",
-            "reverse-test": "test"}
+    sets = {"add": "selection", "add-test": "test", "reverse": "selection", "reverse-test": "test"}
     assert dict(evals[["eval_set", "split"]].drop_duplicates().values) == sets
     per_candidate = evals.groupby("candidate")[["eval_set", "metric"]].apply(
-        lambda rows: len(rows.drop_duplicates()))
+        lambda rows: len(rows.drop_duplicates())
+    )
     assert (per_candidate == per_candidate.iloc[0]).all()
     assert {"loss", "ppl", "accuracy", "exact_match"} <= set(evals["metric"])
     accuracy = evals[evals["metric"] == "accuracy"]["value"]
@@ -150,8 +164,8 @@ def test_greedy_soup_never_reads_a_test_set(result, data, tmp_path):
     import dataclasses
     import shutil
 
-    from engine.merge_stage import run_job
-    from engine.planner import plan_jobs
+    from engine.merge.job import run_job
+    from engine.merge.planner import plan_jobs
 
     job = next(j for j in plan_jobs(result.sweep, result.trials) if j.greedy)
     run = RunDir(Path(result.run_dir))
@@ -161,8 +175,12 @@ def test_greedy_soup_never_reads_a_test_set(result, data, tmp_path):
         for path, away in zip(hidden, aside):
             shutil.move(path, away)
         try:
-            return run_job(dataclasses.replace(job, candidate=name),
-                           result.sweep.model_dump_json(), str(run.root), str(run.model))
+            return run_job(
+                dataclasses.replace(job, candidate=name),
+                result.sweep.model_dump_json(),
+                str(run.root),
+                str(run.model),
+            )
         finally:
             for path, away in zip(hidden, aside):
                 shutil.move(away, path)
@@ -179,9 +197,9 @@ def test_resume_after_an_interruption_between_stages_redoes_only_what_is_missing
     kept, lost = result.merges["candidate"].iloc[0], result.merges["candidate"].iloc[-1]
     kept_record = (root.merges / f"{kept}.json").stat().st_mtime_ns
     trial_files = {p: p.read_bytes() for p in root.tune.glob("*/result.json")}
-    (root.merges / f"{lost}.json").unlink()           # as if stopped during the merge stage
+    (root.merges / f"{lost}.json").unlink()  # as if stopped during the merge stage
     evals = pd.read_parquet(root.evals)
-    unevaluated = result.trials["trial_id"].iloc[0]   # and during evaluation
+    unevaluated = result.trials["trial_id"].iloc[0]  # and during evaluation
     evals[evals["candidate"] != unevaluated].to_parquet(root.evals)
     for name in ("merges.parquet", "report.html"):
         (root.root / name).unlink()

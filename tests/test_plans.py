@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from engine.planner import plan_jobs
+from engine.merge.planner import plan_jobs
 from engine.preflight import check
 from sweeps import SweepError, parse_sweep
 from tests.conftest import DEMO_DATA
@@ -16,10 +16,14 @@ def two_task_sweep(**extra) -> dict:
         "name": "pipe",
         "model": {"preset": "tiny-random"},
         "data": {"format": "prompt_completion"},
-        "tasks": {task: {"train": str(DEMO_DATA / task / "train.jsonl"),
-                         "eval": str(DEMO_DATA / task / "eval.jsonl"),
-                         "test": str(DEMO_DATA / task / "test.jsonl")}
-                  for task in ("add", "reverse")},
+        "tasks": {
+            task: {
+                "train": str(DEMO_DATA / task / "train.jsonl"),
+                "eval": str(DEMO_DATA / task / "eval.jsonl"),
+                "test": str(DEMO_DATA / task / "test.jsonl"),
+            }
+            for task in ("add", "reverse")
+        },
         "train": {"lr": {"grid": [1e-3, 3e-3]}, "max_steps": 4},
         "seeds": [0, 1],
     }
@@ -32,30 +36,44 @@ def test_tasks_give_each_task_its_files_and_share_the_rest():
     assert sweep.task_names() == ["add", "reverse"]
     data = sweep.task_data("reverse")
     assert data.train.endswith("reverse/train.jsonl") and data.format == "prompt_completion"
-    assert parse_sweep({**two_task_sweep(), "tasks": None,
-                        "data": {"train": "a.jsonl"}}).task_names() == ["default"]
+    assert parse_sweep(
+        {**two_task_sweep(), "tasks": None, "data": {"train": "a.jsonl"}}
+    ).task_names() == ["default"]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"tasks": None}, "give `data.train`, or a `tasks` section"),
-    ({"tasks": {"bad name": {"train": "a.jsonl"}}}, "task name 'bad name'"),
-    ({"merge": [{"type": "soop"}]}, "merge[0]: Input tag 'soop'"),
-    ({"merge": [{"type": "checkpoint_average", "select": "last"}]}, "needs `k`"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tasks": None}, "give `data.train`, or a `tasks` section"),
+        ({"tasks": {"bad name": {"train": "a.jsonl"}}}, "task name 'bad name'"),
+        ({"merge": [{"type": "soop"}]}, "merge[0]: Input tag 'soop'"),
+        ({"merge": [{"type": "checkpoint_average", "select": "last"}]}, "needs `k`"),
+    ],
+)
 def test_bad_task_or_plan_definitions_name_the_field(change, message):
     with pytest.raises(SweepError) as err:
         parse_sweep(two_task_sweep(**change))
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("plans, message", [
-    ([{"type": "soup", "across": ["train.wd"]}],
-     "merge[0].across: 'train.wd' is not an axis of this sweep; allowed: task, seed, data_size, "
-     "train.lr"),
-    ([{"type": "soup", "across": ["data_size"]}], "merge[0]: every soup group holds a single trial"),
-    ([{"type": "soup", "name": "x"}, {"type": "checkpoint_average", "name": "x"}],
-     "plan names must be distinct"),
-])
+@pytest.mark.parametrize(
+    "plans, message",
+    [
+        (
+            [{"type": "soup", "across": ["train.wd"]}],
+            "merge[0].across: 'train.wd' is not an axis of this sweep; allowed: task, seed, "
+            "data_size, train.lr",
+        ),
+        (
+            [{"type": "soup", "across": ["data_size"]}],
+            "merge[0]: every soup group holds a single trial",
+        ),
+        (
+            [{"type": "soup", "name": "x"}, {"type": "checkpoint_average", "name": "x"}],
+            "plan names must be distinct",
+        ),
+    ],
+)
 def test_plans_are_checked_against_the_sweep_before_training(plans, message):
     with pytest.raises(SweepError) as err:
         check(parse_sweep(two_task_sweep(merge=plans)))
@@ -83,24 +101,39 @@ def trials_table(done: set[str] | None = None) -> pd.DataFrame:
         for lr in (1e-3, 3e-3):
             for seed in (0, 1):
                 tid = f"{task}-{lr}-{seed}"
-                rows.append({"trial_id": tid, "task": task, "seed": seed, "data_size": None,
-                             "train.lr": lr, "eval_loss": lr * 100 + seed,
-                             "status": "done" if done is None or tid in done else "error",
-                             "checkpoint": f"/ck/{tid}/checkpoint_000002",
-                             "checkpoints": [f"/ck/{tid}/checkpoint_00000{i}" for i in range(3)]})
+                rows.append(
+                    {
+                        "trial_id": tid,
+                        "task": task,
+                        "seed": seed,
+                        "data_size": None,
+                        "train.lr": lr,
+                        "eval_loss": lr * 100 + seed,
+                        "status": "done" if done is None or tid in done else "error",
+                        "checkpoint": f"/ck/{tid}/checkpoint_000002",
+                        "checkpoints": [f"/ck/{tid}/checkpoint_00000{i}" for i in range(3)],
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def test_plans_become_jobs_with_their_ingredients():
-    sweep = parse_sweep(two_task_sweep(merge=[
-        {"type": "checkpoint_average", "select": "last", "k": 2},
-        {"type": "soup", "method": "greedy"},
-        {"type": "soup", "name": "best", "across": "all", "top_k": 3},
-        {"type": "task_merge", "method": "ties", "parameters": {"density": [0.2, 0.5]}}]))
+    sweep = parse_sweep(
+        two_task_sweep(
+            merge=[
+                {"type": "checkpoint_average", "select": "last", "k": 2},
+                {"type": "soup", "method": "greedy"},
+                {"type": "soup", "name": "best", "across": "all", "top_k": 3},
+                {"type": "task_merge", "method": "ties", "parameters": {"density": [0.2, 0.5]}},
+            ]
+        )
+    )
     jobs = {job.candidate: job for job in plan_jobs(sweep, trials_table())}
     average = jobs["checkpoint_average-add-0.001-0"]
-    assert average.inputs == ["/ck/add-0.001-0/checkpoint_000001",
-                              "/ck/add-0.001-0/checkpoint_000002"]
+    assert average.inputs == [
+        "/ck/add-0.001-0/checkpoint_000001",
+        "/ck/add-0.001-0/checkpoint_000002",
+    ]
     soups = [j for j in jobs.values() if j.plan == "soup"]
     assert len(soups) == 4 and all(j.greedy and len(j.ingredients) == 2 for j in soups)
     assert {tuple(sorted(j.ingredients)) for j in soups} >= {("add-0.001-0", "add-0.001-1")}
@@ -123,8 +156,9 @@ def test_failed_trials_leave_groups_that_are_skipped_with_a_reason():
 
 
 def test_where_limits_a_plan_to_some_trials():
-    sweep = parse_sweep(two_task_sweep(merge=[
-        {"type": "task_merge", "where": {"train.lr": 0.003, "seed": [1]}}]))
+    sweep = parse_sweep(
+        two_task_sweep(merge=[{"type": "task_merge", "where": {"train.lr": 0.003, "seed": [1]}}])
+    )
     jobs = plan_jobs(sweep, trials_table())
     assert [j.ingredients for j in jobs] == [["add-0.003-1", "reverse-0.003-1"]]
     with pytest.raises(SweepError, match=r"merge\[0\].where: 'lr' is not an axis"):
@@ -133,8 +167,11 @@ def test_where_limits_a_plan_to_some_trials():
 
 def test_a_where_value_no_trial_has_is_refused():
     sweep = parse_sweep(two_task_sweep(merge=[{"type": "soup", "where": {"train.lr": 0.01}}]))
-    with pytest.raises(SweepError, match=r"merge\[0\].where.train.lr: no trial has 0.01; "
-                                         r"the sweep's values: 0.001, 0.003"):
+    with pytest.raises(
+        SweepError,
+        match=r"merge\[0\].where.train.lr: no trial has 0.01; "
+        r"the sweep's values: 0.001, 0.003",
+    ):
         check(sweep)
 
 

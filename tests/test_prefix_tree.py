@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import eval_trees, prefix_tree
+from engine.core.models import load_tokenizer
 from engine.demo import save_tiny_model
 from engine.demo.tiny import TINY_ARCHS
-from engine.eval_worker import EvalActor
-from engine.models import load_tokenizer
+from engine.evaluate import example_trees, prefix_tree
+from engine.evaluate.worker import EvalActor
 
 PROMPTS = ["12+35=", "reverse abc:", "a much longer prompt about the weather today:", "x"]
 CONTINUATIONS = [" 47", " 47", " 4", " 48 and more", "", " cba", " cab"]  # repeats, shared starts
@@ -22,15 +22,19 @@ def folders(tmp_path_factory):
     return {arch: str(save_tiny_model(root / arch, arch=arch, seed=3)) for arch in TINY_ARCHS}
 
 
-@pytest.fixture(scope="module", params=[(a, k) for a in TINY_ARCHS for k in prefix_tree.MASKABLE],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    scope="module",
+    params=[(a, k) for a in TINY_ARCHS for k in prefix_tree.MASKABLE],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def model(request, folders):
     from transformers import AutoModelForCausalLM
 
     arch, kernel = request.param
     path = folders[arch]
-    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                  attn_implementation=kernel).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=kernel
+    ).eval()
     return loaded, load_tokenizer(path)
 
 
@@ -65,7 +69,7 @@ def test_every_path_scores_as_its_own_sequence(model):
         trees.append(tree)
     scored = prefix_tree.score(model, trees, tok.pad_token_id)
     for tree, row, logprobs in zip(trees, tails, scored.logprobs):
-        head = tree.tokens[:tree.prompt_end + 1]
+        head = tree.tokens[: tree.prompt_end + 1]
         assert len(tree.tokens) < len(head) + sum(len(t) for t in row)  # tokens were shared
         for tail in row:
             expected = alone(model, head + tail, len(head))
@@ -78,8 +82,12 @@ def test_greedy_generation_is_step_by_step_greedy(model):
     eos, new = tok.eos_token_id, 6
     heads = [[tok.bos_token_id] + ids(tok, p) for p in PROMPTS]
     truth = [step_by_step(model, h, new, eos) for h in heads]
-    drafts = [truth[0] + [eos], truth[1][:2] + [(truth[1][2] + 1) % 500, eos],
-              [(truth[2][0] + 1) % 500, eos], None]
+    drafts = [
+        truth[0] + [eos],
+        truth[1][:2] + [(truth[1][2] + 1) % 500, eos],
+        [(truth[2][0] + 1) % 500, eos],
+        None,
+    ]
     trees, picks = [], []
     for head, draft in zip(heads, drafts):
         trees.append(prefix_tree.Tree.of(head))
@@ -103,43 +111,59 @@ def test_generation_stops_at_eos_read_off_the_pass(model):
 
 # ---- examples to trees ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def encoder(folders):
-    from engine.encode import text_encoder
+    from engine.core.encode import text_encoder
 
     return text_encoder(folders["llama"])
 
 
 def test_examples_that_would_be_cut_get_no_tree(encoder):
-    short = {"prompt": "1+2=", "completion": " 3", "choices": [" 3", " 4"], "answer": 0,
-             "reference": " 3"}
+    short = {
+        "prompt": "1+2=",
+        "completion": " 3",
+        "choices": [" 3", " 4"],
+        "answer": 0,
+        "reference": " 3",
+    }
     long = {**short, "prompt": "1+2=" * 20}
     needs = ["tokens", "choices", "generation"]
-    built = eval_trees.build(encoder, [short, long], needs, seq_len=32, max_new=8)
+    built = example_trees.build(encoder, [short, long], needs, seq_len=32, max_new=8)
     assert built[0] is not None and built[1] is None
-    assert eval_trees.build(encoder, [short], needs, seq_len=32, max_new=8, window=4) == [None]
+    assert example_trees.build(encoder, [short], needs, seq_len=32, max_new=8, window=4) == [None]
     item = built[0]
     assert item.completion == item.draft == item.choices[0]  # " 3" is scored once
 
 
 def test_a_text_sets_loss_is_not_shared():
     examples = [{"prompt": "a whole text"}]
-    assert eval_trees.shared_needs(["tokens", "choices"], examples) == ["choices"]
-    assert eval_trees.shared_needs(["tokens"], [{"prompt": "p", "completion": "c"}]) == ["tokens"]
+    assert example_trees.shared_needs(["tokens", "choices"], examples) == ["choices"]
+    assert example_trees.shared_needs(["tokens"], [{"prompt": "p", "completion": "c"}]) == [
+        "tokens"
+    ]
 
 
 # ---- the evaluation actor --------------------------------------------------------------------
 
-EXAMPLES = [{"prompt": p, "completion": c, "choices": [c, " 9", c + "9"], "answer": 0,
-             "reference": c, "i": i}
-            for i, (p, c) in enumerate([("12+35=", " 47"), ("reverse abc:", " cba"),
-                                        ("7+1=", " 8"), ("9" * 60, " 1")])]
+EXAMPLES = [
+    {
+        "prompt": p,
+        "completion": c,
+        "choices": [c, " 9", c + "9"],
+        "answer": 0,
+        "reference": c,
+        "i": i,
+    }
+    for i, (p, c) in enumerate(
+        [("12+35=", " 47"), ("reverse abc:", " cba"), ("7+1=", " 8"), ("9" * 60, " 1")]
+    )
+]
 NEEDS = ["tokens", "choices", "generation"]
 
 
 def actor_for(folders, arch: str) -> EvalActor:
-    actor = EvalActor([{"path": folders[arch], "base": None}], [], "cpu", threads=1,
-                      batch_size=2)
+    actor = EvalActor([{"path": folders[arch], "base": None}], [], "cpu", threads=1, batch_size=2)
     actor._hold(0)
     return actor
 
@@ -169,6 +193,5 @@ def test_a_model_that_ignores_the_mask_is_scored_as_separate_sequences(folders):
         return forward(*args, **kwargs)
 
     model.forward = blind
-    _, used = actor.observe(actor._loaded(), EXAMPLES, NEEDS, {"seq_len": 40,
-                                                                "max_new_tokens": 4})
+    _, used = actor.observe(actor._loaded(), EXAMPLES, NEEDS, {"seq_len": 40, "max_new_tokens": 4})
     assert not any(used) and actor.tree_checked == {"LlamaForCausalLM": False}

@@ -19,8 +19,13 @@ SWEEP = {
     "name": "killed",
     "model": {"preset": "tiny-random"},
     "data": {"train": str(DEMO_DATA / "add" / "train.jsonl"), "format": "prompt_completion"},
-    "train": {"lr": {"grid": [1e-3, 2e-3, 3e-3, 4e-3]}, "max_steps": 8, "batch_size": 8,
-              "seq_len": 24, "eval_every": 4},
+    "train": {
+        "lr": {"grid": [1e-3, 2e-3, 3e-3, 4e-3]},
+        "max_steps": 8,
+        "batch_size": 8,
+        "seq_len": 24,
+        "eval_every": 4,
+    },
     "checkpoint": {"every": 4, "keep": 1},
     "resources": {"max_concurrent": 1},
 }
@@ -47,17 +52,24 @@ def _results(tune_dir: Path) -> dict[str, str]:
 
 def _raysoup(*args, **kwargs):
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.5"}
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_resume_after_killing_the_driver_skips_finished_trials(tmp_path):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(SWEEP))
     run_dir, tune_dir = tmp_path / "runs" / "killed", tmp_path / "runs" / "killed" / "tune"
-    driver = _raysoup("run", str(sweep_file), "--storage", str(tmp_path / "runs"),
-                      start_new_session=True)
+    driver = _raysoup(
+        "run", str(sweep_file), "--storage", str(tmp_path / "runs"), start_new_session=True
+    )
     deadline = time.time() + 240
     while not _finished_trials(tune_dir) and time.time() < deadline and driver.poll() is None:
         time.sleep(0.2)

@@ -24,8 +24,12 @@ TRUTH = {"power": [1.5, 40.0, 0.5], "score": [0.5, 0.05, 2.0], "loglinear": [0.2
 
 
 def sweep_dict(**extra) -> dict:
-    return {"name": "scale", "model": {"preset": "tiny-random"},
-            "data": {"train": "train.jsonl"}, **extra}
+    return {
+        "name": "scale",
+        "model": {"preset": "tiny-random"},
+        "data": {"train": "train.jsonl"},
+        **extra,
+    }
 
 
 def noisy(law: str, sizes: np.ndarray, noise: float, seed: int) -> np.ndarray:
@@ -35,8 +39,9 @@ def noisy(law: str, sizes: np.ndarray, noise: float, seed: int) -> np.ndarray:
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"trial_id": str(i), "status": "done", "seed": 0, **row}
-                         for i, row in enumerate(rows)])
+    return pd.DataFrame(
+        [{"trial_id": str(i), "status": "done", "seed": 0, **row} for i, row in enumerate(rows)]
+    )
 
 
 @pytest.mark.parametrize("law", sorted(LAWS))
@@ -73,8 +78,12 @@ def test_bootstrap_intervals_contain_the_truth_in_a_seeded_case():
     law = LAWS["power"]
     sizes = np.repeat(np.geomspace(100, 30_000, 6), 5)  # 5 seeds at each of 6 sizes
     values = noisy("power", sizes, 0.01, seed=3)
-    curve = fit_curve(sizes, values, law, ScalingConfig(bootstrap=300, seed=1, confidence=0.95,
-                                                        predict_at=[300_000]))
+    curve = fit_curve(
+        sizes,
+        values,
+        law,
+        ScalingConfig(bootstrap=300, seed=1, confidence=0.95, predict_at=[300_000]),
+    )
     assert curve["status"] == "ok" and curve["message"] is None
     for name, true in zip(law.params, TRUTH["power"]):
         p = curve["params"][name]
@@ -129,26 +138,35 @@ def test_a_law_that_cannot_fit_the_values_says_why():
     assert curve["status"] == "failed" and "positive values" in curve["message"]
 
 
-@pytest.mark.parametrize("given, sizes", [
-    ({"log_range": [100, 10000], "points": 5}, [100, 316, 1000, 3162, 10000]),
-    ({"log_range": [10, 12], "points": 5}, [10, 11, 12]),  # rounding merges sizes
-    ({"log_range": [0.01, 1.0], "points": 3}, [0.01, 0.1, 1.0]),
-    ([1000, 100], [100, 1000]),
-])
+@pytest.mark.parametrize(
+    "given, sizes",
+    [
+        ({"log_range": [100, 10000], "points": 5}, [100, 316, 1000, 3162, 10000]),
+        ({"log_range": [10, 12], "points": 5}, [10, 11, 12]),  # rounding merges sizes
+        ({"log_range": [0.01, 1.0], "points": 3}, [0.01, 0.1, 1.0]),
+        ([1000, 100], [100, 1000]),
+    ],
+)
 def test_data_scale_spellings_resolve_to_sorted_distinct_sizes(given, sizes):
     assert parse_sweep(sweep_dict(data_scale=given)).data_scale == sizes
 
 
-@pytest.mark.parametrize("given, message", [
-    ({"log_range": [1000, 100], "points": 3}, "data_scale.log_range: needs [smallest, largest]"),
-    ({"log_range": [0.1, 1], "points": 3}, "data_scale.log_range: give example counts"),
-    ({"log_range": [0, 100], "points": 3}, "data_scale.log_range: give example counts"),
-    ({"log_range": [10, 100]}, "data_scale.points: required field is missing"),
-    ({"log_range": [10, 100], "points": 1}, "data_scale.points: Input should be greater"),
-    ({"log_range": [10, 100], "point": 3}, "data_scale.point: unknown key"),
-    ([100, 0.5], "data_scale: give example counts"),
-    ([100, 100], "data_scale: data sizes must be distinct"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (
+            {"log_range": [1000, 100], "points": 3},
+            "data_scale.log_range: needs [smallest, largest]",
+        ),
+        ({"log_range": [0.1, 1], "points": 3}, "data_scale.log_range: give example counts"),
+        ({"log_range": [0, 100], "points": 3}, "data_scale.log_range: give example counts"),
+        ({"log_range": [10, 100]}, "data_scale.points: required field is missing"),
+        ({"log_range": [10, 100], "points": 1}, "data_scale.points: Input should be greater"),
+        ({"log_range": [10, 100], "point": 3}, "data_scale.point: unknown key"),
+        ([100, 0.5], "data_scale: give example counts"),
+        ([100, 100], "data_scale: data sizes must be distinct"),
+    ],
+)
 def test_bad_data_scale_names_the_field(given, message):
     with pytest.raises(SweepError, match=re.escape(message)):
         parse_sweep(sweep_dict(data_scale=given))
@@ -164,13 +182,31 @@ def test_the_law_follows_the_metric_unless_set():
 
 
 def test_one_curve_per_task_and_swept_value_from_finished_trials_only():
-    sweep = parse_sweep(sweep_dict(finetune={"method": {"grid": ["full", "lora"]}},
-                                   data_scale=[100, 300, 1000, 3000]))
-    rows = [{"task": task, "finetune.method": method, "data_size": d,
-             "eval_loss": 1 + (2 if method == "lora" else 1) * d ** -0.3 + (task == "b")}
-            for task in ("a", "b") for method in ("full", "lora") for d in sweep.data_scale]
-    rows += [{"task": "a", "finetune.method": "full", "data_size": 10_000, "eval_loss": 0.1,
-              "status": "error"}]
+    sweep = parse_sweep(
+        sweep_dict(
+            finetune={"method": {"grid": ["full", "lora"]}}, data_scale=[100, 300, 1000, 3000]
+        )
+    )
+    rows = [
+        {
+            "task": task,
+            "finetune.method": method,
+            "data_size": d,
+            "eval_loss": 1 + (2 if method == "lora" else 1) * d**-0.3 + (task == "b"),
+        }
+        for task in ("a", "b")
+        for method in ("full", "lora")
+        for d in sweep.data_scale
+    ]
+    rows += [
+        {
+            "task": "a",
+            "finetune.method": "full",
+            "data_size": 10_000,
+            "eval_loss": 0.1,
+            "status": "error",
+        }
+    ]
     result = analyse(table(rows), sweep)
     labels = [g["label"] for g in result["groups"]]
     assert labels == [f"task={t}, finetune.method={m}" for t in "ab" for m in ("full", "lora")]
@@ -188,10 +224,14 @@ def test_a_missing_metric_is_reported_not_fitted():
 
 
 def test_the_plot_is_written(tmp_path):
-    sweep = parse_sweep(sweep_dict(data_scale=[100, 300, 1000, 3000], seeds=[0, 1],
-                                   scaling={"bootstrap": 20}))
-    rows = [{"data_size": d, "seed": s, "eval_loss": 1 + d ** -0.3 + 0.01 * s}
-            for d in sweep.data_scale for s in sweep.seeds]
+    sweep = parse_sweep(
+        sweep_dict(data_scale=[100, 300, 1000, 3000], seeds=[0, 1], scaling={"bootstrap": 20})
+    )
+    rows = [
+        {"data_size": d, "seed": s, "eval_loss": 1 + d**-0.3 + 0.01 * s}
+        for d in sweep.data_scale
+        for s in sweep.seeds
+    ]
     path = scaling_plot(analyse(table(rows), sweep), tmp_path / "plots" / "scaling.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
@@ -200,14 +240,20 @@ def test_the_plot_is_written(tmp_path):
 def sweep_run(ray_local, tmp_path_factory):
     import engine
 
-    definition = parse_sweep({
-        "name": "tiny-scale", "model": {"preset": "tiny-random"},
-        "data": {"train": str(DEMO_DATA / "add" / "train.jsonl"), "format": "prompt_completion"},
-        "train": {"lr": 3e-3, "epochs": 1, "batch_size": 8, "seq_len": 24, "eval_every": 100},
-        "data_scale": {"log_range": [40, 320], "points": 4},
-        "checkpoint": {"every": 100, "keep": 1},
-        "scaling": {"predict_at": [1280], "target": 1.0},
-    })
+    definition = parse_sweep(
+        {
+            "name": "tiny-scale",
+            "model": {"preset": "tiny-random"},
+            "data": {
+                "train": str(DEMO_DATA / "add" / "train.jsonl"),
+                "format": "prompt_completion",
+            },
+            "train": {"lr": 3e-3, "epochs": 1, "batch_size": 8, "seq_len": 24, "eval_every": 100},
+            "data_scale": {"log_range": [40, 320], "points": 4},
+            "checkpoint": {"every": 100, "keep": 1},
+            "scaling": {"predict_at": [1280], "target": 1.0},
+        }
+    )
     return engine.run(definition, storage=str(tmp_path_factory.mktemp("runs")), progress=False)
 
 

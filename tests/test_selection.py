@@ -12,18 +12,30 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.data import example_keys
-from engine.selection import get_stage, known_stages
-from engine.selection.features import words
-from engine.selection.near_dedup import ngram_hashes, token_hashes
-from engine.selection.pipeline import local_scan
-from engine.selection.registry import StageInput, register
+from engine.prepare.keys import example_keys
+from engine.prepare.selection import get_stage, known_stages
+from engine.prepare.selection.features import words
+from engine.prepare.selection.near_dedup import ngram_hashes, token_hashes
+from engine.prepare.selection.pipeline import join_parts
+from engine.prepare.selection.registry import BatchFn, StageInput, register
 from sweeps import SweepError, parse_sweep
 from sweeps.selection import STAGE_TYPES
 from tests.conftest import DEMO_DATA
 
 TARGET_PACKAGE = "email"
 OTHER_PACKAGES = ("logging", "json", "asyncio", "tkinter")
+
+
+def local_scan(texts: list[str], keys: np.ndarray, rows: np.ndarray, batches: list[int]):
+    """A scan over in-memory rows cut into batches at `batches` (positions), without Ray: a
+    stage's result must not depend on how rows are split."""
+    cuts = [0, *batches, len(texts)]
+
+    def scan(fn: BatchFn) -> dict[str, np.ndarray]:
+        parts = [fn(texts[a:b], keys[a:b], rows[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+        return join_parts(parts, fn)
+
+    return scan
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +54,9 @@ def corpus() -> dict[str, list[str]]:
 
 def stage(**fields):
     """A validated stage config, as a sweep file would give it."""
-    sweep = parse_sweep({"name": "s", "model": {"preset": "demo"},
-                         "data": {"train": "x.jsonl", "select": [fields]}})
+    sweep = parse_sweep(
+        {"name": "s", "model": {"preset": "demo"}, "data": {"train": "x.jsonl", "select": [fields]}}
+    )
     return sweep.data.select[0]
 
 
@@ -75,6 +88,7 @@ def edit_one_word(text: str, rng: random.Random) -> str:
 
 # --- registry and config ---------------------------------------------------------------
 
+
 def test_every_configurable_stage_has_an_engine_and_names_are_unique():
     assert sorted(STAGE_TYPES) == known_stages()
     with pytest.raises(ValueError, match="registered twice"):
@@ -84,12 +98,16 @@ def test_every_configurable_stage_has_an_engine_and_names_are_unique():
 
 
 def test_an_unknown_stage_type_lists_the_known_ones():
-    with pytest.raises(SweepError, match=r"\[0\]\.type: unknown stage type 'minhash'; known: "
-                                         "exact_dedup, near_dedup, filter"):
+    with pytest.raises(
+        SweepError,
+        match=r"\[0\]\.type: unknown stage type 'minhash'; known: "
+        "exact_dedup, near_dedup, filter",
+    ):
         stage(type="minhash")
 
 
 # --- planted duplicates and targets (pure, no Ray) -------------------------------------
+
 
 def test_exact_dedup_removes_planted_copies_whatever_their_case_and_spacing(corpus):
     base = corpus["logging"][:200]
@@ -98,8 +116,7 @@ def test_exact_dedup_removes_planted_copies_whatever_their_case_and_spacing(corp
     copies = [c.upper() if i % 2 else "  " + c.replace(" ", "\n ") for i, c in enumerate(copies)]
     kept = run_local(stage(type="exact_dedup"), base + copies, cuts=[77, 150, 230])
     kept_norm = [" ".join((base + copies)[i].lower().split()) for i in kept]
-    assert len(kept_norm) == len(set(kept_norm)) == len({" ".join(b.lower().split())
-                                                         for b in base})
+    assert len(kept_norm) == len(set(kept_norm)) == len({" ".join(b.lower().split()) for b in base})
 
 
 def test_near_dedup_finds_planted_near_copies_at_the_default_threshold(corpus):
@@ -115,8 +132,11 @@ def test_near_dedup_finds_planted_near_copies_at_the_default_threshold(corpus):
     # A removed row that is not a planted copy must have a real near twin in the data.
     in_pairs = {i for pair in pairs for i in pair}
     unplanted = [i for i in range(len(texts)) if i not in kept and i not in in_pairs]
-    false = [i for i in unplanted if max(jaccard(texts[i], texts[j])
-                                         for j in range(len(texts)) if j != i) < 0.5]
+    false = [
+        i
+        for i in unplanted
+        if max(jaccard(texts[i], texts[j]) for j in range(len(texts)) if j != i) < 0.5
+    ]
     assert len(false) <= 3
 
 
@@ -144,24 +164,39 @@ def test_importance_resampling_picks_target_like_documents_far_above_chance(mixt
 
 
 def test_filter_counts_each_row_under_the_first_reason_it_fails():
-    texts = ["short", "a fine sentence of several words here", "spam " * 40,
-             "#### $$$$ %%%% ^^^^ ok", "TODO remove this line please now"]
-    config = stage(type="filter", min_chars=10, exclude=["TODO"], max_repetition_ratio=0.5,
-                   max_symbol_ratio=0.5)
+    texts = [
+        "short",
+        "a fine sentence of several words here",
+        "spam " * 40,
+        "#### $$$$ %%%% ^^^^ ok",
+        "TODO remove this line please now",
+    ]
+    config = stage(
+        type="filter",
+        min_chars=10,
+        exclude=["TODO"],
+        max_repetition_ratio=0.5,
+        max_symbol_ratio=0.5,
+    )
     keys, rows = example_keys(texts, 0), np.arange(5, dtype=np.int64)
-    removed = get_stage("filter")(config, StageInput(local_scan(texts, keys, rows, []), 5,
-                                                     ["text"], None))
+    removed = get_stage("filter")(
+        config, StageInput(local_scan(texts, keys, rows, []), 5, ["text"], None)
+    )
     assert {r: sorted(v.tolist()) for r, v in removed.items()} == {
-        "too_short": [0], "repetition": [2], "symbols": [3], "exclude_match": [4]}
+        "too_short": [0],
+        "repetition": [2],
+        "symbols": [3],
+        "exclude_match": [4],
+    }
 
 
 # --- nested subsets and batch independence (property tests on the pure functions) ------
 
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-20, 20), min_size=2, max_size=80), st.integers(0, 2**40),
-       st.data())
+@given(st.lists(st.floats(-20, 20), min_size=2, max_size=80), st.integers(0, 2**40), st.data())
 def test_keeps_are_nested_for_every_seed(weights, seed, data):
-    from engine.selection.dsir import resample
+    from engine.prepare.selection.dsir import resample
 
     n = len(weights)
     keys, rows = example_keys([str(i) for i in range(n)], 0), np.arange(n)
@@ -174,10 +209,13 @@ def test_keeps_are_nested_for_every_seed(weights, seed, data):
 
 
 def property_cases():
-    return [{"type": "exact_dedup"}, {"type": "near_dedup", "ngram": 3},
-            {"type": "filter", "min_chars": 200, "max_symbol_ratio": 0.1},
-            {"type": "importance_resample", "target": "t.jsonl", "keep": 0.3},
-            {"type": "random", "keep": 0.5}]
+    return [
+        {"type": "exact_dedup"},
+        {"type": "near_dedup", "ngram": 3},
+        {"type": "filter", "min_chars": 200, "max_symbol_ratio": 0.1},
+        {"type": "importance_resample", "target": "t.jsonl", "keep": 0.3},
+        {"type": "random", "keep": 0.5},
+    ]
 
 
 @pytest.mark.parametrize("fields", property_cases(), ids=lambda f: f["type"])
@@ -202,6 +240,7 @@ def test_every_stage_keeps_the_same_rows_however_they_are_split_and_ordered(fiel
 
 # --- every stage through Ray Data: one table of cases, shared checks --------------------
 
+
 def write_jsonl(path, rows: list[dict]) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
@@ -213,17 +252,23 @@ RAY_CASES = property_cases() + [{"type": "near_dedup"}, {"type": "random", "keep
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("fields", RAY_CASES, ids=lambda f: f["type"])
 def test_every_stage_on_ray_keeps_what_the_pure_stage_keeps(fields, corpus, tmp_path):
-    from engine.data import read_records, read_texts
-    from engine.selection import apply_selection
+    from engine.prepare.selection import apply_selection
+    from engine.prepare.stage import read_records, read_texts
 
     docs = corpus["json"][:60] + corpus["logging"][:60]
     texts = docs + docs[:10] + [edit_one_word(d, random.Random(2)) for d in docs[10:20]]
-    train = write_jsonl(tmp_path / "train.jsonl", [{"text": t, "n": i} for i, t in
-                                                   enumerate(texts)])
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"text": t, "n": i} for i, t in enumerate(texts)]
+    )
     target = corpus[TARGET_PACKAGE][:30]
     write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in target])
-    data = parse_sweep({"name": "s", "model": {"preset": "demo"},
-                        "data": {"train": train, "select": [fields]}}).resolve_paths(tmp_path).data
+    data = (
+        parse_sweep(
+            {"name": "s", "model": {"preset": "demo"}, "data": {"train": train, "select": [fields]}}
+        )
+        .resolve_paths(tmp_path)
+        .data
+    )
     records, skipped = read_records(train, ["text"])
     out, report = apply_selection(records, data.select, data, read_texts)
     kept = sorted(row["text"] for row in out.take_all())
@@ -237,22 +282,29 @@ def test_every_stage_on_ray_keeps_what_the_pure_stage_keeps(fields, corpus, tmp_
 
 @pytest.mark.usefixtures("ray_local")
 def test_a_stage_that_leaves_no_rows_or_keeps_more_than_it_gets_is_named(corpus, tmp_path):
-    from engine.data import read_records
-    from engine.selection import apply_selection
+    from engine.prepare.selection import apply_selection
+    from engine.prepare.stage import read_records
 
     train = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in corpus["json"][:30]])
     for select, message in (
-            ([{"type": "exact_dedup"}, {"type": "filter", "min_chars": 10**6}],
-             r"data.select\[1\] \(filter\): no rows left \(\d+ came in"),
-            ([{"type": "random", "keep": 500}],
-             r"data.select\[0\] \(random\): keep is 500, but only \d+ rows reach")):
-        data = parse_sweep({"name": "s", "model": {"preset": "demo"},
-                            "data": {"train": train, "select": select}}).data
+        (
+            [{"type": "exact_dedup"}, {"type": "filter", "min_chars": 10**6}],
+            r"data.select\[1\] \(filter\): no rows left \(\d+ came in",
+        ),
+        (
+            [{"type": "random", "keep": 500}],
+            r"data.select\[0\] \(random\): keep is 500, but only \d+ rows reach",
+        ),
+    ):
+        data = parse_sweep(
+            {"name": "s", "model": {"preset": "demo"}, "data": {"train": train, "select": select}}
+        ).data
         with pytest.raises(SweepError, match=message):
             apply_selection(read_records(train, ["text"])[0], data.select, data)
 
 
 # --- a real sweep with selection, its manifest and its report --------------------------
+
 
 @pytest.fixture(scope="module")
 def selected_run(tmp_path_factory, ray_local):
@@ -262,11 +314,20 @@ def selected_run(tmp_path_factory, ray_local):
     lines = (DEMO_DATA / "add" / "train.jsonl").read_text().splitlines()[:400]
     lines[5:5] = ["{not json", lines[0], lines[1], '{"prompt": "1+1="}', "[1, 2]"]
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
-    sweep = parse_sweep({
-        "name": "sel", "model": {"preset": "tiny-random"},
-        "data": {"train": "train.jsonl", "format": "prompt_completion", "on_bad_line": "skip",
-                 "select": [{"type": "exact_dedup"}, {"type": "random", "keep": 300}]},
-        "train": {"max_steps": 2, "batch_size": 4, "seq_len": 16}, "data_scale": [100]})
+    sweep = parse_sweep(
+        {
+            "name": "sel",
+            "model": {"preset": "tiny-random"},
+            "data": {
+                "train": "train.jsonl",
+                "format": "prompt_completion",
+                "on_bad_line": "skip",
+                "select": [{"type": "exact_dedup"}, {"type": "random", "keep": 300}],
+            },
+            "train": {"max_steps": 2, "batch_size": 4, "seq_len": 16},
+            "data_scale": [100],
+        }
+    )
     sweep = sweep.resolve_paths(folder)
     return engine.run(sweep, storage=str(folder / "runs"), progress=False)
 
@@ -295,10 +356,12 @@ def test_the_report_command_shows_stage_counts(selected_run):
 
 # --- bad input, before any work ---------------------------------------------------------
 
+
 def sweep_with(tmp_path, train_lines: list[str], **data) -> object:
     (tmp_path / "train.jsonl").write_text("\n".join(train_lines) + "\n")
-    return parse_sweep({"name": "b", "model": {"preset": "demo"},
-                        "data": {"train": "train.jsonl", **data}}).resolve_paths(tmp_path)
+    return parse_sweep(
+        {"name": "b", "model": {"preset": "demo"}, "data": {"train": "train.jsonl", **data}}
+    ).resolve_paths(tmp_path)
 
 
 GOOD = ['{"text": "one"}', '{"text": "two"}', '{"text": "three"}']
@@ -319,17 +382,25 @@ def test_a_malformed_line_is_named_by_file_and_line_or_skipped(tmp_path):
     from engine.preflight import check
 
     lines = GOOD[:1] + ["", '{"text": "ok"', '{"other": 1}'] + GOOD[1:]
-    with pytest.raises(SweepError, match=r"data.train: .*train.jsonl line 3: not valid JSON "
-                                         r".*\(2 bad line\(s\) in all\).*on_bad_line: skip"):
+    with pytest.raises(
+        SweepError,
+        match=r"data.train: .*train.jsonl line 3: not valid JSON "
+        r".*\(2 bad line\(s\) in all\).*on_bad_line: skip",
+    ):
         check(sweep_with(tmp_path, lines))
     check(sweep_with(tmp_path, lines, on_bad_line="skip"))
 
 
 def test_a_data_size_above_what_selection_kept_says_so(tmp_path):
-    from engine.preflight import data_sizes
+    from engine.prepare.sizes import task_sizes
 
     sweep = sweep_with(tmp_path, GOOD, select=[{"type": "random", "keep": 2}])
     sweep = sweep.model_copy(update={"data_scale": [50]})
-    with pytest.raises(SweepError, match="data_scale: 50 examples asked, but the prepared "
-                                         "training set has 45 .selection kept 50 rows"):
-        data_sizes(sweep, 45, selected=50)
+    with pytest.raises(
+        SweepError,
+        match="data_scale: 50 examples asked, but the prepared "
+        "training set has 45 .selection kept 50 rows",
+    ):
+        task_sizes(
+            sweep, {"tasks": {"default": {"train": {"rows": 45}, "selection": [{"rows_out": 50}]}}}
+        )

@@ -17,8 +17,11 @@ TRAIN = str(DEMO_DATA / "add" / "train.jsonl")
 
 
 def sweep_dict(**overrides) -> dict:
-    base = {"name": "t", "model": {"preset": "tiny-random"},
-            "data": {"train": TRAIN, "format": "prompt_completion"}}
+    base = {
+        "name": "t",
+        "model": {"preset": "tiny-random"},
+        "data": {"train": TRAIN, "format": "prompt_completion"},
+    }
     for path, value in overrides.items():
         node = base
         *parents, leaf = path.split("__")
@@ -34,8 +37,11 @@ GOOD = [
     ("loguniform lr", {"train__lr": {"loguniform": [1e-5, 1e-3]}}, {"train.lr": LogUniform}),
     ("method grid", {"finetune__method": {"grid": ["full", "lora"]}}, {"finetune.method": Grid}),
     ("lora rank randint", {"finetune__lora__r": {"randint": [4, 16]}}, {"finetune.lora.r": object}),
-    ("choice schedule", {"train__schedule": {"choice": ["linear", "cosine"]}},
-     {"train.schedule": object}),
+    (
+        "choice schedule",
+        {"train__schedule": {"choice": ["linear", "cosine"]}},
+        {"train.schedule": object},
+    ),
     ("counts", {"data_scale": [100, 10]}, {}),
     ("fractions", {"data_scale": [0.5, 1.0]}, {}),
 ]
@@ -57,12 +63,21 @@ BAD = [
     ("wrong type", {"train__batch_size": "big"}, "train.batch_size"),
     ("negative lr", {"train__lr": -0.1}, "train.lr: Input should be greater than 0"),
     ("negative lr in grid", {"train__lr": {"grid": [0.1, -1]}}, "train.lr.grid[1]"),
-    ("unknown method", {"finetune__method": "qlora"}, "finetune.method: Input should be 'full' "
-     "or 'lora'"),
-    ("unknown distribution", {"train__lr": {"gaussian": [0, 1]}},
-     "train.lr: not a value or a known search space; search spaces here: grid, choice, uniform"),
-    ("range on categorical", {"train__schedule": {"uniform": [0, 1]}},
-     "search spaces here: grid, choice"),
+    (
+        "unknown method",
+        {"finetune__method": "qlora"},
+        "finetune.method: Input should be 'full' or 'lora'",
+    ),
+    (
+        "unknown distribution",
+        {"train__lr": {"gaussian": [0, 1]}},
+        "train.lr: not a value or a known search space; search spaces here: grid, choice, uniform",
+    ),
+    (
+        "range on categorical",
+        {"train__schedule": {"uniform": [0, 1]}},
+        "search spaces here: grid, choice",
+    ),
     ("reversed bounds", {"train__lr": {"uniform": [0.1, 0.01]}}, "low < high"),
     ("mixed data scale", {"data_scale": [100, 0.5]}, "data_scale: give example counts"),
     ("fraction above one", {"data_scale": [1.5]}, "data_scale"),
@@ -82,8 +97,9 @@ def test_bad_sweeps_name_the_field(name, overrides, message):
 
 
 def test_for_trial_fills_values_and_revalidates():
-    sweep = parse_sweep(sweep_dict(train__lr={"grid": [1e-4, 1e-3]},
-                                   finetune__method={"grid": ["full", "lora"]}))
+    sweep = parse_sweep(
+        sweep_dict(train__lr={"grid": [1e-4, 1e-3]}, finetune__method={"grid": ["full", "lora"]})
+    )
     trial = sweep.for_trial({"train.lr": 1e-3, "finetune.method": "lora"})
     assert trial.search_space() == {}
     assert (trial.train.lr, trial.finetune.method) == (1e-3, "lora")
@@ -94,9 +110,12 @@ def test_for_trial_fills_values_and_revalidates():
 def test_python_api_helpers_match_yaml():
     from sweeps import DataConfig, ModelConfig, TrainConfig, grid
 
-    built = Sweep(name="t", model=ModelConfig(preset="tiny-random"),
-                  data=DataConfig(train=TRAIN, format="prompt_completion"),
-                  train=TrainConfig(lr=grid([1e-4, 1e-3])))
+    built = Sweep(
+        name="t",
+        model=ModelConfig(preset="tiny-random"),
+        data=DataConfig(train=TRAIN, format="prompt_completion"),
+        train=TrainConfig(lr=grid([1e-4, 1e-3])),
+    )
     assert built == parse_sweep(sweep_dict(train__lr={"grid": [1e-4, 1e-3]}))
 
 
@@ -122,13 +141,19 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
 def test_relative_data_paths_are_taken_from_the_sweep_file(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "train.jsonl").write_text('{"text": "hello"}\n')
-    (tmp_path / "s.yaml").write_text("name: x\nmodel: {preset: demo}\ndata: {train: d/train.jsonl}\n")
+    (tmp_path / "s.yaml").write_text(
+        "name: x\nmodel: {preset: demo}\ndata: {train: d/train.jsonl}\n"
+    )
     assert load_sweep(tmp_path / "s.yaml").data.train == str(tmp_path / "d" / "train.jsonl")
 
 
 PREFLIGHT = [
     ("missing file", {"data__train": "/nonexistent/train.jsonl"}, "data.train: no such file"),
-    ("missing field", {"data__prompt_field": "question"}, "data.train: ",),
+    (
+        "missing field",
+        {"data__prompt_field": "question"},
+        "data.train: ",
+    ),
     ("too many examples", {"data_scale": [10, 100000]}, "data_scale: 100000 examples asked"),
     ("fp16 on cpu", {"train__precision": "fp16"}, "train.precision: fp16 needs a GPU"),
     ("missing model folder", {"model": {"path": "./no-such-model"}}, "model.path: no such model"),
@@ -146,15 +171,21 @@ def test_preflight_rejects_before_work_starts(name, overrides, message):
 
 def _raysoup(*args, cwd=None):
     # A wide terminal, so rich does not wrap the one-line messages these tests read.
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True,
-                          text=True, cwd=cwd or REPO, timeout=120,
-                          env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def test_cli_validate_reports_field_and_exits_nonzero_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"name: x\nmodel: {{preset: demo}}\ndata: {{train: {TRAIN}}}\n"
-                   "train: {lr: -1, lrr: 2}\n")
+    bad.write_text(
+        f"name: x\nmodel: {{preset: demo}}\ndata: {{train: {TRAIN}}}\ntrain: {{lr: -1, lrr: 2}}\n"
+    )
     out = _raysoup("validate", str(bad))
     assert out.returncode == 2
     assert "train.lr: Input should be greater than 0" in out.stderr
@@ -171,5 +202,6 @@ def test_cli_validate_accepts_the_demo():
 def test_reference_docs_match_the_config_models():
     from sweeps.reference import render
 
-    assert (REPO / "docs" / "sweeps.md").read_text() == render(), \
+    assert (REPO / "docs" / "sweeps.md").read_text() == render(), (
         "docs/sweeps.md is stale: run `python -m sweeps.reference > docs/sweeps.md`"
+    )

@@ -21,8 +21,11 @@ def tiny_sweep(name: str, **extra) -> dict:
         "name": name,
         "model": {"preset": "tiny-random"},
         "finetune": {"method": {"grid": ["full", "lora"]}, "lora": {"r": 4, "alpha": 8}},
-        "data": {"train": str(DEMO_DATA / "add" / "train.jsonl"), "eval_fraction": 0.1,
-                 "format": "prompt_completion"},
+        "data": {
+            "train": str(DEMO_DATA / "add" / "train.jsonl"),
+            "eval_fraction": 0.1,
+            "format": "prompt_completion",
+        },
         "train": {"lr": 3e-3, "max_steps": 6, "batch_size": 8, "seq_len": 24, "eval_every": 3},
         "data_scale": [40, 160],
         "seeds": [0],
@@ -53,8 +56,17 @@ def test_run_directory_has_the_documented_layout(result):
     for name in ("sweep.yaml", "data/manifest.json", "trials.parquet", "leaderboard.md", "tune"):
         assert (root / name).exists(), name
     columns = set(pq.read_schema(root / "trials.parquet").names)
-    assert {"trial_id", "status", "seed", "data_size", "eval_loss", "steps", "checkpoint",
-            "checkpoints", "finetune.method"} <= columns
+    assert {
+        "trial_id",
+        "status",
+        "seed",
+        "data_size",
+        "eval_loss",
+        "steps",
+        "checkpoint",
+        "checkpoints",
+        "finetune.method",
+    } <= columns
     board = (root / "leaderboard.md").read_text()
     best = result.leaderboard().iloc[0]
     assert best["trial_id"] in board.splitlines()[6]
@@ -83,7 +95,7 @@ def test_full_checkpoint_loads_as_a_model(result):
 
 
 def test_prepared_subsets_are_nested_and_disjoint_from_eval(result):
-    from engine.data import load_split
+    from engine.prepare.splits import load_split
 
     data = Path(result.run_dir) / "data" / "default"
     small, large = load_split(data, "train", 40), load_split(data, "train", 160)
@@ -106,8 +118,9 @@ def test_same_seed_gives_the_same_losses(result, tmp_path):
 def test_rerunning_a_finished_sweep_reuses_everything(result):
     manifest = Path(result.run_dir) / "data" / "manifest.json"
     before = manifest.stat().st_mtime_ns
-    again = engine.run(parse_sweep(tiny_sweep("tiny")), storage=str(Path(result.run_dir).parent),
-                       progress=False)
+    again = engine.run(
+        parse_sweep(tiny_sweep("tiny")), storage=str(Path(result.run_dir).parent), progress=False
+    )
     assert manifest.stat().st_mtime_ns == before
     pd.testing.assert_frame_equal(again.trials, result.trials)
 
@@ -127,18 +140,26 @@ def test_data_size_above_the_data_is_refused_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("suffix", ["parquet", "csv", "json"])
 def test_prepare_reads_every_format_as_text_and_holds_out_eval(suffix, tmp_path):
-    from engine.data import load_split, prepare
+    from engine.core.rundir import RunDir
     from engine.demo import save_tiny_model
-    from engine.rundir import RunDir
+    from engine.prepare.splits import load_split
+    from engine.prepare.stage import prepare
 
     texts = [f"example number {i} says {i * 7 % 13}" for i in range(300)]
     frame = pd.DataFrame({"body": texts, "other": range(300)})
     path = tmp_path / f"train.{suffix}"
-    {"parquet": frame.to_parquet, "csv": lambda p: frame.to_csv(p, index=False),
-     "json": lambda p: frame.to_json(p, orient="records")}[suffix](path)
-    sweep = parse_sweep({"name": "fmt", "model": {"preset": "tiny-random"},
-                         "data": {"train": str(path), "text_field": "body",
-                                  "eval_fraction": 0.2}})
+    {
+        "parquet": frame.to_parquet,
+        "csv": lambda p: frame.to_csv(p, index=False),
+        "json": lambda p: frame.to_json(p, orient="records"),
+    }[suffix](path)
+    sweep = parse_sweep(
+        {
+            "name": "fmt",
+            "model": {"preset": "tiny-random"},
+            "data": {"train": str(path), "text_field": "body", "eval_fraction": 0.2},
+        }
+    )
     model = str(save_tiny_model(tmp_path / "model"))
     manifest = prepare(sweep, RunDir(tmp_path / "run"), model)["tasks"]["default"]
     assert manifest["train"]["rows"] + manifest["eval"]["rows"] == 300
@@ -148,14 +169,15 @@ def test_prepare_reads_every_format_as_text_and_holds_out_eval(suffix, tmp_path)
 
 
 def test_prepare_names_a_missing_field(tmp_path):
-    from engine.data import prepare
+    from engine.core.rundir import RunDir
     from engine.demo import save_tiny_model
-    from engine.rundir import RunDir
+    from engine.prepare.stage import prepare
 
     path = tmp_path / "train.jsonl"
     path.write_text('{"content": "a"}\n{"content": "b"}\n')
-    sweep = parse_sweep({"name": "f", "model": {"preset": "tiny-random"},
-                         "data": {"train": str(path)}})
+    sweep = parse_sweep(
+        {"name": "f", "model": {"preset": "tiny-random"}, "data": {"train": str(path)}}
+    )
     with pytest.raises(SweepError, match="has no field 'text'.*its fields: content"):
         prepare(sweep, RunDir(tmp_path / "run"), str(save_tiny_model(tmp_path / "m")))
 
@@ -189,12 +211,13 @@ def test_changed_data_under_a_started_sweep_is_refused(tmp_path):
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])
 def test_text_that_looks_like_a_number_stays_text(suffix, tmp_path):
-    """" 47" must reach the tokenizer as " 47" (with its space), not as the number 47."""
+    """ " 47" must reach the tokenizer as " 47" (with its space), not as the number 47."""
     import pyarrow as pa
 
-    from engine.data import load_split, prepare, tokenize_batch
+    from engine.core.rundir import RunDir
     from engine.demo import BASE_DIR
-    from engine.rundir import RunDir
+    from engine.prepare.splits import load_split
+    from engine.prepare.stage import prepare, tokenize_batch
 
     rows = [{"prompt": f"{i}+1=", "completion": f" {i + 1}"} for i in range(40)]
     path = tmp_path / f"train.{suffix}"
@@ -203,12 +226,17 @@ def test_text_that_looks_like_a_number_stays_text(suffix, tmp_path):
         frame.to_csv(path, index=False)
     else:
         frame.to_json(path, orient="records", lines=True)
-    sweep = parse_sweep({"name": "num", "model": {"preset": "demo"},
-                         "data": {"train": str(path), "format": "prompt_completion",
-                                  "eval_fraction": 0.2}})
+    sweep = parse_sweep(
+        {
+            "name": "num",
+            "model": {"preset": "demo"},
+            "data": {"train": str(path), "format": "prompt_completion", "eval_fraction": 0.2},
+        }
+    )
     prepare(sweep, RunDir(tmp_path / "run"), str(BASE_DIR))
     data = tmp_path / "run" / "data" / "default"
-    prepared = {tuple(ids) for split in ("train", "eval")
-                for ids in load_split(data, split)["input_ids"]}
+    prepared = {
+        tuple(ids) for split in ("train", "eval") for ids in load_split(data, split)["input_ids"]
+    }
     expected = tokenize_batch(pa.Table.from_pylist(rows), sweep.data, str(BASE_DIR), False)
     assert prepared == {tuple(ids) for ids in expected["input_ids"].to_pylist()}

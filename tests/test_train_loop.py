@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.data import tokenize_batch
 from engine.demo import save_tiny_model
-from engine.train_loop import TrialSpec, train
+from engine.prepare.stage import tokenize_batch
+from engine.train.loop import TrialSpec, train
 from sweeps import parse_sweep
 from tests.conftest import DEMO_DATA
 
@@ -47,32 +47,45 @@ def data_dir(tmp_path_factory, model_path) -> Path:
     root = tmp_path_factory.mktemp("data")
     for split, name, n in (("train", "train.jsonl", 64), ("eval", "eval.jsonl", 16)):
         rows = [json.loads(line) for line in (DEMO_DATA / "add" / name).read_text().splitlines()]
-        table = pa.Table.from_pylist([{k: r[k] for k in ("prompt", "completion")}
-                                      for r in rows[:n]])
+        table = pa.Table.from_pylist(
+            [{k: r[k] for k in ("prompt", "completion")} for r in rows[:n]]
+        )
         (root / split).mkdir()
-        pq.write_table(tokenize_batch(table, sweep.data, model_path, False),
-                       root / split / "part.parquet")
+        pq.write_table(
+            tokenize_batch(table, sweep.data, model_path, False), root / split / "part.parquet"
+        )
     return root
 
 
 def _sweep_dict(**train) -> dict:
-    return {"name": "loop", "model": {"preset": "tiny-random"},
-            "data": {"train": str(DEMO_DATA / "add" / "train.jsonl"),
-                     "format": "prompt_completion"},
-            "train": {"lr": 3e-3, "max_steps": 6, "batch_size": 4, "seq_len": 24,
-                      "eval_every": 3, "warmup_steps": 2, **train},
-            "checkpoint": {"every": 3}}
+    return {
+        "name": "loop",
+        "model": {"preset": "tiny-random"},
+        "data": {"train": str(DEMO_DATA / "add" / "train.jsonl"), "format": "prompt_completion"},
+        "train": {
+            "lr": 3e-3,
+            "max_steps": 6,
+            "batch_size": 4,
+            "seq_len": 24,
+            "eval_every": 3,
+            "warmup_steps": 2,
+            **train,
+        },
+        "checkpoint": {"every": 3},
+    }
 
 
 def _spec(model_path, data_dir, size=None, seed=0, method="full", **train) -> TrialSpec:
     sweep = parse_sweep({**_sweep_dict(**train), "finetune": {"method": method}})
-    return TrialSpec(sweep=sweep, model_path=model_path, data_dir=data_dir, data_size=size,
-                     seed=seed)
+    return TrialSpec(
+        sweep=sweep, model_path=model_path, data_dir=data_dir, data_size=size, seed=seed
+    )
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_resuming_from_a_checkpoint_gives_the_same_result_as_not_stopping(
-        method, model_path, data_dir, tmp_path):
+    method, model_path, data_dir, tmp_path
+):
     straight = RecordingSession(tmp_path / "a")
     final = train(_spec(model_path, data_dir, method=method), straight)
     halfway = next(c for c in straight.checkpoints if c.name == "step3")
@@ -92,15 +105,20 @@ def test_reports_follow_eval_every_and_training_lowers_the_loss(model_path, data
 
 def test_epochs_set_the_step_count_from_the_data_size(model_path, data_dir, tmp_path):
     session = RecordingSession(tmp_path)
-    train(_spec(model_path, data_dir, size=40, max_steps=None, epochs=0.5, batch_size=4,
-                grad_accum=2), session)
+    train(
+        _spec(
+            model_path, data_dir, size=40, max_steps=None, epochs=0.5, batch_size=4, grad_accum=2
+        ),
+        session,
+    )
     assert session.reports[-1]["step"] == 3  # ceil(0.5 * 40 / (4 * 2))
     assert session.reports[-1]["data_size"] == 40
 
 
 def test_bf16_autocast_trains_on_cpu(model_path, data_dir, tmp_path):
-    result = train(_spec(model_path, data_dir, precision="bf16", max_steps=3),
-                   RecordingSession(tmp_path))
+    result = train(
+        _spec(model_path, data_dir, precision="bf16", max_steps=3), RecordingSession(tmp_path)
+    )
     assert 0 < result["eval_loss"] < 20
 
 
@@ -111,10 +129,12 @@ def test_different_seeds_give_different_batches(model_path, data_dir, tmp_path):
 
 
 def test_tokens_seen_counts_every_real_token_once_per_epoch(model_path, data_dir, tmp_path):
-    from engine.data import load_split
+    from engine.prepare.splits import load_split
 
-    result = train(_spec(model_path, data_dir, size=40, max_steps=None, epochs=1, batch_size=4,
-                         seq_len=24), RecordingSession(tmp_path))
+    result = train(
+        _spec(model_path, data_dir, size=40, max_steps=None, epochs=1, batch_size=4, seq_len=24),
+        RecordingSession(tmp_path),
+    )
     subset = load_split(data_dir, "train", 40)["input_ids"]
     assert result["examples_seen"] == 40
     assert result["tokens_seen"] == sum(min(len(ids), 24) for ids in subset)

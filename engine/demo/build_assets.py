@@ -37,8 +37,12 @@ VOCAB_SIZE = 512
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and build every asset into ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m engine.demo.build_assets", description=__doc__)
-    parser.add_argument("--out", type=Path, default=PACKAGE_DIR, help="folder to write base/ and data/ into")
-    parser.add_argument("--steps", type=int, default=PretrainConfig.steps, help="pretraining optimizer steps")
+    parser.add_argument(
+        "--out", type=Path, default=PACKAGE_DIR, help="folder to write base/ and data/ into"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=PretrainConfig.steps, help="pretraining optimizer steps"
+    )
     args = parser.parse_args(argv)
     build(args.out, PretrainConfig(steps=args.steps, seed=SEED))
 
@@ -49,7 +53,10 @@ def build(out: Path, cfg: PretrainConfig) -> None:
     write_task_data(out / "data")
     print("[build] reading stdlib docstrings", flush=True)
     docs = pretraining_documents(PRETRAIN_EXAMPLES_PER_TASK, SEED, skip=N_EVAL + N_TEST + N_TRAIN)
-    print(f"[build] {len(docs)} documents, {sum(map(len, docs)):,} characters; training tokenizer", flush=True)
+    print(
+        f"[build] {len(docs)} documents, {sum(map(len, docs)):,} characters; training tokenizer",
+        flush=True,
+    )
     tokenizer = train_tokenizer(docs, vocab_size=VOCAB_SIZE, max_length=cfg.max_positions)
     result = pretrain(docs, tokenizer, cfg)
     save_base(out / "base", tokenizer, result, cfg, len(docs))
@@ -63,8 +70,8 @@ def write_task_data(data_dir: Path) -> None:
         # no prompt is in two splits (make_task never repeats a prompt).
         examples = make_task(name, N_EVAL + N_TEST + N_TRAIN, SEED)
         _write_jsonl(data_dir / name / "eval.jsonl", examples[:N_EVAL])
-        _write_jsonl(data_dir / name / "test.jsonl", examples[N_EVAL:N_EVAL + N_TEST])
-        _write_jsonl(data_dir / name / "train.jsonl", examples[N_EVAL + N_TEST:])
+        _write_jsonl(data_dir / name / "test.jsonl", examples[N_EVAL : N_EVAL + N_TEST])
+        _write_jsonl(data_dir / name / "train.jsonl", examples[N_EVAL + N_TEST :])
         print(f"[build] data/{name}: {N_TRAIN} train, {N_EVAL} eval, {N_TEST} test", flush=True)
 
 
@@ -75,7 +82,13 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def save_base(base_dir: Path, tokenizer: PreTrainedTokenizerFast, result: PretrainResult, cfg: PretrainConfig, n_docs: int) -> None:
+def save_base(
+    base_dir: Path,
+    tokenizer: PreTrainedTokenizerFast,
+    result: PretrainResult,
+    cfg: PretrainConfig,
+    n_docs: int,
+) -> None:
     """Save model (float32 safetensors), tokenizer, generation config and README."""
     base_dir.mkdir(parents=True, exist_ok=True)
     result.model.to(torch.float32).save_pretrained(base_dir)
@@ -107,24 +120,26 @@ Made with:
 ## Model
 
 - {params:,} parameters: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads
-  ({cfg.num_kv_heads} KV heads), intermediate {cfg.intermediate_size}, max positions {cfg.max_positions},
-  untied embeddings; float32 safetensors.
+  ({cfg.num_kv_heads} KV heads), intermediate {cfg.intermediate_size}, max positions
+  {cfg.max_positions}, untied embeddings; float32 safetensors.
 - Tokenizer: byte-level BPE, {VOCAB_SIZE} tokens, digits split one per token. Special tokens
   `<unk>`, `<s>`, `</s>`, `<pad>`. It adds no special tokens by itself: end a
   training sequence with `</s>` (pretraining put one after every document).
 
 ## Pretraining
 
-- Corpus: {n_docs:,} documents, {result.tokens:,} tokens. Docstrings of the Python {platform.python_version()}
-  standard library (modules, classes, functions; test suites skipped), plus
-  {PRETRAIN_EXAMPLES_PER_TASK} examples of each task (about 1.3% of tokens), drawn from the
-  task streams after the examples in `data/`, so no bundled prompt was seen.
+- Corpus: {n_docs:,} documents, {result.tokens:,} tokens. Docstrings of the Python
+  {platform.python_version()} standard library (modules, classes, functions; test suites
+  skipped), plus {PRETRAIN_EXAMPLES_PER_TASK} examples of each task (about 1.3% of tokens),
+  drawn from the task streams after the examples in `data/`, so no bundled prompt was seen.
 - {cfg.steps} AdamW steps, batch {cfg.batch_size} x {cfg.seq_len} tokens, peak lr {cfg.lr},
-  {cfg.warmup_steps} warmup steps then cosine decay to a tenth, weight decay {cfg.weight_decay}, seed {cfg.seed}.
+  {cfg.warmup_steps} warmup steps then cosine decay to a tenth, weight decay {cfg.weight_decay},
+  seed {cfg.seed}.
 - Final training loss (mean of the last {cfg.log_every} steps): {result.final_train_loss:.3f}
 - Held-out loss ({cfg.heldout_fraction:.0%} of packed rows): {result.heldout_loss:.3f}
 - Took {result.seconds:.0f} s on {torch.get_num_threads()} CPU threads
-  (torch {torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}).
+  (torch {torch.__version__}, transformers {transformers.__version__},
+  tokenizers {tokenizers.__version__}).
 
 A rebuild on the same Python and library versions gives the same data and
 tokenizer; model weights match up to CPU floating-point nondeterminism.

@@ -69,17 +69,24 @@ def pack(docs: list[str], tokenizer: PreTrainedTokenizerFast, seq_len: int) -> t
     return torch.tensor(stream[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
 
 
-def pretrain(docs: list[str], tokenizer: PreTrainedTokenizerFast, cfg: PretrainConfig) -> PretrainResult:
+def pretrain(
+    docs: list[str], tokenizer: PreTrainedTokenizerFast, cfg: PretrainConfig
+) -> PretrainResult:
     """Train a fresh Llama on ``docs`` for ``cfg.steps`` steps and return it with its losses."""
     torch.manual_seed(cfg.seed)
     blocks = pack(docs, tokenizer, cfg.seq_len)
     n_heldout = max(1, int(len(blocks) * cfg.heldout_fraction))
     train, heldout = blocks[n_heldout:], blocks[:n_heldout]
-    print(f"[pretrain] {blocks.numel():,} tokens in {len(blocks)} rows; {n_heldout} rows held out", flush=True)
+    print(
+        f"[pretrain] {blocks.numel():,} tokens in {len(blocks)} rows; {n_heldout} rows held out",
+        flush=True,
+    )
     model = LlamaForCausalLM(llama_config(cfg, tokenizer))
     start = time.perf_counter()
     final = _train_loop(model, train, cfg)
-    return PretrainResult(model, final, _heldout_loss(model, heldout), blocks.numel(), time.perf_counter() - start)
+    return PretrainResult(
+        model, final, _heldout_loss(model, heldout), blocks.numel(), time.perf_counter() - start
+    )
 
 
 def _train_loop(model: LlamaForCausalLM, train: torch.Tensor, cfg: PretrainConfig) -> float:
@@ -98,7 +105,10 @@ def _train_loop(model: LlamaForCausalLM, train: torch.Tensor, cfg: PretrainConfi
         opt.zero_grad(set_to_none=True)
         recent = (recent + [loss.item()])[-cfg.log_every :]
         if step % cfg.log_every == 0:
-            print(f"[pretrain] step {step}/{cfg.steps} loss {sum(recent) / len(recent):.3f}", flush=True)
+            print(
+                f"[pretrain] step {step}/{cfg.steps} loss {sum(recent) / len(recent):.3f}",
+                flush=True,
+            )
     return sum(recent) / len(recent)
 
 
@@ -114,5 +124,7 @@ def _lr_factor(step: int, cfg: PretrainConfig) -> float:
 def _heldout_loss(model: LlamaForCausalLM, heldout: torch.Tensor, batch_size: int = 64) -> float:
     model.eval()
     # Weight each batch by its rows so a short last batch does not skew the mean.
-    total = sum(model(input_ids=b, labels=b).loss.item() * len(b) for b in heldout.split(batch_size))
+    total = sum(
+        model(input_ids=b, labels=b).loss.item() * len(b) for b in heldout.split(batch_size)
+    )
     return total / len(heldout)

@@ -8,7 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    Qwen2Config,
+)
 
 from engine.demo.paths import BASE_DIR
 
@@ -39,7 +46,9 @@ def tiny_config(arch: str) -> PretrainedConfig:
     try:
         make = _CONFIGS[arch]
     except KeyError:
-        raise ValueError(f"arch: unknown architecture {arch!r}; known: {', '.join(TINY_ARCHS)}") from None
+        raise ValueError(
+            f"arch: unknown architecture {arch!r}; known: {', '.join(TINY_ARCHS)}"
+        ) from None
     return make(_token_ids())
 
 
@@ -67,7 +76,14 @@ def _llama_like(config_cls: type[PretrainedConfig]) -> Callable[[dict], Pretrain
 
 
 def _gpt2(ids: dict) -> PretrainedConfig:
-    return GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=INTERMEDIATE, n_positions=MAX_POSITIONS, **ids)
+    return GPT2Config(
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_inner=INTERMEDIATE,
+        n_positions=MAX_POSITIONS,
+        **ids,
+    )
 
 
 # Each architecture keeps its own default for tied embeddings (GPT-2 ties them,

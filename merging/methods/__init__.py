@@ -1,6 +1,6 @@
 """Native merge methods, one module each, imported on first use (see registry)."""
 
-from .registry import (
+from merging.methods.registry import (
     MethodSpec,
     ParamSpec,
     PerModel,
@@ -21,5 +21,13 @@ declare_builtin(f"{__name__}.slerp", "slerp")
 declare_builtin(f"{__name__}.task_arithmetic", "task_arithmetic")
 declare_builtin(f"{__name__}.ties", "ties")
 
-__all__ = ["MethodSpec", "ParamSpec", "PerModel", "array_kernel", "get_method", "merge_method", "native_methods",
-           "unregister"]
+__all__ = [
+    "MethodSpec",
+    "ParamSpec",
+    "PerModel",
+    "array_kernel",
+    "get_method",
+    "merge_method",
+    "native_methods",
+    "unregister",
+]

@@ -7,13 +7,13 @@ divides by ``density``; both keep the expected size of the update).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .registry import PerModel, merge_method
-from .sparsify import bernoulli, rescale_l1
-from .task_vectors import combine, weighted_deltas
+from merging.methods.registry import PerModel, merge_method
+from merging.methods.sparsify import bernoulli, rescale_l1
+from merging.methods.task_vectors import combine, weighted_deltas
 
 
 def _pruner(rescale: bool, generator: torch.Generator | None):
@@ -40,16 +40,25 @@ def _dare(consensus: bool, doc: str):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         deltas = weighted_deltas(base, models, weight, density, _pruner(rescale, generator))
-        return combine(base, deltas, weight, consensus=consensus, normalize=normalize,
-                       lambda_=lambda_)
+        return combine(
+            base, deltas, weight, consensus=consensus, normalize=normalize, lambda_=lambda_
+        )
 
     method.__doc__ = doc  # the registry reads the summary line from it
     return method
 
 
-dare_linear = merge_method("dare_linear", base="required")(_dare(
-    False, "Random drop with keep probability ``density`` (default 1.0: no drop), then task "
-    "arithmetic."))
-dare_ties = merge_method("dare_ties", base="required")(_dare(
-    True, "Random drop with keep probability ``density`` (default 1.0: no drop), then TIES sign "
-    "election."))
+dare_linear = merge_method("dare_linear", base="required")(
+    _dare(
+        False,
+        "Random drop with keep probability ``density`` (default 1.0: no drop), then task "
+        "arithmetic.",
+    )
+)
+dare_ties = merge_method("dare_ties", base="required")(
+    _dare(
+        True,
+        "Random drop with keep probability ``density`` (default 1.0: no drop), then TIES sign "
+        "election.",
+    )
+)

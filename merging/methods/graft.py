@@ -7,13 +7,13 @@ grafted task vectors are added, each scaled by its ``weight``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .registry import PerModel, merge_method
-from .sparsify import magnitude_cutoff
-from .task_vectors import blocked_combine
+from merging.methods.registry import PerModel, merge_method
+from merging.methods.sparsify import magnitude_cutoff
+from merging.methods.task_vectors import blocked_combine
 
 
 @merge_method("graft", base="required")
@@ -26,4 +26,6 @@ def graft(
 ) -> torch.Tensor:
     """base + sum_i w_i * top_density(|x_i - base|) of (x_i - base); ``density`` defaults to 0.1."""
     cutoffs = [magnitude_cutoff(base, model, d) for model, d in zip(models, density)]
-    return blocked_combine(base, models, weight, cutoffs, consensus=False, normalize=False, lambda_=1.0)
+    return blocked_combine(
+        base, models, weight, cutoffs, consensus=False, normalize=False, lambda_=1.0
+    )

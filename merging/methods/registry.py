@@ -25,8 +25,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Sequence, get_args, get_origin, get_type_hints
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -84,8 +93,11 @@ class MethodSpec:
         """Defaults of every optional parameter, by recipe key."""
         return {p.name: p.default for p in self.params if not p.required}
 
-    def __call__(self, base, models, params: dict[str, Any], generator=None, *, arrays: bool = False):
-        """Apply the method to torch tensors, or with ``arrays`` its array kernel to numpy arrays."""
+    def __call__(
+        self, base, models, params: dict[str, Any], generator=None, *, arrays: bool = False
+    ):
+        """Apply the method to torch tensors, or with ``arrays`` its array kernel to numpy
+        arrays."""
         kwargs = self.arguments(params, len(models))
         if self.random:
             kwargs["generator"] = generator
@@ -96,11 +108,15 @@ class MethodSpec:
 
     def arguments(self, params: dict[str, Any], count: int) -> dict[str, Any]:
         """Keyword arguments of the function, per-model scalars broadcast to ``count`` models."""
-        return {p.arg: _broadcast(params[p.name], p, count) for p in self.params if p.name in params}
+        return {
+            p.arg: _broadcast(params[p.name], p, count) for p in self.params if p.name in params
+        }
 
     def accepts_arrays(self, params: dict[str, Any], count: int) -> bool:
         """Whether the array kernel gives exactly the torch result for these parameter values."""
-        return self.array_fn is not None and bool(self.array_accepts(**self.arguments(params, count)))
+        return self.array_fn is not None and bool(
+            self.array_accepts(**self.arguments(params, count))
+        )
 
 
 def _broadcast(value: Any, param: ParamSpec, count: int) -> Any:
@@ -166,7 +182,11 @@ def array_kernel(
 def _keyword_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     """Type hints of the keyword-only parameters alone: the tensor annotations may name
     torch, which a method module imports only for type checking."""
-    keywords = [a.name for a in inspect.signature(fn).parameters.values() if a.kind is inspect.Parameter.KEYWORD_ONLY]
+    keywords = [
+        a.name
+        for a in inspect.signature(fn).parameters.values()
+        if a.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
     wanted = {k: v for k, v in inspect.get_annotations(fn).items() if k in keywords}
     holder = type("Hints", (), {"__annotations__": wanted})
     return get_type_hints(holder, globalns=fn.__globals__, include_extras=True)
@@ -185,9 +205,27 @@ def _spec_from_function(name, fn, base, min_models, max_models, elementwise) -> 
         per_model = get_origin(hint) is Annotated and _PER_MODEL in get_args(hint)
         kind = get_args(get_args(hint)[0])[0] if per_model else hint
         default = _MISSING if arg.default is inspect.Parameter.empty else arg.default
-        params.append(ParamSpec(arg.name.rstrip("_"), arg.name, per_model, kind, default))
+        params.append(
+            ParamSpec(
+                name=arg.name.rstrip("_"),
+                arg=arg.name,
+                per_model=per_model,
+                kind=kind,
+                default=default,
+            )
+        )
     summary = (inspect.getdoc(fn) or "").split("\n")[0]
-    return MethodSpec(name, fn, base, tuple(params), random, min_models, max_models, elementwise, summary)
+    return MethodSpec(
+        name=name,
+        fn=fn,
+        base=base,
+        params=tuple(params),
+        random=random,
+        min_models=min_models,
+        max_models=max_models,
+        elementwise=elementwise,
+        summary=summary,
+    )
 
 
 def get_method(name: str) -> MethodSpec:
@@ -197,7 +235,9 @@ def get_method(name: str) -> MethodSpec:
     try:
         return _METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown merge method {name!r}; native: {', '.join(native_methods())}") from None
+        raise ValueError(
+            f"unknown merge method {name!r}; native: {', '.join(native_methods())}"
+        ) from None
 
 
 def native_methods() -> list[str]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .registry import merge_method
+from merging.methods.registry import merge_method
 
 DOT_THRESHOLD = 0.9995  # mergekit's: above this |cos| the pair counts as collinear
 EPS = 1e-8

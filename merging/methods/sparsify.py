@@ -50,7 +50,9 @@ class Cutoff:
             return delta
         kept = F.hardshrink(delta, self.value) if self.value >= 0 else delta
         if self.ties.numel():
-            lo, hi = torch.searchsorted(self.ties, torch.tensor([start, start + delta.numel()])).tolist()
+            lo, hi = torch.searchsorted(
+                self.ties, torch.tensor([start, start + delta.numel()])
+            ).tolist()
             local = self.ties[lo:hi] - start
             kept[local] = delta[local]
         return kept
@@ -64,8 +66,11 @@ def blocks(numel: int):
     return (slice(start, min(numel, start + BLOCK)) for start in range(0, numel, BLOCK))
 
 
-def magnitude_cutoff(base: torch.Tensor, model: torch.Tensor, density: float, rescale: bool = False) -> Cutoff:
-    """The cut-off keeping the ``density`` fraction of ``|model - base|`` with the largest magnitude."""
+def magnitude_cutoff(
+    base: torch.Tensor, model: torch.Tensor, density: float, rescale: bool = False
+) -> Cutoff:
+    """The cut-off keeping the ``density`` fraction of ``|model - base|`` with the largest
+    magnitude."""
     n = base.numel()
     if density >= 1:
         return KEEP_ALL
@@ -82,7 +87,10 @@ def magnitude_cutoff(base: torch.Tensor, model: torch.Tensor, density: float, re
         inside = np.flatnonzero((mag >= low) & (mag <= high))
         band_values.append(mag[inside])
         band_index.append(inside + s.start)
-    values, index = torch.from_numpy(np.concatenate(band_values)), torch.from_numpy(np.concatenate(band_index))
+    values, index = (
+        torch.from_numpy(np.concatenate(band_values)),
+        torch.from_numpy(np.concatenate(band_index)),
+    )
     if not n_above < k <= n_above + values.numel():  # the sample missed the cut-off
         values, index, n_above = (flat_model - flat_base).abs(), torch.arange(n), 0
     cutoff = _exact_cutoff(values, index, k - n_above)
@@ -90,7 +98,8 @@ def magnitude_cutoff(base: torch.Tensor, model: torch.Tensor, density: float, re
 
 
 def _bracket(flat_base: torch.Tensor, flat_model: torch.Tensor, k: int) -> tuple[float, float]:
-    """Magnitudes that bracket the k-th largest, from a fixed sample (full range for small tensors)."""
+    """Magnitudes that bracket the k-th largest, from a fixed sample (full range for small
+    tensors)."""
     n = flat_base.numel()
     if n <= _SAMPLE:
         return float("-inf"), float("inf")
@@ -118,7 +127,9 @@ def _exact_cutoff(values: torch.Tensor, index: torch.Tensor, need: int) -> Cutof
     return Cutoff(value, tied[: need - greater].to(torch.long).contiguous())
 
 
-def _with_scale(cutoff: Cutoff, flat_base: torch.Tensor, flat_model: torch.Tensor, eps: float = 1e-7) -> Cutoff:
+def _with_scale(
+    cutoff: Cutoff, flat_base: torch.Tensor, flat_model: torch.Tensor, eps: float = 1e-7
+) -> Cutoff:
     """The cut-off with mergekit's L1 rescale: ||delta||_1 / ||kept||_1."""
     before = after = 0.0
     for s in blocks(flat_base.numel()):
@@ -136,7 +147,9 @@ def magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     return cutoff.prune(delta.reshape(-1).clone(), 0).reshape(delta.shape)
 
 
-def bernoulli(delta: torch.Tensor, density: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def bernoulli(
+    delta: torch.Tensor, density: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Keep each entry independently with probability ``density`` (DARE's drop)."""
     if density >= 1:
         return delta

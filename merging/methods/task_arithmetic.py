@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .registry import PerModel, merge_method
-from .task_vectors import combine, weighted_deltas
+from merging.methods.registry import PerModel, merge_method
+from merging.methods.task_vectors import combine, weighted_deltas
 
 
 @merge_method("task_arithmetic", base="required", elementwise=True)

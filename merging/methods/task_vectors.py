@@ -1,17 +1,17 @@
 """The arithmetic shared by every task-vector method (mergekit's generalized task arithmetic).
 
-    delta_i = prune(model_i - base) * weight_i
-    mask_i  = sign(delta_i) == sign(sum_j delta_j)          (TIES consensus only)
-    merged  = base + lambda * sum_i mask_i delta_i / (sum_i mask_i weight_i  if normalize)
+delta_i = prune(model_i - base) * weight_i
+mask_i  = sign(delta_i) == sign(sum_j delta_j)          (TIES consensus only)
+merged  = base + lambda * sum_i mask_i delta_i / (sum_i mask_i weight_i  if normalize)
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from .sparsify import Cutoff, blocks
+from merging.methods.sparsify import Cutoff, blocks
 
 Pruner = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -68,7 +68,7 @@ def blocked_combine(
     base: torch.Tensor,
     models: Sequence[torch.Tensor],
     weight: Sequence[float],
-    cutoffs: Sequence["Cutoff"],
+    cutoffs: Sequence[Cutoff],
     *,
     consensus: bool,
     normalize: bool,
@@ -85,13 +85,16 @@ def blocked_combine(
     out = torch.empty_like(flat_base)
     for s in blocks(flat_base.numel()):
         b = flat_base[s]
-        deltas = [_pruned(model[s] - b, cutoff, w, s.start) for model, cutoff, w in zip(flat_models, cutoffs, weight)]
+        deltas = [
+            _pruned(model[s] - b, cutoff, w, s.start)
+            for model, cutoff, w in zip(flat_models, cutoffs, weight)
+        ]
         mixed = _elect(deltas, weight, normalize) if consensus else _sum(deltas, weight, normalize)
         torch.add(b, mixed, alpha=lambda_, out=out[s])
     return out.reshape(base.shape)
 
 
-def _pruned(delta: torch.Tensor, cutoff: "Cutoff", w: float, start: int) -> torch.Tensor:
+def _pruned(delta: torch.Tensor, cutoff: Cutoff, w: float, start: int) -> torch.Tensor:
     """``w * scale * delta`` where the cut-off keeps it, else 0."""
     return cutoff.prune(delta, start).mul_(w * cutoff.scale)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .registry import PerModel, merge_method
-from .sparsify import magnitude_cutoff
-from .task_vectors import blocked_combine
+from merging.methods.registry import PerModel, merge_method
+from merging.methods.sparsify import magnitude_cutoff
+from merging.methods.task_vectors import blocked_combine
 
 
 @merge_method("ties", base="required")
@@ -32,4 +32,6 @@ def ties(
     """
 
     cutoffs = [magnitude_cutoff(base, model, d, rescale) for model, d in zip(models, density)]
-    return blocked_combine(base, models, weight, cutoffs, consensus=True, normalize=normalize, lambda_=lambda_)
+    return blocked_combine(
+        base, models, weight, cutoffs, consensus=True, normalize=normalize, lambda_=lambda_
+    )

@@ -8,9 +8,13 @@ from sweeps import DataConfig, ModelConfig, Sweep, TrainConfig, grid
 sweep = Sweep(
     name="full-finetune",
     model=ModelConfig(preset="demo"),
-    data=DataConfig(train="../../engine/demo/data/add/train.jsonl",
-                    eval="../../engine/demo/data/add/eval.jsonl", format="prompt_completion"),
-    train=TrainConfig(lr=grid([3e-4, 1e-3]), max_steps=50, batch_size=16, seq_len=32,
-                      eval_every=25),
+    data=DataConfig(
+        train="../../engine/demo/data/add/train.jsonl",
+        eval="../../engine/demo/data/add/eval.jsonl",
+        format="prompt_completion",
+    ),
+    train=TrainConfig(
+        lr=grid([3e-4, 1e-3]), max_steps=50, batch_size=16, seq_len=32, eval_every=25
+    ),
     seeds=[0, 1],
 )

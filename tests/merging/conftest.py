@@ -24,6 +24,7 @@ def hash_cache(tmp_path_factory) -> Path:
     os.environ["RAYSOUP_CACHE_DIR"] = str(folder)
     return folder
 
+
 VOCAB = 128
 ARCHS = ("llama", "gpt2", "qwen2")
 
@@ -35,8 +36,16 @@ def tiny_config(arch: str):
     if arch == "gpt2":
         return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch]
-    return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, **common)
+    return cls(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        **common,
+    )
 
 
 def save_tokenizer(folder: Path) -> None:
@@ -49,7 +58,9 @@ def save_tokenizer(folder: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(folder)
 
 
-def build_family(arch: str, root: Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> list[Path]:
+def build_family(
+    arch: str, root: Path, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> list[Path]:
     """[base, ft1, ft2]: the base and two noisy copies of it, each with a tokenizer."""
     from transformers import AutoModelForCausalLM
 
@@ -98,7 +109,10 @@ def clones(families, models_root) -> dict[str, list[Path]]:
 @pytest.fixture(scope="session")
 def half_families(models_root) -> dict[torch.dtype, list[Path]]:
     """Llama families stored in bfloat16 and float16."""
-    return {dtype: build_family("llama", models_root, dtype) for dtype in (torch.bfloat16, torch.float16)}
+    return {
+        dtype: build_family("llama", models_root, dtype)
+        for dtype in (torch.bfloat16, torch.float16)
+    }
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +125,12 @@ def lora_adapters(llama, models_root) -> list[Path]:
     for i, (rank, alpha) in enumerate([(4, 8), (2, 4)]):
         torch.manual_seed(100 + i)
         base = AutoModelForCausalLM.from_pretrained(llama[0])
-        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            lora_dropout=0.0,
+        )
         peft_model = get_peft_model(base, config)
         with torch.no_grad():
             for name, param in peft_model.named_parameters():

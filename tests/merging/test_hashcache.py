@@ -14,7 +14,9 @@ from merging.provenance import source_hash
 
 
 def card_hash(out, model) -> str:
-    row = next(line for line in (out / "README.md").read_text().splitlines() if f"`{model}`" in line)
+    row = next(
+        line for line in (out / "README.md").read_text().splitlines() if f"`{model}`" in line
+    )
     label = row.split("`")[3]
     assert label.startswith("blake3:")
     return label.removeprefix("blake3:")
@@ -32,11 +34,16 @@ def test_digests_are_cached_and_a_rewritten_file_is_hashed_again(llama, tmp_path
 
     first = merging.merge(recipe, tmp_path / "first")
     assert hashcache.cached(shard) == file_digest(shard)
-    assert card_hash(first, models[0]) == source_hash(str(models[0]), {shard.name: file_digest(shard)}).digest
+    assert (
+        card_hash(first, models[0])
+        == source_hash(str(models[0]), {shard.name: file_digest(shard)}).digest
+    )
 
     hashcache.remember(shard, "f" * 64)  # stands for a digest computed by an earlier process
     cached = merging.merge(recipe, tmp_path / "cached")
-    assert card_hash(cached, models[0]) == source_hash(str(models[0]), {shard.name: "f" * 64}).digest
+    assert (
+        card_hash(cached, models[0]) == source_hash(str(models[0]), {shard.name: "f" * 64}).digest
+    )
 
     shard.write_bytes(shard.read_bytes())  # same bytes, but a new modification: hashed again
     again = merging.merge(recipe, tmp_path / "again")
@@ -52,8 +59,10 @@ def test_sha256_entries_of_older_versions_are_not_taken_for_blake3(llama, tmp_pa
     older.write_text(sha256 + "\n")  # where a sha256-based version kept this file's digest
 
     assert hashcache.cached(shard) is None
-    out = merging.merge({"merge_method": "linear", "models": [{"model": str(model)}, {"model": str(llama[2])}]},
-                       tmp_path / "out")
+    out = merging.merge(
+        {"merge_method": "linear", "models": [{"model": str(model)}, {"model": str(llama[2])}]},
+        tmp_path / "out",
+    )
     assert card_hash(out, model) == source_hash(str(model), {shard.name: file_digest(shard)}).digest
     assert older.read_text().strip() == sha256
 
@@ -70,6 +79,11 @@ def test_an_unwritable_cache_only_means_no_caching(llama, monkeypatch, tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(hashcache.CACHE_ENV, str(blocker))
-    out = merging.merge({"merge_method": "linear", "models": [{"model": str(m)} for m in llama[1:]]}, tmp_path / "o")
+    out = merging.merge(
+        {"merge_method": "linear", "models": [{"model": str(m)} for m in llama[1:]]}, tmp_path / "o"
+    )
     shard = llama[1] / "model.safetensors"
-    assert card_hash(out, llama[1]) == source_hash(str(llama[1]), {shard.name: file_digest(shard)}).digest
+    assert (
+        card_hash(out, llama[1])
+        == source_hash(str(llama[1]), {shard.name: file_digest(shard)}).digest
+    )

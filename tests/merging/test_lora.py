@@ -10,8 +10,7 @@ import torch
 from merging import MergeError
 from merging.bake import bake_adapter
 from merging.lora import Adapter, merge_adapters
-
-from .conftest import load_all
+from tests.merging.conftest import load_all
 
 
 def _peft_merged(base, adapter):
@@ -54,11 +53,19 @@ def test_svd_is_exact_at_full_rank_and_best_below(lora_adapters, tmp_path):
         assert torch.isclose(torch.linalg.norm(low.delta(module) - exact), s[2:].norm(), rtol=1e-3)
 
 
-@pytest.mark.parametrize("method,density", [("linear", None), ("cat", None), ("ties", 0.5), ("dare_linear", 0.5)])
+@pytest.mark.parametrize(
+    "method,density", [("linear", None), ("cat", None), ("ties", 0.5), ("dare_linear", 0.5)]
+)
 def test_peft_combination_types_run_through_peft(method, density, llama, lora_adapters, tmp_path):
     adapters = lora_adapters if method == "cat" else [lora_adapters[0], lora_adapters[0]]
-    out = merge_adapters(adapters, tmp_path / method, weights=[0.5, 0.5], method=method, density=density,
-                         base_model=llama[0])
+    out = merge_adapters(
+        adapters,
+        tmp_path / method,
+        weights=[0.5, 0.5],
+        method=method,
+        density=density,
+        base_model=llama[0],
+    )
     assert (out / "adapter_model.safetensors").exists() and (out / "README.md").exists()
     merged = _peft_merged(llama[0], out)
     assert all(torch.isfinite(v).all() for v in merged.values())
@@ -84,7 +91,9 @@ def test_adapters_on_different_modules_are_refused(llama, lora_adapters, tmp_pat
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    other = get_peft_model(AutoModelForCausalLM.from_pretrained(llama[0]), LoraConfig(r=2, target_modules=["k_proj"]))
+    other = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(llama[0]), LoraConfig(r=2, target_modules=["k_proj"])
+    )
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(MergeError, match="different modules"):
         merge_adapters([lora_adapters[0], tmp_path / "other"], tmp_path / "out")

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import merging
-
-from .conftest import ARCHS, load_all
+from tests.merging.conftest import ARCHS, load_all
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,9 @@ CASES = [
     Case("slerp", {"t": 0.4}, n_models=1, first={"t": 1.0}, weighted=False),
     Case("graft", {"density": 0.2}, first={"weight": [1.0, 0.0], "density": 1.0}),
     # routed through mergekit's own API
-    Case("breadcrumbs", {"density": 0.8, "gamma": 0.05}, first={"weight": [1.0, 0.0], "density": 1.0}),
+    Case(
+        "breadcrumbs", {"density": 0.8, "gamma": 0.05}, first={"weight": [1.0, 0.0], "density": 1.0}
+    ),
     Case("della", {"density": 0.5, "epsilon": 0.1}, first={"weight": [1.0, 0.0], "density": 1.0}),
     Case("model_stock", weighted=False),
     Case("nuslerp", base=False, first={"weight": [1.0, 0.0]}),
@@ -85,7 +86,9 @@ def test_merge_keeps_shapes_and_is_finite(case, arch, families, tmp_path):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_merging_identical_models_gives_that_model(case, arch, families, clones, tmp_path):
     ft1 = families[arch][1]
-    models = [ft1, *clones[arch]][: case.n_models] if not case.base else clones[arch][: case.n_models]
+    models = (
+        [ft1, *clones[arch]][: case.n_models] if not case.base else clones[arch][: case.n_models]
+    )
     out = merging.merge(recipe_for(case, ft1, models), tmp_path / "out")
     _assert_close(load_all(out), load_all(ft1), atol=1e-5)
 
@@ -94,7 +97,9 @@ def test_merging_identical_models_gives_that_model(case, arch, families, clones,
 @pytest.mark.parametrize("case", [c for c in CASES if c.first], ids=lambda c: c.id)
 def test_weights_one_zero_give_the_first_model(case, arch, families, tmp_path):
     base, models = _inputs(case, families[arch])
-    out = merging.merge(recipe_for(case, base, models, params={**case.params, **case.first}), tmp_path / "out")
+    out = merging.merge(
+        recipe_for(case, base, models, params={**case.params, **case.first}), tmp_path / "out"
+    )
     _assert_close(load_all(out), load_all(models[0]), atol=1e-5)
 
 
@@ -142,7 +147,10 @@ def test_gradients_and_filters_match_mergekit(llama, tmp_path):
         "base_model": str(base),
         "models": [
             {"model": str(ft1), "parameters": {"weight": [0.2, 0.9], "density": 0.5}},
-            {"model": str(ft2), "parameters": {"weight": [{"filter": "mlp", "value": 0.1}, {"value": 0.7}]}},
+            {
+                "model": str(ft2),
+                "parameters": {"weight": [{"filter": "mlp", "value": 0.1}, {"value": 0.7}]},
+            },
         ],
         "parameters": {"density": 0.7},
     }
@@ -155,13 +163,18 @@ def test_gradients_and_filters_match_mergekit(llama, tmp_path):
 def test_half_precision_inputs(dtype, half_families, tmp_path):
     base, ft1, ft2 = half_families[dtype]
     both = {"parameters": {"weight": 1.0}}
-    recipe = {"merge_method": "linear", "models": [{"model": str(ft1), **both}, {"model": str(ft2), **both}]}
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(ft1), **both}, {"model": str(ft2), **both}],
+    }
     out = merging.merge(recipe, tmp_path / "out")
     from merging.io import ModelFiles
 
     files = ModelFiles(out)
     assert {files.info[n].dtype for n in files.names()} == {dtype}
-    expected = {k: ((load_all(ft1)[k] + load_all(ft2)[k]) / 2).to(dtype).float() for k in files.names()}
+    expected = {
+        k: ((load_all(ft1)[k] + load_all(ft2)[k]) / 2).to(dtype).float() for k in files.names()
+    }
     _assert_close(load_all(out), expected, atol=0)
     theirs = merging.merge({**recipe, "engine": "mergekit"}, tmp_path / "theirs")
     _assert_close(load_all(out), load_all(theirs), atol=0)
@@ -170,8 +183,11 @@ def test_half_precision_inputs(dtype, half_families, tmp_path):
 def test_out_dtype_and_mixed_input_dtypes(llama, half_families, tmp_path):
     """Inputs in float32 and bfloat16 are combined in float32; out_dtype picks the output."""
     bf16_ft1 = half_families[torch.bfloat16][1]
-    recipe = {"merge_method": "linear", "models": [{"model": str(llama[1])}, {"model": str(bf16_ft1)}],
-              "out_dtype": "float16"}
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(llama[1])}, {"model": str(bf16_ft1)}],
+        "out_dtype": "float16",
+    }
     out = merging.merge(recipe, tmp_path / "out")
     from merging.io import ModelFiles
 
@@ -182,25 +198,39 @@ def test_out_dtype_and_mixed_input_dtypes(llama, half_families, tmp_path):
 
 def test_slices_recipes_run_through_mergekit(llama, tmp_path):
     base, ft1, _ = llama
-    recipe = {"merge_method": "passthrough", "dtype": "float32", "slices": [
-        {"sources": [{"model": str(base), "layer_range": [0, 1]}]},
-        {"sources": [{"model": str(ft1), "layer_range": [1, 2]}]},
-    ]}
+    recipe = {
+        "merge_method": "passthrough",
+        "dtype": "float32",
+        "slices": [
+            {"sources": [{"model": str(base), "layer_range": [0, 1]}]},
+            {"sources": [{"model": str(ft1), "layer_range": [1, 2]}]},
+        ],
+    }
     assert merging.parse_recipe(recipe).resolved_engine() == "mergekit"
     out = merging.merge(recipe, tmp_path / "out")
     merged, a, b = load_all(out), load_all(base), load_all(ft1)
-    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], a["model.layers.0.mlp.up_proj.weight"])
-    assert torch.equal(merged["model.layers.1.mlp.up_proj.weight"], b["model.layers.1.mlp.up_proj.weight"])
+    assert torch.equal(
+        merged["model.layers.0.mlp.up_proj.weight"], a["model.layers.0.mlp.up_proj.weight"]
+    )
+    assert torch.equal(
+        merged["model.layers.1.mlp.up_proj.weight"], b["model.layers.1.mlp.up_proj.weight"]
+    )
     card = (out / "README.md").read_text()
     assert str(base) in card and str(ft1) in card
 
 
 def test_linear_with_a_base_model_averages_it_in_like_mergekit(llama, tmp_path):
     base, ft1, ft2 = llama
-    recipe = {"merge_method": "linear", "base_model": str(base), "parameters": {"weight": 1.0},
-              "models": [{"model": str(ft1)}, {"model": str(ft2)}]}
+    recipe = {
+        "merge_method": "linear",
+        "base_model": str(base),
+        "parameters": {"weight": 1.0},
+        "models": [{"model": str(ft1)}, {"model": str(ft2)}],
+    }
     ours = merging.merge(recipe, tmp_path / "ours")
     theirs = merging.merge({**recipe, "engine": "mergekit"}, tmp_path / "theirs")
     _assert_close(load_all(ours), load_all(theirs), atol=1e-6)
-    expected = {k: (load_all(base)[k] + load_all(ft1)[k] + load_all(ft2)[k]) / 3 for k in load_all(base)}
+    expected = {
+        k: (load_all(base)[k] + load_all(ft1)[k] + load_all(ft2)[k]) / 3 for k in load_all(base)
+    }
     _assert_close(load_all(ours), expected, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Native method functions on plain tensors: registry behaviour and parity with mergekit and PEFT."""
+"""Native method functions on plain tensors: registry behaviour and parity with mergekit and
+PEFT."""
 
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ def run(name, base, models, **params):
 
 
 def test_registry_lists_native_methods():
-    assert native_methods() == ["dare_linear", "dare_ties", "graft", "linear", "slerp", "task_arithmetic", "ties"]
+    assert native_methods() == [
+        "dare_linear",
+        "dare_ties",
+        "graft",
+        "linear",
+        "slerp",
+        "task_arithmetic",
+        "ties",
+    ]
 
 
 def test_duplicate_names_are_rejected():
@@ -64,7 +73,9 @@ MERGEKIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,params", MERGEKIT_CASES, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name,params", MERGEKIT_CASES, ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_matches_mergekit_on_tensors(name, params):
     base, models = _tensors()
     if name == "slerp":
@@ -73,7 +84,9 @@ def test_matches_mergekit_on_tensors(name, params):
     if name == "linear":
         theirs = merge_tensors(models, name, parameters=params)
     else:
-        per_model = {k: dict(zip([1, 2], v)) if isinstance(v, list) else v for k, v in params.items()}
+        per_model = {
+            k: dict(zip([1, 2], v)) if isinstance(v, list) else v for k, v in params.items()
+        }
         theirs = merge_tensors([base, *models], name, parameters=per_model, base_index=0)
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
 
@@ -108,18 +121,28 @@ def test_dare_mask_equals_peft_random_pruning_with_the_same_seed():
 
 @pytest.mark.parametrize("name", ["dare_linear", "dare_ties"])
 def test_dare_is_unbiased_like_peft(name):
-    """Averaged over many draws, DARE (ours: L1 rescale; PEFT: 1/density) recovers the undropped merge."""
+    """Averaged over many draws, DARE (ours: L1 rescale; PEFT: 1/density) recovers the undropped
+    merge."""
     base, models = _tensors(2, shape=(16, 16))
     deltas = [m - base for m in models]
     weights = [0.5, 0.5]
     draws = 400
-    ours = torch.stack([
-        get_method(name)(base, models, {**get_method(name).defaults(), "weight": weights, "density": [0.5, 0.5]},
-                         torch.Generator().manual_seed(s)) - base
-        for s in range(draws)
-    ]).mean(0)
+    ours = torch.stack(
+        [
+            get_method(name)(
+                base,
+                models,
+                {**get_method(name).defaults(), "weight": weights, "density": [0.5, 0.5]},
+                torch.Generator().manual_seed(s),
+            )
+            - base
+            for s in range(draws)
+        ]
+    ).mean(0)
     peft_fn = merge_utils.dare_linear if name == "dare_linear" else merge_utils.dare_ties
-    theirs = torch.stack([peft_fn(deltas, torch.tensor(weights), 0.5) for _ in range(draws)]).mean(0)
+    theirs = torch.stack([peft_fn(deltas, torch.tensor(weights), 0.5) for _ in range(draws)]).mean(
+        0
+    )
     if name == "dare_linear":
         exact = sum(w * d for w, d in zip(weights, deltas))
         assert (ours - exact).abs().mean() < 0.1 * exact.abs().mean()

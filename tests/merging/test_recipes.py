@@ -69,21 +69,40 @@ def test_shard_size_accepts_units():
     assert parse_recipe({**base, "shard_size": 1234}).shard_size == 1234
 
 
-GOOD = {"merge_method": "ties", "base_model": "b", "models": [{"model": "a", "parameters": {"weight": 1.0}}]}
+GOOD = {
+    "merge_method": "ties",
+    "base_model": "b",
+    "models": [{"model": "a", "parameters": {"weight": 1.0}}],
+}
 BAD = [
     ({"merge_method": "tie"}, r"merge_method[\s\S]*unknown method 'tie'; known: .*ties"),
     ({"dtype": "fp8"}, r"dtype[\s\S]*'float32', 'float16' or 'bfloat16'"),
     ({"out_dtype": "int8"}, r"out_dtype[\s\S]*'float32'"),
-    ({"parameters": {"densty": 0.5}}, r"parameters.densty: unknown parameter for ties; allowed: density, "),
-    ({"models": [{"model": "a", "parameters": {"normalize": True}}]}, r"models\[0\].parameters.normalize: .*shared"),
-    ({"models": [{"model": "a", "weight": 1}]}, r"models.0.weight[\s\S]*Extra inputs are not permitted"),
+    (
+        {"parameters": {"densty": 0.5}},
+        r"parameters.densty: unknown parameter for ties; allowed: density, ",
+    ),
+    (
+        {"models": [{"model": "a", "parameters": {"normalize": True}}]},
+        r"models\[0\].parameters.normalize: .*shared",
+    ),
+    (
+        {"models": [{"model": "a", "weight": 1}]},
+        r"models.0.weight[\s\S]*Extra inputs are not permitted",
+    ),
     ({"base_model": None}, r"base_model: ties needs a base model"),
     ({"shard_size": "lots"}, r"shard_size[\s\S]*not a size"),
     ({"engine": "fast"}, r"engine[\s\S]*'auto', 'native' or 'mergekit'"),
     ({"merge_method": "graft", "engine": "mergekit"}, r"engine: method 'graft' is native only"),
-    ({"merge_method": "della", "engine": "native"}, r"engine: 'native' cannot run this recipe .*not native"),
+    (
+        {"merge_method": "della", "engine": "native"},
+        r"engine: 'native' cannot run this recipe .*not native",
+    ),
     ({"merge_method": "slerp", "models": [{"model": "a"}]}, r"parameters.t: required by slerp"),
-    ({"engine": "mergekit", "models": [{"model": "a"}]}, r"models\[0\].parameters.weight: required by ties"),
+    (
+        {"engine": "mergekit", "models": [{"model": "a"}]},
+        r"models\[0\].parameters.weight: required by ties",
+    ),
     ({"models": None}, r"models/slices/modules: give exactly one"),
     ({"mdoels": []}, r"mdoels[\s\S]*Extra inputs are not permitted"),
 ]

@@ -21,8 +21,7 @@ from safetensors.torch import save_file
 import merging
 from merging import MergeError
 from merging.output import TMP_MARK
-
-from .conftest import load_all
+from tests.merging.conftest import load_all
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,18 +40,28 @@ def linear(*models, **extra):
 
 
 def sha_files(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
 def model_digest(folder: Path) -> str:
     """A model's content hash as the card should give it, computed here from the file bytes."""
-    files = {p.name: blake3.blake3(p.read_bytes()).hexdigest() for p in folder.glob("*.safetensors")}
+    files = {
+        p.name: blake3.blake3(p.read_bytes()).hexdigest() for p in folder.glob("*.safetensors")
+    }
     lines = "".join(f"{name} {digest}\n" for name, digest in sorted(files.items()))
     return blake3.blake3(lines.encode()).hexdigest()
 
 
 def test_missing_tensor_is_refused(llama, tmp_path):
-    broken = variant(llama[2], tmp_path / "broken", lambda sd: {k: v for k, v in sd.items() if k != "model.norm.weight"})
+    broken = variant(
+        llama[2],
+        tmp_path / "broken",
+        lambda sd: {k: v for k, v in sd.items() if k != "model.norm.weight"},
+    )
     with pytest.raises(MergeError, match=r"'model.norm.weight' is missing from .*broken"):
         merging.merge(linear(llama[1], broken), tmp_path / "out")
 
@@ -63,7 +72,9 @@ def test_shape_mismatch_is_refused(llama, tmp_path):
         return sd
 
     broken = variant(llama[2], tmp_path / "broken", grow)
-    with pytest.raises(MergeError, match=r"'model.norm.weight' has different shapes.*broken: \(33,\)"):
+    with pytest.raises(
+        MergeError, match=r"'model.norm.weight' has different shapes.*broken: \(33,\)"
+    ):
         merging.merge(linear(llama[1], broken), tmp_path / "out")
 
 
@@ -80,7 +91,9 @@ def test_non_finite_input_is_refused_naming_tensor_and_model(bad, llama, tmp_pat
 
     broken = variant(llama[2], tmp_path / "broken", poison)
     word = "NaN" if bad != bad else "Inf"
-    with pytest.raises(MergeError, match=rf"'model.layers.1.mlp.up_proj.weight' contains {word} \(input .*broken\)"):
+    with pytest.raises(
+        MergeError, match=rf"'model.layers.1.mlp.up_proj.weight' contains {word} \(input .*broken\)"
+    ):
         merging.merge(linear(llama[1], broken), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(f".out{TMP_MARK}*"))
@@ -92,8 +105,11 @@ def test_non_finite_input_is_refused_on_the_mergekit_route(llama, tmp_path):
         return sd
 
     broken = variant(llama[2], tmp_path / "broken", poison)
-    recipe = {"merge_method": "model_stock", "base_model": str(llama[0]),
-              "models": [{"model": str(llama[1])}, {"model": str(broken)}]}
+    recipe = {
+        "merge_method": "model_stock",
+        "base_model": str(llama[0]),
+        "models": [{"model": str(llama[1])}, {"model": str(broken)}],
+    }
     with pytest.raises(MergeError, match=r"'model.norm.weight' contains NaN.*input .*broken"):
         merging.merge(recipe, tmp_path / "out")
 
@@ -108,8 +124,14 @@ def test_non_finite_output_is_refused(llama, tmp_path):
 
 def test_inputs_are_untouched_and_output_is_not_overwritten(llama, tmp_path):
     before = [sha_files(m) for m in llama]
-    merging.merge({"merge_method": "ties", "base_model": str(llama[0]),
-                   "models": [{"model": str(llama[1])}, {"model": str(llama[2])}]}, tmp_path / "out")
+    merging.merge(
+        {
+            "merge_method": "ties",
+            "base_model": str(llama[0]),
+            "models": [{"model": str(llama[1])}, {"model": str(llama[2])}],
+        },
+        tmp_path / "out",
+    )
     assert [sha_files(m) for m in llama] == before
     with pytest.raises(MergeError, match="already exists"):
         merging.merge(linear(llama[1], llama[2]), tmp_path / "out")
@@ -119,8 +141,11 @@ def test_inputs_are_untouched_and_output_is_not_overwritten(llama, tmp_path):
 
 def test_provenance_names_sources_hashes_method_and_defaults(llama, tmp_path):
     base, ft1, ft2 = llama
-    recipe = {"merge_method": "ties", "base_model": str(base),
-              "models": [{"model": str(ft1), "parameters": {"weight": 0.5}}, {"model": str(ft2)}]}
+    recipe = {
+        "merge_method": "ties",
+        "base_model": str(base),
+        "models": [{"model": str(ft1), "parameters": {"weight": 0.5}}, {"model": str(ft2)}],
+    }
     out = merging.merge(recipe, tmp_path / "out")
     card = (out / "README.md").read_text()
     written = (out / "recipe.yaml").read_text()
@@ -130,14 +155,31 @@ def test_provenance_names_sources_hashes_method_and_defaults(llama, tmp_path):
         assert f"source {model} blake3:{digest}" in written
     assert "ties" in card and "raysoup" in card and "nothing was pruned" in card
     params = yaml.safe_load(written)["parameters"]
-    assert params == {"normalize": True, "rescale": False, "int8_mask": False, "lambda": 1.0, "density": 1.0}
+    assert params == {
+        "normalize": True,
+        "rescale": False,
+        "int8_mask": False,
+        "lambda": 1.0,
+        "density": 1.0,
+    }
     assert merging.load_recipe(out / "recipe.yaml").models[0].parameters == {"weight": 0.5}
 
 
 def test_side_files_are_copied_from_the_base(llama, tmp_path):
-    out = merging.merge({"merge_method": "task_arithmetic", "base_model": str(llama[0]),
-                         "models": [{"model": str(llama[1])}]}, tmp_path / "out")
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+    out = merging.merge(
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": str(llama[0]),
+            "models": [{"model": str(llama[1])}],
+        },
+        tmp_path / "out",
+    )
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert (out / name).exists(), name
 
 
@@ -157,10 +199,18 @@ def test_interrupted_merge_leaves_no_complete_looking_output(llama, tmp_path):
     recipe.write_text(yaml.safe_dump(linear(llama[1], llama[2], shard_size="4KB")))
     out = tmp_path / "merged"
     env = {**os.environ, "RAYSOUP_TEST_WRITE_DELAY": "0.2", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "merging.cli", str(recipe), "--out", str(out), "--no-progress"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "merging.cli", str(recipe), "--out", str(out), "--no-progress"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
-    while not list(tmp_path.glob(f".merged{TMP_MARK}*/model-*.safetensors")) and time.time() < deadline:
+    while (
+        not list(tmp_path.glob(f".merged{TMP_MARK}*/model-*.safetensors"))
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)

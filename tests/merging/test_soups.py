@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from merging.soups import greedy_soup, select_checkpoints, uniform_soup
-
-from .conftest import load_all
+from tests.merging.conftest import load_all
 
 
 def test_select_checkpoints_orders_by_step():

@@ -1,0 +1,126 @@
+"""Finding, loading and saving the models that trials fine-tune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from engine.demo import BASE_DIR, save_tiny_model
+from merging.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+if TYPE_CHECKING:  # an evaluation actor imports this module; the sweep models are not needed
+    from sweeps import Sweep
+    from sweeps.config import LoraConfig
+
+TRAINER_STATE = "trainer_state.pt"
+TRIAL_INFO = "trial.json"
+
+
+def base_model_path(sweep: Sweep, model_dir: Path) -> str:
+    """Where the base model lives: a preset's folder, a built random model, or the user's path."""
+    if sweep.model.preset == "demo":
+        return str(BASE_DIR)
+    if sweep.model.preset == "tiny-random":
+        if not (model_dir / "config.json").is_file():
+            save_tiny_model(model_dir, arch="llama", seed=0)
+        return str(model_dir)
+    return sweep.model.path
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_training(path: str, method: str, lora: LoraConfig, trust_remote_code: bool = False):
+    """The base model in float32, wrapped in LoRA adapters when `method` is `lora`."""
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    if method == "lora":
+        import peft
+
+        config = peft.LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = peft.get_peft_model(model, config)
+    return model
+
+
+def save_checkpoint(model, tokenizer, folder: Path, optimizer_state: dict, info: dict) -> None:
+    """A Hugging Face folder (the adapter only, for LoRA) plus what resuming needs.
+
+    Weights are safetensors; the optimizer state is a plain tensor dict that loads with
+    `torch.load(weights_only=True)`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    torch.save(optimizer_state, folder / TRAINER_STATE)
+    (folder / TRIAL_INFO).write_text(json.dumps(info, indent=2))
+
+
+def load_checkpoint_weights(model, folder: Path) -> None:
+    """Load a checkpoint saved by `save_checkpoint` into `model` (in place)."""
+    from safetensors.torch import load_file
+
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    state = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(shard))
+    # Not strict: tied weights are saved once. Unexpected names mean a foreign checkpoint.
+    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"{folder}: checkpoint has tensors the model lacks: {unexpected[:5]}")
+
+
+def load_trainer_state(folder: Path) -> dict:
+    return torch.load(folder / TRAINER_STATE, weights_only=True)
+
+
+def load_for_eval(path: str, base: str | None = None):
+    """A model folder, or a LoRA adapter folder merged into its base, in float32, for inference.
+
+    Weights load from safetensors only and no code from the folder runs. The adapter's base is
+    `base`, else its `base_model_name_or_path`. Returns the model and the folder whose
+    tokenizer goes with it (the adapter's own, when it saved one).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such model folder: {path}")
+    config = folder / ADAPTER_CONFIG
+    if not config.is_file():
+        return _load_weights(path), path
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"{path}: adapter without {ADAPTER_WEIGHTS} (only safetensors weights are loaded)"
+        )
+    from peft import PeftModel
+
+    base = base or json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}: LoRA adapter without base_model_name_or_path; give its base")
+    model = PeftModel.from_pretrained(_load_weights(base), path, is_trainable=False)
+    has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return model.merge_and_unload(), path if has_tokenizer else base
+
+
+def _load_weights(path: str):
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=False, use_safetensors=True
+    )

@@ -1,0 +1,132 @@
+"""The run directory: the contract between stages, the CLI and users.
+
+<storage>/<sweep name>/
+  sweep.yaml        resolved definition
+  data/             manifest.json, <task>/train/*.parquet, <task>/eval/*.parquet
+  model/            the base model, when it is built rather than found (preset tiny-random)
+  tune/             the Ray Tune experiment (trial folders, checkpoints)
+  trials.parquet    one row per trial
+  merges/           one model folder per merge candidate, with recipe.yaml
+  merges.parquet    one row per merge job: ingredients, status
+  evals.parquet     one row per (candidate, eval set, metric)
+  leaderboard.md    trials and merges ranked together
+  report.html       the leaderboard with plots
+  scaling.json      scaling-law fit of a data-scale sweep; plots/scaling.png draws it
+  plots/            the report's plots as PNG files
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sweeps import Sweep, SweepError, dump_sweep, load_sweep
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep, storage: str | None = None) -> RunDir:
+        base = storage or sweep.storage
+        if "://" in base:
+            raise SweepError(
+                f"storage: remote storage ('{base}') is not supported yet; give a local folder"
+            )
+        return cls(Path(base).expanduser().resolve() / sweep.name)
+
+    @property
+    def sweep_file(self) -> Path:
+        return self.root / "sweep.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def manifest(self) -> Path:
+        return self.data / "manifest.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials.parquet"
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.root / "leaderboard.md"
+
+    @property
+    def merges(self) -> Path:
+        return self.root / "merges"
+
+    @property
+    def merges_table(self) -> Path:
+        return self.root / "merges.parquet"
+
+    @property
+    def evals(self) -> Path:
+        return self.root / "evals.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def scaling(self) -> Path:
+        return self.root / "scaling.json"
+
+    @property
+    def scaling_plot(self) -> Path:
+        return self.root / "plots" / "scaling.png"
+
+    def load_sweep(self) -> Sweep:
+        if not self.sweep_file.is_file():
+            raise SweepError(f"{self.root}: not a run directory (no sweep.yaml)")
+        return load_sweep(self.sweep_file)
+
+    def claim(self, sweep: Sweep) -> None:
+        """Write `sweep.yaml`, refusing a run directory that holds a different sweep."""
+        text = dump_sweep(sweep)
+        if self.sweep_file.is_file() and self.sweep_file.read_text() != text:
+            raise SweepError(
+                f"{self.root} already holds a different sweep named '{sweep.name}'; resume it with "
+                f"`raysoup resume {self.root}`, or rename the sweep or pick another --storage"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.sweep_file, text)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """A table as Parquet, written atomically (its folder made if needed)."""
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buffer.getvalue())

@@ -1,0 +1,323 @@
+"""The evaluation actor pool: every candidate on every evaluation set, through Ray Data.
+
+The driver reads the sets, sorts each set's examples by length and cuts them into work units
+of a few batches, one row of a Ray Dataset per (candidate, set, unit), grouped by candidate. A
+fixed pool of `EvalActor`s (`map_batches` with a callable class) turns units into per-example
+observations; each actor keeps the model it holds until a unit of another candidate arrives,
+so it loads each model once. The driver then reduces observations to metric values with the
+metric registry and writes `evals.parquet`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import ray
+import ray.data
+from ray.util.annotations import RayDeprecationWarning
+
+from engine.core.files import source_fields
+from engine.core.progress import job_bar
+from engine.core.rundir import write_table
+from engine.core.session import quiet_ray
+from engine.evaluate.metrics import Metric, get_metric
+from engine.evaluate.sets import read_examples, resolve_metrics, set_problems
+from sweeps import SweepError
+from sweeps.evaluation import EvalSetConfig, EvaluateConfig
+
+KINDS = ("trial", "checkpoint_average", "soup", "task_merge", "base")
+COLUMNS = [
+    "candidate",
+    "kind",
+    "eval_set",
+    "split",
+    "metric",
+    "value",
+    "n",
+    "status",
+    "error",
+    "seconds",
+    "path",
+]
+EVALS_FILE = "evals.parquet"
+UNIT_EXAMPLES = 2048
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model to evaluate: a Hugging Face model folder or a LoRA adapter folder.
+
+    `kind` says where it came from (one of `KINDS` in a sweep; any string is accepted).
+    `base` is the adapter's base model; without it the adapter's `base_model_name_or_path`.
+    """
+
+    name: str
+    kind: str
+    path: str
+    base: str | None = None
+
+
+@dataclass
+class SetPlan:
+    """One set, ready to run: its metrics and its examples."""
+
+    config: EvalSetConfig
+    metrics: dict[str, Metric]
+    examples: list[dict]
+
+    @property
+    def needs(self) -> list[str]:
+        return sorted({m.needs for m in self.metrics.values()})
+
+
+def evaluate_candidates(
+    candidates: list[Candidate],
+    sets: list[EvalSetConfig] | None = None,
+    config: EvaluateConfig | None = None,
+    *,
+    splits: list[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Evaluate every candidate on every set; one row per (candidate, set, metric).
+
+    `sets` defaults to `config.sets`; `splits` keeps only sets of those splits (selection code
+    passes `["selection"]`, and then no test set file is opened). A candidate that fails to
+    load or evaluate gets rows with status `failed` and the reason; the others complete. With
+    `out` (a folder), the table is also written to `out/evals.parquet` atomically. `progress`
+    shows a bar of candidate-examples done. Needs Ray (started by the caller, for example with
+    `engine.core.session.ray_session`).
+    """
+    config = config or EvaluateConfig()
+    chosen = [
+        s for s in (config.sets if sets is None else sets) if splits is None or s.split in splits
+    ]
+    _check_candidates(candidates)
+    plans = [plan_set(s) for s in chosen]
+    started = time.perf_counter()
+    rows, pool = run_pool(candidates, plans, config, progress) if plans and candidates else ([], {})
+    table = results_table(candidates, plans, rows)
+    table.attrs.update(pool, seconds=round(time.perf_counter() - started, 3))
+    if out is not None:
+        write_table(table, Path(out) / EVALS_FILE)
+    return table
+
+
+def plan_set(eval_set: EvalSetConfig) -> SetPlan:
+    """Check a set's file and metrics, then read its examples; bad input raises `SweepError`."""
+    problems = set_problems(eval_set, f"eval set {eval_set.name!r}")
+    if problems:
+        raise SweepError("\n".join(problems))
+    names = resolve_metrics(eval_set, source_fields(eval_set.path))
+    metrics = {name: get_metric(name) for name in names}
+    examples = read_examples(eval_set, {m.needs for m in metrics.values()})
+    return SetPlan(eval_set, metrics, examples)
+
+
+def _check_candidates(candidates: list[Candidate]) -> None:
+    names = [c.name for c in candidates]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SweepError(f"candidates: names must be unique; repeated: {', '.join(repeated)}")
+
+
+def work_units(candidates: list[Candidate], plans: list[SetPlan], pieces: int) -> list[dict]:
+    """Dataset rows: each candidate's examples (set by set, each set sorted by length) cut into
+    `pieces` runs of about equal size; a run lists its parts, one per set it touches."""
+    ordered = [(s, example) for s, plan in enumerate(plans) for example in _by_length(plan)]
+    size = math.ceil(len(ordered) / pieces)
+    units = []
+    for c in range(len(candidates)):
+        for start in range(0, len(ordered), size):
+            parts = [
+                {"set": s, "needs": plans[s].needs, "examples": [e for _, e in group]}
+                for s, group in itertools.groupby(
+                    ordered[start : start + size], key=lambda pair: pair[0]
+                )
+            ]
+            units.append({"candidate": c, "payload": json.dumps(parts)})
+    return units
+
+
+def unit_pieces(candidates: int, examples: int, actors: int) -> int:
+    """Runs per candidate: one where there are enough candidates to keep every actor busy (each
+    candidate is then loaded by one actor only), more where there are few candidates, and no
+    run above `UNIT_EXAMPLES` examples (a Ray Data block's result comes back whole)."""
+    return max(math.ceil(2 * actors / candidates), math.ceil(examples / UNIT_EXAMPLES), 1)
+
+
+def _by_length(plan: SetPlan) -> list[dict]:
+    def length(example: dict) -> int:
+        return len(example["prompt"]) + max(
+            [len(example.get("completion", ""))] + [len(c) for c in example.get("choices", [])]
+        )
+
+    order = sorted(range(len(plan.examples)), key=lambda i: length(plan.examples[i]))
+    return [{**plan.examples[i], "i": i} for i in order]
+
+
+def run_pool(
+    candidates: list[Candidate],
+    plans: list[SetPlan],
+    config: EvaluateConfig,
+    progress: bool = False,
+) -> tuple[list[dict], dict]:
+    """Run the work units through the actor pool; the rows and facts about the pool."""
+    quiet_ray()
+    examples = sum(len(p.examples) for p in plans)
+    actors = actor_count(config, len(candidates) * math.ceil(examples / config.batch_size))
+    units = work_units(candidates, plans, unit_pieces(len(candidates), examples, actors))
+    threads = config.torch_threads or max(
+        int(config.cpus_per_actor), int(ray.cluster_resources().get("CPU", 1)) // actors
+    )
+    dataset = _pool_dataset(
+        units,
+        actors,
+        config,
+        {
+            "candidates": [asdict(c) for c in candidates],
+            "sets": [
+                {"seq_len": p.config.seq_len, "max_new_tokens": p.config.max_new_tokens}
+                for p in plans
+            ],
+            "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
+            "threads": threads,
+            "precision": config.precision,
+            "batch_size": config.batch_size,
+        },
+    )
+    rows: list[dict] = []
+    with job_bar(
+        f"evaluation ({actors} actor{'s' * (actors > 1)}, candidate-examples)",
+        len(candidates) * examples,
+        progress,
+    ) as done:
+        for row in dataset.iter_rows():
+            rows.append(row)
+            done("", "ok")
+    return rows, {
+        "actors": actors,
+        "actor_processes": len({r["actor"] for r in rows}),
+        "torch_threads": threads,
+        "units": len(units),
+        "model_loads": _loads(candidates, rows),
+        "prefix_tree_share": round(sum(r["tree"] for r in rows) / max(len(rows), 1), 4),
+        "peak_actor_rss_mb": round(max((r["rss_mb"] for r in rows), default=0), 1),
+    }
+
+
+def _pool_dataset(units: list[dict], actors: int, config: EvaluateConfig, kwargs: dict):
+    """The units (one per block and per call, so they reach the actors in candidate order)
+    mapped by a pool of `EvalActor`s (sized by `_strategy`)."""
+    # Imported here: the worker imports torch and transformers, which only the actors need.
+    from engine.evaluate.worker import EvalActor
+
+    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts yet
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+            EvalActor,
+            batch_size=1,
+            batch_format="pandas",
+            fn_constructor_kwargs=kwargs,
+            compute=_strategy(config, actors),
+            num_cpus=config.cpus_per_actor,
+            num_gpus=config.gpus_per_actor or None,
+            # An actor that dies (out of memory, say) would die again on restart; a failed
+            # evaluation is redone by resuming instead.
+            max_restarts=0,
+        )
+
+
+def actor_count(config: EvaluateConfig, units: int) -> int:
+    """`actors`, or for `auto` what the cluster's CPUs (GPUs) allow; never more than the
+    batches."""
+    if config.actors != "auto":
+        return max(1, min(config.actors, units))
+    total = ray.cluster_resources()
+    if config.gpus_per_actor > 0:
+        fit = total.get("GPU", 0) // config.gpus_per_actor
+    else:
+        fit = total.get("CPU", 0) // config.cpus_per_actor
+    return int(max(1, min(fit, units)))
+
+
+def _strategy(config: EvaluateConfig, actors: int):
+    """A fixed pool for a number the user chose. For `auto`, a pool that starts with the actors
+    that fit now and grows to `actors` as resources free up (the trials and merges of a sweep
+    may still be letting go of their CPUs when evaluation starts)."""
+    if config.actors != "auto":
+        return ray.data.ActorPoolStrategy(size=actors)
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors)
+
+
+def _loads(candidates: list[Candidate], rows: list[dict]) -> dict[str, int]:
+    loads: dict[str, int] = defaultdict(int)
+    for row in rows:
+        loads[candidates[row["candidate"]].name] += int(row["loads"])
+    return dict(loads)
+
+
+def results_table(
+    candidates: list[Candidate], plans: list[SetPlan], rows: list[dict]
+) -> pd.DataFrame:
+    """Observations reduced to one row per (candidate, set, metric)."""
+    groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(int(row["candidate"]), int(row["set"]))].append(row)
+    records = []
+    for c, candidate in enumerate(candidates):
+        for s, plan in enumerate(plans):
+            records += _rows(candidate, plan, sorted(groups[(c, s)], key=lambda r: r["index"]))
+    return pd.DataFrame(records, columns=COLUMNS)
+
+
+def _rows(candidate: Candidate, plan: SetPlan, group: list[dict]) -> list[dict]:
+    error = next((r["error"] for r in group if r["error"]), None)
+    if error is None and len(group) != len(plan.examples):
+        error = f"{len(plan.examples) - len(group)} example(s) were not evaluated"
+    observations = [json.loads(r["obs"]) for r in group]
+    common = {
+        "candidate": candidate.name,
+        "kind": candidate.kind,
+        "eval_set": plan.config.name,
+        "split": plan.config.split,
+        "n": len(plan.examples),
+        "seconds": round(sum(r["seconds"] for r in group), 4),
+        "path": candidate.path,
+    }
+    return [
+        {**common, "metric": name, **_score(metric, observations, error)}
+        for name, metric in plan.metrics.items()
+    ]
+
+
+def _score(metric: Metric, observations: list[dict], error: str | None) -> dict:
+    if error:
+        return {"value": math.nan, "status": "failed", "error": error}
+    try:
+        return {"value": float(metric.score(observations)), "status": "ok", "error": None}
+    except Exception as err:  # a user metric's bug fails its rows only
+        return {
+            "value": math.nan,
+            "status": "failed",
+            "error": f"metric {metric.name!r}: {type(err).__name__}: {err}",
+        }
+
+
+def candidates_from_paths(paths: list[str], kind: str = "model") -> list[Candidate]:
+    """Candidates named by folder name (with its parent's where names repeat)."""
+    names = [Path(p).resolve().name for p in paths]
+    return [
+        Candidate(
+            n if names.count(n) == 1 else "/".join(Path(p).resolve().parts[-2:]), kind, str(p)
+        )
+        for n, p in zip(names, paths)
+    ]

@@ -1,0 +1,61 @@
+"""What a sweep produced, as the Python API returns it: `SweepResult`, read from a run directory
+without Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from engine.core.rundir import RunDir
+from engine.report.board import candidate_board
+from engine.report.scaling import load_scaling
+from engine.train.table import ranked
+from sweeps import Sweep, SweepError
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced: its run directory, one row per trial, one per merge job, and the
+    evaluations of every candidate (None for stages the sweep does not have)."""
+
+    run_dir: Path
+    sweep: Sweep
+    trials: pd.DataFrame
+    merges: pd.DataFrame | None = None
+    evals: pd.DataFrame | None = None
+
+    def leaderboard(self) -> pd.DataFrame:
+        """Trials best first by the sweep's metric."""
+        return ranked(self.trials, self.sweep)
+
+    def best(self) -> pd.Series:
+        return self.leaderboard().iloc[0]
+
+    def candidates(self) -> pd.DataFrame | None:
+        """Every evaluated candidate (base, trials, merges) ranked by its selection score, with
+        each merge's gain over its ingredients on test; None without evaluations."""
+        return candidate_board(self.sweep, self.merges, self.evals)
+
+    def scaling(self) -> dict | None:
+        """The scaling-law analysis (`scaling.json`): the fitted law per group, its held-out
+        error, intervals and predictions; None when the sweep has no data-scale axis."""
+        return load_scaling(self.run_dir)
+
+
+def load_result(run_dir: str | Path) -> SweepResult:
+    """The result of a finished sweep, read from its run directory."""
+    run = RunDir(Path(run_dir).expanduser().resolve())
+    sweep = run.load_sweep()
+    if not run.trials.is_file():
+        raise SweepError(
+            f"{run.root}: no trials.parquet yet; finish the sweep with `raysoup resume {run.root}`"
+        )
+
+    def table(path: Path) -> pd.DataFrame | None:
+        return pd.read_parquet(path) if path.is_file() else None
+
+    return SweepResult(
+        run.root, sweep, table(run.trials), table(run.merges_table), table(run.evals)
+    )

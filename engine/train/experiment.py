@@ -1,0 +1,147 @@
+"""The train stage: the search space as one Ray Tune experiment of function trials."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from engine.core.rundir import RunDir
+from engine.train.loop import TrialSpec, train
+from sweeps import Sweep
+from sweeps.space import Choice, Grid, LogUniform, Space, Uniform
+
+AXES = ("data_size", "seed", "task")
+
+
+class TuneSession:
+    """The `Session` of a trial that runs inside a Tune function trainable."""
+
+    def __init__(self) -> None:
+        self._restored = tune.get_checkpoint()
+        self._tmp: Path | None = None
+
+    def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
+        ckpt = tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+        tune.report(metrics, checkpoint=ckpt)
+
+    def restore_dir(self) -> Path | None:
+        if self._restored is None:
+            return None
+        self._tmp = Path(self._restored.to_directory())
+        return self._tmp
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def run_trial(
+    config: dict, sweep_json: str, model_path: str, data_dir: str, sizes: dict[str, dict[str, int]]
+) -> None:
+    """A Tune function trainable: one trial of the sweep.
+
+    `sizes` turns the data-size axis value (a count or a fraction) into the task's exact count.
+    """
+    sweep = Sweep.model_validate_json(sweep_json)
+    values = {k: v for k, v in config.items() if k not in AXES}
+    task, size = config["task"], config["data_size"]
+    spec = TrialSpec(
+        sweep=sweep.for_trial(values),
+        model_path=model_path,
+        data_dir=Path(data_dir) / task,
+        task=task,
+        seed=config["seed"],
+        data_size=None if size is None else sizes[task][str(size)],
+    )
+    session = TuneSession()
+    try:
+        train(spec, session)
+    finally:
+        session.close()
+
+
+def to_tune(space: Space) -> Any:
+    """The Ray Tune search object of a sweep's search space."""
+    if isinstance(space, Grid):
+        return tune.grid_search(space.values())
+    if isinstance(space, Choice):
+        return tune.choice(space.values())
+    low, high = space.bounds()
+    if isinstance(space, LogUniform):
+        return tune.loguniform(low, high)
+    if isinstance(space, Uniform):
+        return tune.uniform(low, high)
+    return tune.randint(low, high + 1)
+
+
+def param_space(sweep: Sweep) -> dict:
+    """Tune's param space: every search space by dotted path, plus the task, data-size and seed
+    axes."""
+    space = {path: to_tune(s) for path, s in sweep.search_space().items()}
+    space["task"] = tune.grid_search(sweep.task_names())
+    space["data_size"] = tune.grid_search(sweep.data_scale) if sweep.data_scale else None
+    space["seed"] = tune.grid_search(sweep.seeds)
+    return space
+
+
+def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: dict[str, dict[str, int]]):
+    fn = tune.with_parameters(
+        run_trial,
+        sweep_json=sweep.model_dump_json(),
+        model_path=model_path,
+        data_dir=str(run.data),
+        sizes=sizes,
+    )
+    res = sweep.resources
+    return tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+
+
+def tuner(
+    sweep: Sweep, model_path: str, run: RunDir, sizes: dict[str, dict[str, int]], callbacks: list
+) -> tune.Tuner:
+    """A new Tune experiment in `<run>/tune`, or the interrupted one restored from there.
+
+    `sizes` maps each task and data-size value to the exact example count.
+    """
+    fn = trainable(sweep, model_path, run, sizes)
+    if tune.Tuner.can_restore(str(run.tune)):
+        return tune.Tuner.restore(
+            str(run.tune),
+            trainable=fn,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space(sweep),
+        )
+    run_config = tune.RunConfig(
+        name=run.tune.name,
+        storage_path=str(run.root),
+        callbacks=callbacks,
+        verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(sweep)),
+        failure_config=tune.FailureConfig(max_failures=0),
+    )
+    # Reusing trial processes saves each trial the start of a Ray worker and the import of
+    # torch and transformers; every trial seeds everything it uses, so results do not change.
+    tune_config = tune.TuneConfig(
+        num_samples=sweep.num_samples,
+        metric=sweep.metric,
+        mode=sweep.mode,
+        reuse_actors=True,
+        max_concurrent_trials=sweep.resources.max_concurrent,
+    )
+    return tune.Tuner(
+        fn, param_space=param_space(sweep), tune_config=tune_config, run_config=run_config
+    )
+
+
+def checkpoints_to_keep(sweep: Sweep) -> int | None:
+    """`checkpoint.keep`, raised so that every checkpoint a checkpoint_average plan reads stays."""
+    keep = sweep.checkpoint.keep
+    for plan in sweep.merge:
+        if plan.type != "checkpoint_average" or keep is None:
+            continue
+        keep = max(keep, plan.k) if plan.select == "last" else None
+    return keep
