@@ -20,12 +20,15 @@ from sweeps import Sweep
 
 
 def run_job(
-    job: MergeJob, sweep_json: str, root: str, base: str, submitted_at: float | None = None
+    job: MergeJob, sweep_json: str, root: str, base: str, submitted: dict | None = None
 ) -> dict:
-    """Run one merge job (inside a Ray task or directly); never raises."""
+    """Run one merge job (inside a Ray task or directly); never raises. `submitted` says when
+    the job was handed to Ray (`submitted_at`) and how many of the sweep's trials had not
+    finished then (`unfinished_trials`)."""
     sweep, run = Sweep.model_validate_json(sweep_json), RunDir(Path(root))
     started = time.time()
-    times = {"submitted_at": submitted_at, "started_at": started}
+    times = {"submitted_at": None, "unfinished_trials": None, **(submitted or {})}
+    times["started_at"] = started
     out = run.merges / job.candidate
     try:
         inputs = [full_weights(path, base, run) for path in job.inputs]

@@ -38,6 +38,7 @@ COLUMNS = [
     "status",
     "error",
     "submitted_at",
+    "unfinished_trials",
     "started_at",
     "seconds",
     "reused",
@@ -65,10 +66,12 @@ def merge_stage(
     return table
 
 
-def submit(job: MergeJob, sweep: Sweep, run: RunDir, base: str):
-    """Start one merge job as a Ray task (one CPU); returns its object ref."""
+def submit(job: MergeJob, sweep: Sweep, run: RunDir, base: str, unfinished_trials: int = 0):
+    """Start one merge job as a Ray task (one CPU); returns its object ref. `unfinished_trials`:
+    how many of the sweep's trials Tune had not finished when the job was handed over."""
     task = ray.remote(num_cpus=1)(run_job)
-    return task.remote(job, sweep.model_dump_json(), str(run.root), base, time.time())
+    submitted = {"submitted_at": time.time(), "unfinished_trials": unfinished_trials}
+    return task.remote(job, sweep.model_dump_json(), str(run.root), base, submitted)
 
 
 def run_merges(
@@ -114,12 +117,17 @@ class EarlyMerges(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         finished = [t for t in trials if t is trial or t.status == "TERMINATED"]
+        # Tune creates trials as it starts them, so the sweep says how many there will be.
+        ended = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in trials)
+        unfinished = self.sweep.trial_count() - ended
         table = pd.DataFrame([trial_row(t, self.sweep) for t in finished])
         for job in plan_jobs(self.sweep, table):
             if job.candidate in self.started or job.skipped or _finished(job, self.run):
                 continue
             if job.members == self._expected[job.plan]:
-                self.started[job.candidate] = submit(job, self.sweep, self.run, self.base)
+                self.started[job.candidate] = submit(
+                    job, self.sweep, self.run, self.base, unfinished
+                )
 
     @functools.cached_property
     def _expected(self) -> dict[str, int]:
@@ -146,6 +154,7 @@ def _skipped(job: MergeJob) -> dict | None:
         "status": "skipped",
         "error": job.skipped,
         "submitted_at": None,
+        "unfinished_trials": None,
         "started_at": None,
         "seconds": 0.0,
         "reused": False,
