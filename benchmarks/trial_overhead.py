@@ -25,7 +25,8 @@ import ray
 from ray import tune
 
 import engine
-from engine.demo import DATA_DIR, save_tiny_model
+from engine.demo import DATA_DIR
+from engine.demo.tiny import save_tiny_model
 from sweeps import parse_sweep
 
 BATCH, SEQ_LEN, LR = 8, 32, 1e-3

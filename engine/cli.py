@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import functools
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from sweeps import SweepError, load_sweep
+
+
+def _version(show: bool) -> None:
+    if show:
+        console.print(f"raysoup {metadata.version('raysoup')}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     help="Sweep fine-tunes of Hugging Face models on Ray, and merge the results.",
@@ -32,17 +40,34 @@ StorageOption = typer.Option(
 )
 
 
+@app.callback()
+def main_options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Sweep fine-tunes of Hugging Face models on Ray, merge the results, and find the best
+    model among the trials and the merges."""
+
+
 def user_errors(fn):
-    """Show a user's mistake as one clear message and exit 2, with no traceback."""
+    """Show a user's mistake as one clear message and exit 2, with no traceback; a Ctrl-C
+    exits 130 (saying how to resume when a sweep was stopped)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt as err:
+            message = str(err) or "interrupted"
+            errors.print(message, style="yellow", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         except Exception as err:
             if not _is_user_error(err):
                 raise
-            errors.print(f"error: {err}", style="red", highlight=False, markup=False)
+            errors.print(
+                f"error: {err}", style="red", highlight=False, markup=False, soft_wrap=True
+            )
             raise typer.Exit(2) from None
 
     return wrapper
@@ -59,10 +84,11 @@ def _is_user_error(err: Exception) -> bool:
 @user_errors
 def validate(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py).")) -> None:
     """Check a sweep file and its data files without running anything."""
+    from engine.core.progress import show_findings
     from engine.preflight import check
 
     definition = load_sweep(sweep)
-    check(definition)
+    show_findings(check(definition), console)
     spaces = definition.search_space()
     console.print(
         f"[green]ok[/] {sweep}: sweep '{definition.name}', "
@@ -87,11 +113,9 @@ def resume(
     run_dir: Path = typer.Argument(..., help="Run directory of an interrupted sweep."),
 ) -> None:
     """Finish an interrupted sweep; finished trials, merges and evaluations are reused."""
-    from engine.report.terminal import print_result
     from engine.runner import resume as resume_sweep
 
-    result = resume_sweep(run_dir)
-    print_result(result, console)
+    _finish(resume_sweep(run_dir))
 
 
 @app.command()
@@ -130,6 +154,29 @@ def merge(
     merge_command(recipe, out, overwrite=overwrite, progress=progress, workers=workers)
 
 
+@app.command()
+@user_errors
+def bake(
+    adapter: Path = typer.Argument(..., help="LoRA adapter folder (a PEFT adapter)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output model folder; it appears only when complete."
+    ),
+    base: str | None = typer.Option(
+        None, "--base", help="Base model folder (default: the adapter's base_model_name_or_path)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Bake a LoRA adapter into its base model: a full model folder that merges like any other."""
+    from merging import bake_adapter
+    from merging.lora import Adapter
+
+    base = base or Adapter(adapter).config.get("base_model_name_or_path")
+    if not base:
+        raise SweepError(f"--base: {adapter} does not name its base model; give --base")
+    path = bake_adapter(base, adapter, out, overwrite=overwrite)
+    console.print(f"wrote [green]{path}[/]")
+
+
 @app.command("eval")
 @user_errors
 def eval_(
@@ -142,7 +189,13 @@ def eval_(
         help="Evaluation file (.jsonl, .json, .parquet, .csv); repeat for several sets.",
     ),
     name: list[str] | None = typer.Option(
-        None, "--name", help="Name of each --data set, in order (default: the file's stem)."
+        None,
+        "--name",
+        help="Name of each model, in order (default: its folder's name; a checkpoint folder "
+        "with its parent's).",
+    ),
+    set_name: list[str] | None = typer.Option(
+        None, "--set-name", help="Name of each --data set, in order (default: the file's stem)."
     ),
     format: str = typer.Option("prompt_completion", "--format", help="prompt_completion or text."),
     metric: list[str] | None = typer.Option(
@@ -152,7 +205,7 @@ def eval_(
         "accuracy_norm, exact_match or module:function (default: by the file's fields).",
     ),
     split: str = typer.Option(
-        "test", "--split", help="selection or test (a label in the results)."
+        "selection", "--split", help="selection or test (a label in the results)."
     ),
     out: Path | None = typer.Option(None, "--out", help="Folder to write evals.parquet into."),
     actors: str = typer.Option(
@@ -173,7 +226,7 @@ def eval_(
 
     config = config_for_files(
         [str(d) for d in data],
-        names=name,
+        names=set_name,
         metrics=metric,
         set_fields={
             "format": format,
@@ -185,7 +238,7 @@ def eval_(
         batch_size=batch_size,
         gpus_per_actor=gpus_per_actor,
     )
-    candidates = candidates_from_paths([str(m) for m in models], kind="model")
+    candidates = candidates_from_paths([str(m) for m in models], kind="model", names=name)
     with ray_session():
         table = evaluate_candidates(candidates, config=config, out=out, progress=True)
     print_evals(table, console)
@@ -204,11 +257,18 @@ def demo(storage: str | None = StorageOption) -> None:
 
 
 def _run(definition, storage: str | None) -> None:
-    from engine.report.terminal import print_result
     from engine.runner import run as run_sweep
 
-    result = run_sweep(definition, storage)
+    _finish(run_sweep(definition, storage))
+
+
+def _finish(result) -> None:
+    """Print a sweep's result; exit 1 when any trial, merge or evaluation failed."""
+    from engine.report.terminal import print_result
+
     print_result(result, console)
+    if result.failures():
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ def merge(
     per op meanwhile).
     """
     recipe = _as_recipe(recipe)
+    refuse_adapters(recipe.input_models())
     if recipe.seed is None:
         recipe = recipe.model_copy(update={"seed": secrets.randbelow(2**31)})
     out_dir = Path(out_dir)
@@ -55,6 +56,18 @@ def merge(
                 sources = [h.result() for h in hashes]
         write_provenance(tmp, recipe, sources)
     return out_dir
+
+
+def refuse_adapters(models: list[str]) -> None:
+    """A LoRA adapter folder is not a model: say how to bake it into one first."""
+    for model in models:
+        folder = Path(model)
+        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            raise MergeError(
+                f"{model}: this is a LoRA adapter, not a model; bake it into its base model "
+                f"first (`raysoup bake {model} --out DIR`), or name it as mergekit's "
+                "`base+adapter`, then merge the result"
+            )
 
 
 def _as_recipe(recipe: Recipe | dict[str, Any] | str | Path) -> Recipe:

@@ -113,9 +113,9 @@ def greedy_soup(
     ranked = sorted(paths, key=individual.get, reverse=mode == "max")
     soup, best = [ranked[0]], individual[ranked[0]]
     tried = []
-    with tempfile.TemporaryDirectory(
-        prefix="raysoup-greedy-", dir=Path(out_dir).absolute().parent
-    ) as scratch:
+    parent = Path(out_dir).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)  # the scratch folder lives beside the output
+    with tempfile.TemporaryDirectory(prefix="raysoup-greedy-", dir=parent) as scratch:
         for i, candidate in enumerate(ranked[1:]):
             trial = merge(
                 _linear_recipe(soup + [candidate], **recipe_keys), Path(scratch) / f"trial-{i}"

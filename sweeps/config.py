@@ -176,7 +176,20 @@ class TrainConfig(Strict):
         1, description="Micro-batches per optimizer step."
     )
     seq_len: searchable(PositiveInt, "int") = Field(
-        128, description="Longest example in tokens; longer ones are truncated."
+        128,
+        description="Longest example in tokens; what happens to longer ones is `truncation`.",
+    )
+    truncation: Literal["error", "warn", "left"] = Field(
+        "error",
+        description="Examples longer than `seq_len`: `error` refuses the sweep when more than "
+        "`max_truncated` of them would lose tokens they are trained on (a warning below that), "
+        "and always when no example keeps one; `warn` cuts them at the end and says how many; "
+        "`left` cuts them at the start, so the completion is kept.",
+    )
+    max_truncated: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.01,
+        description="Share of examples that may lose trained tokens before `truncation: error` "
+        "refuses the sweep.",
     )
     weight_decay: searchable(NonNegFloat) = Field(0.0, description="AdamW weight decay.")
     max_grad_norm: PositiveFloat | None = Field(

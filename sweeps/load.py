@@ -37,7 +37,7 @@ def parse_sweep(data: Any, source: str = "sweep") -> Sweep:
     try:
         return Sweep.model_validate(data)
     except ValidationError as err:
-        raise format_validation_error(err, source) from None
+        raise format_validation_error(err, source, Sweep) from None
 
 
 def dump_sweep(sweep: Sweep) -> str:
@@ -59,7 +59,7 @@ def _from_python(path: Path) -> Sweep:
     try:
         namespace = runpy.run_path(str(path))
     except ValidationError as err:
-        raise format_validation_error(err, str(path)) from None
+        raise format_validation_error(err, str(path), Sweep) from None
     sweep = namespace.get("sweep")
     if isinstance(sweep, dict):
         return parse_sweep(sweep, str(path))

@@ -27,8 +27,8 @@ AXES = ("task", "data_size", "seed")
 class _Plan(Strict):
     name: str | None = Field(
         None,
-        description="Name of the plan, used in candidate names "
-        "(default: its type, numbered if repeated).",
+        description="Name of the plan, the first part of its candidates' names (default: "
+        "`avg`, `soup` or `merge` by its type, numbered if the type repeats).",
     )
     where: dict[str, Scalar | list[Scalar]] = Field(
         default_factory=dict,
@@ -105,15 +105,20 @@ class TaskMergePlan(_Plan):
 MergePlan = Annotated[CheckpointAveragePlan | SoupPlan | TaskMergePlan, Field(discriminator="type")]
 
 
+# The first part of a merge's name when its plan has none: short, since names are read in tables.
+SHORT_NAMES = {"checkpoint_average": "avg", "soup": "soup", "task_merge": "merge"}
+
+
 def plan_names(plans: list) -> list[str]:
-    """Each plan's name: its own, or its type numbered when the type repeats."""
+    """Each plan's name: its own, or a short name of its type (`avg`, `soup`, `merge`),
+    numbered when the type repeats."""
     counts: dict[str, int] = {}
     names = []
     for plan in plans:
         counts[plan.type] = counts.get(plan.type, 0) + 1
+        short = SHORT_NAMES[plan.type]
         names.append(
-            plan.name
-            or (plan.type if counts[plan.type] == 1 else f"{plan.type}{counts[plan.type]}")
+            plan.name or (short if counts[plan.type] == 1 else f"{short}{counts[plan.type]}")
         )
     return names
 

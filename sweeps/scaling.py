@@ -55,6 +55,23 @@ def analyse(trials, sweep) -> dict:
     return out
 
 
+def sizes_problem(sweep) -> str | None:
+    """Why the sweep's data sizes cannot give a scaling fit (None when they can, or when the
+    sweep has no data-scale axis)."""
+    if sweep.data_scale is None:
+        return None
+    cfg: ScalingConfig = sweep.scaling
+    law = LAWS[cfg.law_for(cfg.metric or sweep.metric)]
+    sizes, need = len(set(sweep.data_scale)), len(law.params) + cfg.holdout
+    if sizes >= need:
+        return None
+    return (
+        f"data_scale: {sizes} distinct data size(s), so no scaling fit will be made: the "
+        f"{law.name} law needs at least {need} ({len(law.params)} parameters + {cfg.holdout} "
+        "held out); add sizes to data_scale or lower scaling.holdout"
+    )
+
+
 def group_columns(trials, sweep) -> list[str]:
     """The columns that tell curves apart: task, then every swept field present in the table."""
     keys = [TASK] if TASK in trials.columns else []

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.demo import BASE_DIR, DATA_DIR, TASKS, TINY_ARCHS, make_task, save_tiny_model
+from engine.demo import BASE_DIR, DATA_DIR, TASKS, make_task
+from engine.demo.tiny import TINY_ARCHS, save_tiny_model
 
 FIELDS = {"prompt", "completion", "choices", "answer"}
 

@@ -231,7 +231,7 @@ def test_loss_matches_the_training_report(one_actor, base):
         trust_remote_code=False,
     )
     split = {"input_ids": batch["input_ids"].to_pylist(), "labels": batch["labels"].to_pylist()}
-    cfg = SimpleNamespace(batch_size=4, seq_len=128, precision="fp32")
+    cfg = SimpleNamespace(batch_size=4, seq_len=128, precision="fp32", truncation="error")
     trained = mean_loss(model, split, cfg, tok.pad_token_id, torch.device("cpu"))
     assert value(one_actor, "demo", "add", "loss") == pytest.approx(trained, rel=1e-5)
 
@@ -287,10 +287,11 @@ def test_each_actor_loads_each_model_once(one_actor, two_actors):
     assert two_actors[0].attrs["model_loads"] == {"demo": 1, "broken": 1, "adapter": 1, "merged": 1}
 
 
-def test_an_auto_pool_grows_when_a_busy_cpu_frees_up(ray_local, candidates, sets):
-    """A sweep reaches evaluation while its last trials may still hold CPUs."""
-    import threading
-
+def test_an_auto_pool_is_sized_by_the_cluster_not_by_free_cpus(ray_local, candidates, sets):
+    """A sweep reaches evaluation while its last trials may still hold CPUs: the auto pool is
+    sized by the cluster (2 CPUs: 2 actors, grown as CPUs free up) and starts with what is
+    free, so it finishes even while a CPU stays busy throughout. (Whether and when Ray grows
+    the pool depends on timing, so that is not asserted.)"""
     import ray
 
     @ray.remote(num_cpus=1)
@@ -300,12 +301,13 @@ def test_an_auto_pool_grows_when_a_busy_cpu_frees_up(ray_local, candidates, sets
 
     busy = Busy.remote()
     ray.get(busy.ready.remote())
-    # Freed before the pool's actors have started, but after the pool was sized.
-    threading.Timer(1.0, ray.kill, args=(busy,)).start()
-    many = [Candidate(f"{c.name}{i}", c.kind, c.path) for i in range(2) for c in candidates]
-    table = evaluate_candidates(many, sets, EvaluateConfig(actors="auto", batch_size=8))
+    try:
+        many = [Candidate(f"{c.name}{i}", c.kind, c.path) for i in range(2) for c in candidates]
+        table = evaluate_candidates(many, sets, EvaluateConfig(actors="auto", batch_size=8))
+    finally:
+        ray.kill(busy)
     assert (table.status == "ok").all()
-    assert table.attrs["actors"] == 2 and table.attrs["actor_processes"] == 2
+    assert table.attrs["actors"] == 2 and table.attrs["actor_processes"] == 1
 
 
 def test_work_units_cover_every_example_once_in_runs_of_about_equal_size(sets):
@@ -456,7 +458,7 @@ def test_eval_command(ray_local, tmp_path):
     assert "loss" in result.output and "accuracy" in result.output
     table = pd.read_parquet(tmp_path / "evals.parquet")
     assert list(table.metric) == ["loss", "accuracy"] and set(table.candidate) == {"base"}
-    assert set(table.split) == {"test"} and (table.n == 6).all()
+    assert set(table.split) == {"selection"} and (table.n == 6).all()  # the config's default
 
 
 def test_eval_command_errors(tmp_path):

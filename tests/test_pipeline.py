@@ -70,7 +70,7 @@ def result(data, tmp_path_factory):
 
 
 def test_every_trial_and_merge_is_made_with_its_lineage(result):
-    trials = result.trials.set_index("trial_id")
+    trials = result.trials.set_index("name")
     assert len(trials) == 4 and set(trials["status"]) == {"done"}
     merges = result.merges.set_index("candidate")
     assert set(merges["status"]) == {"done"}, merges["error"].tolist()
@@ -160,7 +160,7 @@ def test_the_report_command_shows_candidates(result):
     out = CliRunner().invoke(app, ["report", str(result.run_dir)], terminal_width=200)
     assert out.exit_code == 0, out.output
     assert "candidates by accuracy on the selection sets" in out.output
-    assert "task_merge" in out.output and "report.html" in out.output
+    assert "task merge" in out.output and "report.html" in out.output
 
 
 def test_greedy_soup_never_reads_a_test_set(result, data, tmp_path):
@@ -204,7 +204,7 @@ def test_resume_after_an_interruption_between_stages_redoes_only_what_is_missing
     trial_files = {p: p.read_bytes() for p in root.tune.glob("*/result.json")}
     (root.merges / f"{lost}.json").unlink()  # as if stopped during the merge stage
     evals = pd.read_parquet(root.evals)
-    unevaluated = result.trials["trial_id"].iloc[0]  # and during evaluation
+    unevaluated = result.trials["name"].iloc[0]  # and during evaluation
     evals[evals["candidate"] != unevaluated].to_parquet(root.evals)
     for name in ("merges.parquet", "report.html"):
         (root.root / name).unlink()

@@ -100,10 +100,11 @@ def trials_table(done: set[str] | None = None) -> pd.DataFrame:
     for task in ("add", "reverse"):
         for lr in (1e-3, 3e-3):
             for seed in (0, 1):
-                tid = f"{task}-{lr}-{seed}"
+                tid = f"{task}/lr={lr}/s{seed}"
                 rows.append(
                     {
-                        "trial_id": tid,
+                        "name": tid,
+                        "trial_id": f"t{len(rows)}",
                         "task": task,
                         "seed": seed,
                         "data_size": None,
@@ -129,15 +130,19 @@ def test_plans_become_jobs_with_their_ingredients():
         )
     )
     jobs = {job.candidate: job for job in plan_jobs(sweep, trials_table())}
-    average = jobs["checkpoint_average-add-0.001-0"]
+    average = jobs["avg/add/lr=0.001/s0"]
     assert average.inputs == [
-        "/ck/add-0.001-0/checkpoint_000001",
-        "/ck/add-0.001-0/checkpoint_000002",
+        "/ck/add/lr=0.001/s0/checkpoint_000001",
+        "/ck/add/lr=0.001/s0/checkpoint_000002",
     ]
     soups = [j for j in jobs.values() if j.plan == "soup"]
     assert len(soups) == 4 and all(j.greedy and len(j.ingredients) == 2 for j in soups)
-    assert {tuple(sorted(j.ingredients)) for j in soups} >= {("add-0.001-0", "add-0.001-1")}
-    assert jobs["best-all"].ingredients == ["add-0.001-0", "reverse-0.001-0", "add-0.003-0"]
+    assert {tuple(sorted(j.ingredients)) for j in soups} >= {("add/lr=0.001/s0", "add/lr=0.001/s1")}
+    assert jobs["best/all"].ingredients == [
+        "add/lr=0.001/s0",
+        "reverse/lr=0.001/s0",
+        "add/lr=0.003/s0",
+    ]
     merges = [j for j in jobs.values() if j.kind == "task_merge"]
     assert len(merges) == 4 * 2
     assert {j.parameters["density"] for j in merges} == {0.2, 0.5}
@@ -147,11 +152,11 @@ def test_plans_become_jobs_with_their_ingredients():
 
 def test_failed_trials_leave_groups_that_are_skipped_with_a_reason():
     sweep = parse_sweep(two_task_sweep(merge=[{"type": "soup"}, {"type": "task_merge"}]))
-    table = trials_table(done={"add-0.001-0", "add-0.001-1", "reverse-0.003-0"})
+    table = trials_table(done={"add/lr=0.001/s0", "add/lr=0.001/s1", "reverse/lr=0.003/s0"})
     jobs = plan_jobs(sweep, table)
     reasons = {j.candidate: j.skipped for j in jobs}
-    assert reasons["soup-add_lr=0.001"] is None
-    assert "1 finished trial" in reasons["soup-reverse_lr=0.003"]
+    assert reasons["soup/add/lr=0.001"] is None
+    assert "1 finished trial" in reasons["soup/reverse/lr=0.003"]
     assert any(r and "no finished trial for task(s) reverse" in r for r in reasons.values())
 
 
@@ -160,7 +165,7 @@ def test_where_limits_a_plan_to_some_trials():
         two_task_sweep(merge=[{"type": "task_merge", "where": {"train.lr": 0.003, "seed": [1]}}])
     )
     jobs = plan_jobs(sweep, trials_table())
-    assert [j.ingredients for j in jobs] == [["add-0.003-1", "reverse-0.003-1"]]
+    assert [j.ingredients for j in jobs] == [["add/lr=0.003/s1", "reverse/lr=0.003/s1"]]
     with pytest.raises(SweepError, match=r"merge\[0\].where: 'lr' is not an axis"):
         check(parse_sweep(two_task_sweep(merge=[{"type": "soup", "where": {"lr": 1}}])))
 

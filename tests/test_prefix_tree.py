@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from engine.core.models import load_tokenizer
-from engine.demo import save_tiny_model
-from engine.demo.tiny import TINY_ARCHS
+from engine.demo.tiny import TINY_ARCHS, save_tiny_model
 from engine.evaluate import example_trees, prefix_tree
 from engine.evaluate.worker import EvalActor
 

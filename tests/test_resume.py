@@ -87,7 +87,7 @@ def test_resume_after_killing_the_driver_skips_finished_trials(tmp_path):
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert len(trials) == 4 and set(trials["status"]) == {"done"}, trials["error"].tolist()
     after = _results(tune_dir)
-    kept = [d for d in before if any(d.startswith(f"run_trial_{t}_") for t in finished)]
+    kept = [d for d in before if any(d.startswith(f"{t}-") for t in finished)]
     assert len(kept) == len(finished)
     for trial_dir in kept:
         assert after[trial_dir] == before[trial_dir], f"finished trial {trial_dir} was run again"

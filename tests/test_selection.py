@@ -16,26 +16,14 @@ from engine.prepare.keys import example_keys
 from engine.prepare.selection import get_stage, known_stages
 from engine.prepare.selection.features import words
 from engine.prepare.selection.near_dedup import ngram_hashes, token_hashes
-from engine.prepare.selection.pipeline import join_parts
-from engine.prepare.selection.registry import BatchFn, StageInput, register
+from engine.prepare.selection.pipeline import local_scan
+from engine.prepare.selection.registry import StageInput, register
 from sweeps import SweepError, parse_sweep
 from sweeps.selection import STAGE_TYPES
 from tests.conftest import DEMO_DATA
 
 TARGET_PACKAGE = "email"
 OTHER_PACKAGES = ("logging", "json", "asyncio", "tkinter")
-
-
-def local_scan(texts: list[str], keys: np.ndarray, rows: np.ndarray, batches: list[int]):
-    """A scan over in-memory rows cut into batches at `batches` (positions), without Ray: a
-    stage's result must not depend on how rows are split."""
-    cuts = [0, *batches, len(texts)]
-
-    def scan(fn: BatchFn) -> dict[str, np.ndarray]:
-        parts = [fn(texts[a:b], keys[a:b], rows[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
-        return join_parts(parts, fn)
-
-    return scan
 
 
 @pytest.fixture(scope="module")

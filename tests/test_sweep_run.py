@@ -57,6 +57,7 @@ def test_run_directory_has_the_documented_layout(result):
         assert (root / name).exists(), name
     columns = set(pq.read_schema(root / "trials.parquet").names)
     assert {
+        "name",
         "trial_id",
         "status",
         "seed",
@@ -69,7 +70,7 @@ def test_run_directory_has_the_documented_layout(result):
     } <= columns
     board = (root / "leaderboard.md").read_text()
     best = result.leaderboard().iloc[0]
-    assert best["trial_id"] in board.splitlines()[6]
+    assert best["name"] in board.splitlines()[6]
 
 
 def test_checkpoints_are_safetensors_and_lora_keeps_only_the_adapter(result):
@@ -141,7 +142,7 @@ def test_data_size_above_the_data_is_refused_before_any_work(tmp_path):
 @pytest.mark.parametrize("suffix", ["parquet", "csv", "json"])
 def test_prepare_reads_every_format_as_text_and_holds_out_eval(suffix, tmp_path):
     from engine.core.rundir import RunDir
-    from engine.demo import save_tiny_model
+    from engine.demo.tiny import save_tiny_model
     from engine.prepare.splits import load_split
     from engine.prepare.stage import prepare
 
@@ -170,7 +171,7 @@ def test_prepare_reads_every_format_as_text_and_holds_out_eval(suffix, tmp_path)
 
 def test_prepare_names_a_missing_field(tmp_path):
     from engine.core.rundir import RunDir
-    from engine.demo import save_tiny_model
+    from engine.demo.tiny import save_tiny_model
     from engine.prepare.stage import prepare
 
     path = tmp_path / "train.jsonl"

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.demo import save_tiny_model
+from engine.demo.tiny import save_tiny_model
 from engine.prepare.stage import tokenize_batch
 from engine.train.loop import TrialSpec, train
 from sweeps import parse_sweep

@@ -9,11 +9,13 @@ import torch
 from engine.core.encode import IGNORE
 
 
-def collate(data: dict, idx, seq_len: int, pad: int, device) -> dict:
+def collate(data: dict, idx, seq_len: int, pad: int, device, keep_end: bool = False) -> dict:
     """Rows `idx` of `data` (`input_ids`, `labels`: lists of token lists) cut to `seq_len`
-    tokens and right-padded into tensors on `device`, with the attention mask."""
-    ids = [data["input_ids"][i][:seq_len] for i in idx]
-    labels = [data["labels"][i][:seq_len] for i in idx]
+    tokens (their first ones, or with `keep_end` their last ones) and right-padded into tensors
+    on `device`, with the attention mask."""
+    cut = slice(-seq_len, None) if keep_end else slice(0, seq_len)
+    ids = [data["input_ids"][i][cut] for i in idx]
+    labels = [data["labels"][i][cut] for i in idx]
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
     label_t = torch.full((len(ids), width), IGNORE, dtype=torch.long)
@@ -54,12 +56,12 @@ def token_nll(logits, labels):
 @torch.no_grad()
 def mean_loss(model, data: dict, cfg, pad: int, device) -> float:
     """Mean loss per predicted token over every example of `data` (a prepared split), batched
-    as `cfg` (the train settings) says."""
+    as `cfg` (the train settings) says; NaN when no example has a labelled token."""
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(data["input_ids"]), cfg.batch_size):
         idx = np.arange(start, min(start + cfg.batch_size, len(data["input_ids"])))
-        batch = collate(data, idx, cfg.seq_len, pad, device)
+        batch = collate(data, idx, cfg.seq_len, pad, device, cfg.truncation == "left")
         with autocast(cfg.precision, device):
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -70,4 +72,4 @@ def mean_loss(model, data: dict, cfg, pad: int, device) -> float:
         )
         total += loss.item()
         count += int((labels != IGNORE).sum())
-    return total / max(count, 1)
+    return total / count if count else float("nan")  # no labelled token: no loss to report

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.demo import BASE_DIR, save_tiny_model
+from engine.demo import BASE_DIR
+from engine.demo.tiny import save_tiny_model
 from merging.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:  # an evaluation actor imports this module; the sweep models are not needed

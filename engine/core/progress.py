@@ -8,6 +8,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from engine.core.findings import Findings
+
 
 @contextlib.contextmanager
 def stage(message: str, show: bool = True):
@@ -50,3 +52,12 @@ def job_bar(message: str, total: int, show: bool = True):
 
     with progress:
         yield done
+
+
+def show_findings(found: Findings, console: Console | None = None) -> None:
+    """Preflight's notes and warnings, before any work starts."""
+    console = console or Console(stderr=True)
+    for note in found.notes:
+        console.print(f"[dim]check[/] {note}", highlight=False)
+    for warning in found.warnings:
+        console.print(f"[yellow]warning[/] {warning}", highlight=False)

@@ -10,6 +10,8 @@ import contextlib
 import logging
 import os
 
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
 # raysoup shows its own progress; Ray's per-stage banners and snapshot advice would bury it.
 QUIET_RAY = {
     "RAY_AIR_NEW_OUTPUT": "0",
@@ -37,8 +39,12 @@ def ray_session():
     if ray.is_initialized():
         yield
         return
+    if not os.environ.get("RAY_ADDRESS"):
+        # A new local cluster keeps Ray's default, token authentication (the token is in
+        # ~/.ray/auth_token); Ray's warning that it chose that mode is not for raysoup's users.
+        logging.getLogger(AUTH_LOGGER).setLevel(logging.ERROR)
     ray.init(
-        address=os.environ.get("RAY_ADDRESS"),
+        address=os.environ.get("RAY_ADDRESS") or None,
         include_dashboard=False,
         log_to_driver=False,
         logging_level="WARNING",

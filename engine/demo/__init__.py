@@ -8,6 +8,6 @@ examples. Rebuild both with ``python -m engine.demo.build_assets``.
 
 from engine.demo.paths import BASE_DIR, DATA_DIR
 from engine.demo.tasks import TASKS, make_task
-from engine.demo.tiny import TINY_ARCHS, save_tiny_model
 
-__all__ = ["BASE_DIR", "DATA_DIR", "TASKS", "TINY_ARCHS", "make_task", "save_tiny_model"]
+# `engine.demo.tiny` (tiny random models) imports torch and transformers: import it directly.
+__all__ = ["BASE_DIR", "DATA_DIR", "TASKS", "make_task"]

@@ -41,6 +41,9 @@ COLUMNS = [
     "split",
     "metric",
     "value",
+    "stderr",
+    "low",
+    "high",
     "n",
     "status",
     "error",
@@ -300,24 +303,42 @@ def _rows(candidate: Candidate, plan: SetPlan, group: list[dict]) -> list[dict]:
 
 
 def _score(metric: Metric, observations: list[dict], error: str | None) -> dict:
+    """The metric's value and 95% interval (`stderr`, `low`, `high`), or why there is none."""
     if error:
         return {"value": math.nan, "status": "failed", "error": error}
     try:
-        return {"value": float(metric.score(observations)), "status": "ok", "error": None}
+        value = float(metric.score(observations))
+        spread = metric.interval(observations)
     except Exception as err:  # a user metric's bug fails its rows only
         return {
             "value": math.nan,
             "status": "failed",
             "error": f"metric {metric.name!r}: {type(err).__name__}: {err}",
         }
+    return {"value": value, **asdict(spread), "status": "ok", "error": None}
 
 
-def candidates_from_paths(paths: list[str], kind: str = "model") -> list[Candidate]:
-    """Candidates named by folder name (with its parent's where names repeat)."""
-    names = [Path(p).resolve().name for p in paths]
-    return [
-        Candidate(
-            n if names.count(n) == 1 else "/".join(Path(p).resolve().parts[-2:]), kind, str(p)
-        )
-        for n, p in zip(names, paths)
-    ]
+def candidates_from_paths(
+    paths: list[str], kind: str = "model", names: list[str] | None = None
+) -> list[Candidate]:
+    """Candidates named by `names` (in order) or by a short label of each folder: its name, a
+    checkpoint folder's with its parent's (`trial-a/checkpoint_000004`), and more of the path
+    where labels repeat."""
+    if names and len(names) != len(paths):
+        raise SweepError(f"--name: {len(names)} name(s) for {len(paths)} model(s); give one each")
+    labels = names or [_label(Path(p).resolve(), 1) for p in paths]
+    for depth in range(2, 6):
+        repeated = {x for x in labels if labels.count(x) > 1}
+        if not repeated or names:
+            break
+        labels = [
+            _label(Path(p).resolve(), depth) if x in repeated else x for x, p in zip(labels, paths)
+        ]
+    return [Candidate(label, kind, str(p)) for label, p in zip(labels, paths)]
+
+
+def _label(folder: Path, depth: int) -> str:
+    parts = folder.parts[-depth:]
+    if parts[-1].startswith("checkpoint") and depth == 1:
+        parts = folder.parts[-2:]
+    return "/".join(parts)

@@ -26,7 +26,7 @@ def sweep_candidates(
     """The base model, every finished trial's final checkpoint, and every merge that ran."""
     found = [Candidate("base", "base", base)]
     for row in trials[trials["status"] == "done"].itertuples():
-        found.append(Candidate(row.trial_id, "trial", row.checkpoint, base=base))
+        found.append(Candidate(row.name, "trial", row.checkpoint, base=base))
     if merges is not None:
         for row in merges[merges["status"] == "done"].itertuples():
             found.append(Candidate(row.candidate, row.kind, row.path))

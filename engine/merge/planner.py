@@ -7,15 +7,14 @@ so a resumed sweep finds the merges it already made.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from merging.soups import select_checkpoints
 from sweeps import Sweep
 from sweeps.plans import AXES, plan_names
+from sweeps.trials import group_label, value_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +57,7 @@ def plan_jobs(sweep: Sweep, trials: pd.DataFrame) -> list[MergeJob]:
     for name, plan in zip(plan_names(sweep.merge), sweep.merge):
         done = _where(all_done, plan.where)
         if plan.type == "checkpoint_average":
-            jobs += _checkpoint_averages(name, plan, done)
+            jobs += _checkpoint_averages(name, plan, done, sweep)
         elif plan.type == "soup":
             jobs += _soups(name, plan, done, sweep)
         else:
@@ -66,7 +65,7 @@ def plan_jobs(sweep: Sweep, trials: pd.DataFrame) -> list[MergeJob]:
     return jobs
 
 
-def _checkpoint_averages(name: str, plan, done: pd.DataFrame) -> list[MergeJob]:
+def _checkpoint_averages(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
     jobs = []
     for _, row in done.iterrows():
         chosen = [
@@ -74,15 +73,16 @@ def _checkpoint_averages(name: str, plan, done: pd.DataFrame) -> list[MergeJob]:
             for p in select_checkpoints(list(row["checkpoints"]), plan.select, k=plan.k, n=plan.n)
         ]
         skipped = None if len(chosen) > 1 else f"the trial kept {len(chosen)} checkpoint(s)"
+        group = {"trial": row["name"]}
         jobs.append(
             MergeJob(
-                f"{name}-{row['trial_id']}",
+                f"{name}/{group_label(sweep, group)}",
                 "checkpoint_average",
                 name,
-                [row["trial_id"]],
+                [row["name"]],
                 chosen,
                 tasks=[row["task"]],
-                group={"trial_id": row["trial_id"]},
+                group=group,
                 skipped=skipped,
             )
         )
@@ -99,10 +99,10 @@ def _soups(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
         skipped = None if len(chosen) > 1 else f"the group has {len(chosen)} finished trial(s)"
         jobs.append(
             MergeJob(
-                f"{name}-{group_label(group)}",
+                f"{name}/{group_label(sweep, group)}",
                 "soup",
                 name,
-                list(chosen["trial_id"]),
+                list(chosen["name"]),
                 list(chosen["checkpoint"]),
                 greedy=plan.method == "greedy",
                 tasks=sorted(set(chosen["task"])),
@@ -124,14 +124,17 @@ def _task_merges(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> list[Merg
         members = members.sort_values("task")
         missing = sorted(set(tasks) - set(members["task"]))
         skipped = f"no finished trial for task(s) {', '.join(missing)}" if missing else None
-        for j, parameters in enumerate(grid, start=1):
-            suffix = f"-{j}" if len(grid) > 1 else ""
+        for parameters in grid:
             jobs.append(
                 MergeJob(
-                    f"{name}-{group_label(group)}{suffix}",
+                    "/".join(
+                        part
+                        for part in (name, group_label(sweep, group), _varying(plan, parameters))
+                        if part
+                    ),
                     "task_merge",
                     name,
-                    list(members["trial_id"]),
+                    list(members["name"]),
                     list(members["checkpoint"]),
                     method=plan.method,
                     parameters=parameters,
@@ -170,34 +173,17 @@ def group_axes(sweep: Sweep) -> list[str]:
 def _groups(done: pd.DataFrame, keys: list[str]):
     """(group values, member rows) in a stable order; one group of everything without keys."""
     if not keys:
-        yield {}, done.sort_values("trial_id")
+        yield {}, done.sort_values("name")
         return
     for values, members in done.groupby(keys, sort=True, dropna=False):
         values = values if isinstance(values, tuple) else (values,)
-        yield {k: _plain(v) for k, v in zip(keys, values)}, members.sort_values("trial_id")
+        yield {k: _plain(v) for k, v in zip(keys, values)}, members.sort_values("name")
 
 
-def group_label(group: dict) -> str:
-    """A readable, stable name for a group from its values (`add_lr0.003_s1`); `all` if none.
-
-    Names depend only on the group itself, so a merge planned while other trials still run
-    has the name it gets when the sweep is planned whole.
-    """
-    if not group:
-        return "all"
-    parts = [_short(k, v) for k, v in group.items() if v is not None]
-    label = re.sub(r"[^A-Za-z0-9._=-]+", "", "_".join(parts)) or "all"
-    if len(label) > 60:
-        digest = hashlib.sha256(json.dumps(group, sort_keys=True).encode()).hexdigest()[:8]
-        label = f"{label[:50]}-{digest}"
-    return label
-
-
-def _short(key: str, value) -> str:
-    """One value in a label: the task alone, `s0` for a seed, `n500` for a data size, `lr=0.001`
-    for a searched field."""
-    prefix = {"task": "", "seed": "s", "data_size": "n"}.get(key)
-    return f"{prefix}{value}" if prefix is not None else f"{key.rsplit('.', 1)[-1]}={value}"
+def _varying(plan, parameters: dict) -> str:
+    """The grid's parameters in a task merge's name (`density=0.5`); '' without a grid."""
+    listed = [k for k, v in plan.parameters.items() if isinstance(v, list) and len(v) > 1]
+    return "/".join(value_label(k, parameters[k]) for k in listed)
 
 
 def _plain(value):

@@ -21,6 +21,7 @@ from engine.core.progress import job_bar
 from engine.core.rundir import RunDir, write_table
 from engine.merge.job import record_path, run_job
 from engine.merge.planner import MergeJob, plan_jobs
+from engine.train.axes import Sizes
 from engine.train.table import trial_row
 from sweeps import Sweep
 from sweeps.plans import expected_members, plan_names
@@ -108,8 +109,8 @@ class EarlyMerges(tune.Callback):
     instead of starting them twice.
     """
 
-    def __init__(self, sweep: Sweep, run: RunDir, base: str) -> None:
-        self.sweep, self.run, self.base = sweep, run, base
+    def __init__(self, sweep: Sweep, run: RunDir, base: str, sizes: Sizes) -> None:
+        self.sweep, self.run, self.base, self.sizes = sweep, run, base, sizes
 
     @property
     def started(self) -> dict:
@@ -120,7 +121,7 @@ class EarlyMerges(tune.Callback):
         # Tune creates trials as it starts them, so the sweep says how many there will be.
         ended = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in trials)
         unfinished = self.sweep.trial_count() - ended
-        table = pd.DataFrame([trial_row(t, self.sweep) for t in finished])
+        table = pd.DataFrame([trial_row(t, self.sweep, self.sizes) for t in finished])
         for job in plan_jobs(self.sweep, table):
             if job.candidate in self.started or job.skipped or _finished(job, self.run):
                 continue

@@ -1,5 +1,5 @@
-"""The prepare stage's checks before any work starts: the data files, the selection targets and
-the data sizes (no Ray)."""
+"""The prepare stage's checks before any work starts: the data files and the selection targets
+(no Ray); `inspect` counts what the data gives."""
 
 from __future__ import annotations
 
@@ -22,11 +22,6 @@ def data_problems(sweep: Sweep) -> list[str]:
                     f"{where(sweep, task)}.{field}", path, data.fields(), data.on_bad_line
                 )
     return problems + _target_problems(sweep)
-
-
-def size_problems(sweep: Sweep) -> list[str]:
-    """Data sizes (counts) that a task's training file cannot give."""
-    return [p for task in sweep.task_names() for p in _task_size_problems(sweep, task)]
 
 
 def where(sweep: Sweep, task: str) -> str:
@@ -72,7 +67,9 @@ def _target_problems(sweep: Sweep) -> list[str]:
     return problems
 
 
-def _task_size_problems(sweep: Sweep, task: str) -> list[str]:
+def task_size_problems(sweep: Sweep, task: str) -> list[str]:
+    """Data sizes (counts) that a task's training file cannot give, judged by its row count
+    alone (for files too large to select and count before Ray starts)."""
     counts = [s for s in (sweep.data_scale or []) if isinstance(s, int)]
     data = sweep.task_data(task)
     if not counts or "://" in data.train:

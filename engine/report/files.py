@@ -6,15 +6,25 @@ from a finished (or interrupted) run without Ray.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pandas as pd
 
 from engine.core.rundir import RunDir, write_atomic
-from engine.report.board import candidate_board, ranking_for
+from engine.report.board import candidate_board, ranking_for, winners
 from engine.train.table import leaderboard_markdown
 from sweeps import Sweep
-from sweeps.leaderboard import Ranking, board_markdown, merge_summary, set_scores, sets_markdown
+from sweeps.leaderboard import (
+    Ranking,
+    board_markdown,
+    merge_summary,
+    presentable,
+    recommendation,
+    set_scores,
+    sets_markdown,
+    winners_markdown,
+)
 from sweeps.plots import plot_by_kind, plot_gains, save_plots
 from sweeps.report import render_html, table_html
 
@@ -28,13 +38,18 @@ def write_report(
 ) -> Path:
     """Rank every candidate and write `leaderboard.md`, `report.html` and `plots/*.png`."""
     ranking = ranking_for(sweep)
-    board = candidate_board(sweep, merges, evals)
+    board = candidate_board(sweep, trials, merges, evals)
+    best = winners(sweep, evals)
     scores = (
         set_scores(evals, ranking.metric, list(board["candidate"])) if board is not None else None
     )
     markdown = leaderboard_markdown(trials, sweep)
     if board is not None:
-        markdown += "\n" + board_markdown(board, ranking, "All candidates")
+        searched = list(sweep.search_space())
+        markdown += "\n## Use this model\n\n" + "\n\n".join(recommendation(board, best, ranking))
+        markdown += "\n\n" + board_markdown(board, ranking, "All candidates", searched)
+        if len(best) > 1:
+            markdown += "\n" + winners_markdown(best, ranking.metric)
         markdown += "\n" + sets_markdown(scores, ranking.metric)
     write_atomic(run.leaderboard, markdown)
     images = save_plots(_figures(board, ranking), run.plots)
@@ -43,7 +58,9 @@ def write_report(
     write_atomic(
         run.report,
         render_html(
-            f"{sweep.name}: raysoup report", _sections(sweep, trials, merges, board, scores), images
+            f"{sweep.name}: raysoup report",
+            _sections(sweep, trials, merges, board, best, scores),
+            images,
         ),
     )
     return run.report
@@ -58,25 +75,31 @@ def _figures(board, ranking: Ranking) -> dict:
     return figures
 
 
-def _sections(sweep: Sweep, trials: pd.DataFrame, merges, board, scores) -> list[tuple[str, str]]:
+def _sections(
+    sweep: Sweep, trials: pd.DataFrame, merges, board, best, scores
+) -> list[tuple[str, str]]:
     sections = []
     if board is not None:
-        columns = [
-            "rank",
-            "candidate",
-            "kind",
-            "selection",
-            "test",
-            "gain_vs_best",
-            "gain_vs_mean",
-            "ingredients",
-        ]
+        ranking = ranking_for(sweep)
+        advice = "".join(
+            f"<p>{html.escape(line)}</p>" for line in recommendation(board, best, ranking)
+        )
+        sections.append(("Use this model", advice))
+        shown = presentable(board, list(sweep.search_space()))
         note = (
             "<p class='note'>Ranked by the selection sets only; the test column is never "
-            "used to choose. Gains are on test, positive when a merge beats its "
-            "ingredients.</p>"
+            "used to choose. Scores show their 95% interval (±); <em>tied</em>: the "
+            "interval overlaps the leader's. Gains are on test, positive when a merge beats "
+            "its ingredients.</p>"
         )
-        sections.append(("Leaderboard", note + table_html(board, columns)))
+        sections.append(("Leaderboard", note + table_html(shown, list(shown.columns))))
+        if len(best) > 1:
+            sections.append(
+                (
+                    "Each task's winner",
+                    table_html(best, ["task", "candidate", "kind", "selection", "test", "path"]),
+                )
+            )
         sections.append(("Each evaluation set", table_html(scores, list(scores.columns))))
         verdicts = merge_summary(board)
         if not verdicts.empty:
@@ -106,7 +129,7 @@ def _sections(sweep: Sweep, trials: pd.DataFrame, merges, board, scores) -> list
             )
         )
     columns = [
-        "trial_id",
+        "name",
         "task",
         *sweep.search_space(),
         "data_size",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from engine.core.rundir import RunDir
-from engine.report.board import candidate_board
+from engine.report.board import candidate_board, winners
 from engine.report.scaling import load_scaling
 from engine.train.table import ranked
 from sweeps import Sweep, SweepError
@@ -31,12 +31,40 @@ class SweepResult:
         return ranked(self.trials, self.sweep)
 
     def best(self) -> pd.Series:
-        return self.leaderboard().iloc[0]
+        """The model to use: the first of the candidate leaderboard (its `candidate` name and
+        `path`, scores and intervals); without evaluation sets, the best trial by `metric`."""
+        board = self.candidates()
+        return board.iloc[0] if board is not None else self.leaderboard().iloc[0]
+
+    def failures(self) -> list[str]:
+        """Every trial, merge and evaluation that failed, each with where its error is; empty
+        when nothing failed."""
+        found = [
+            f"trial {t['name']} failed: {t['error']} (traceback: {t['path']}/error.txt)"
+            for t in self.trials[self.trials["status"] == "error"].to_dict("records")
+        ]
+        if self.merges is not None:
+            found += [
+                f"merge {m['candidate']} failed: {m['error']} (merges.parquet)"
+                for m in self.merges[self.merges["status"] == "failed"].to_dict("records")
+            ]
+        if self.evals is not None:
+            failed = self.evals[self.evals["status"] != "ok"]
+            found += [
+                f"evaluation of {e['candidate']} on {e['eval_set']} failed: {e['error']} "
+                "(evals.parquet)"
+                for e in failed.drop_duplicates(["candidate", "eval_set"]).to_dict("records")
+            ]
+        return found
+
+    def winners(self) -> pd.DataFrame | None:
+        """Each task's best candidate on its own selection set; None without evaluations."""
+        return winners(self.sweep, self.evals)
 
     def candidates(self) -> pd.DataFrame | None:
         """Every evaluated candidate (base, trials, merges) ranked by its selection score, with
         each merge's gain over its ingredients on test; None without evaluations."""
-        return candidate_board(self.sweep, self.merges, self.evals)
+        return candidate_board(self.sweep, self.trials, self.merges, self.evals)
 
     def scaling(self) -> dict | None:
         """The scaling-law analysis (`scaling.json`): the fitted law per group, its held-out

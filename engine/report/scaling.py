@@ -65,7 +65,7 @@ def scaling_table(analysis: dict) -> Table:
     for group in analysis["groups"]:
         label = _short_label(group["group"])
         if group["status"] != "ok":
-            out.add_row(label, f"[yellow]{group['message']}[/]", "", "", "")
+            out.add_row(label, "[yellow]no fit (below)[/]", "", "", "")
             continue
         values = {name: p["value"] for name, p in group["params"].items()}
         out.add_row(
@@ -140,5 +140,9 @@ def print_scaling(run_dir: str | Path, console: Console) -> None:
         console.print(scaling_table(analysis))
     for note in _notes(analysis):
         console.print(f"scaling: {note}", highlight=False)
+    for group in analysis["groups"]:
+        if group["status"] != "ok":  # in full: a table cell would cut it off
+            label = _short_label(group["group"])
+            console.print(f"[yellow]scaling: {label}: no fit: {group['message']}", highlight=False)
     if analysis.get("plot"):
         console.print(f"Scaling plot: {Path(run_dir) / analysis['plot']}  (fit in scaling.json)")

@@ -7,12 +7,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from engine.report.board import ranking_for
+from engine.report.board import ranking_for, winners
 from engine.report.scaling import print_scaling
 from engine.train.table import leaderboard_columns, ranked
 from sweeps import Sweep
 from sweeps.config import DEFAULT_TASK
 from sweeps.leaderboard import format_cell as cell
+from sweeps.leaderboard import interval_cell, recommendation
 
 
 def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = None) -> Table:
@@ -27,7 +28,7 @@ def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = Non
     out.add_column("#", justify="right", min_width=2)
     for column in columns:
         # The last part of a dotted path is enough in a header (`train.lr` -> `lr`).
-        left = column in ("trial_id", "status")
+        left = column in ("name", "status")
         header = column.rsplit(".", 1)[-1]
         out.add_column(
             header, justify="left" if left else "right", no_wrap=True, min_width=len(header)
@@ -46,14 +47,29 @@ def print_result(result, console: Console | None = None) -> None:
     print_scaling(run_dir, console)
     board = result.candidates()
     if board is not None:
-        console.print(candidates_table(board, ranking_for(sweep)))
-    for _, row in table[table["status"] == "error"].iterrows():
-        console.print(f"[red]trial {row['trial_id']} failed:[/] {row['error']}")
-    if result.merges is not None:
-        for row in result.merges[result.merges["status"] != "done"].itertuples():
+        ranking = ranking_for(sweep)
+        console.print(candidates_table(board, ranking))
+        best = winners(sweep, result.evals)
+        if len(best) > 1:
+            console.print(winners_table(best, ranking))
+        for line in recommendation(board, best, ranking):
             console.print(
-                f"[red]merge {row.candidate} {row.status}:[/] {row.error}", highlight=False
+                line, style="bold green" if line.startswith("Use") else None, highlight=False
             )
+    if result.merges is not None:
+        for row in result.merges[result.merges["status"] == "skipped"].itertuples():
+            console.print(f"[yellow]merge {row.candidate} skipped:[/] {row.error}", highlight=False)
+    for row in table[table["flag"].notna()].to_dict("records") if "flag" in table else []:
+        console.print(
+            f"[yellow]trial {row['name']}: {row['flag']}; its result cannot be trusted and it is "
+            "ranked below every trial without a flag.",
+            highlight=False,
+        )
+    failures = result.failures()
+    if failures:
+        console.print(f"[red bold]{len(failures)} failure(s):")
+        for line in failures:
+            console.print(f"[red]  {line}", highlight=False)
     if (table["status"] == "incomplete").any():
         console.print(
             f"[yellow]Some trials did not finish; continue with `raysoup resume {run_dir}`."
@@ -62,28 +78,49 @@ def print_result(result, console: Console | None = None) -> None:
 
 
 def candidates_table(board: pd.DataFrame, ranking) -> Table:
-    """Every candidate by selection score; merges show their test gain over their ingredients."""
+    """Every candidate by selection score with its 95% interval (`≈`: tied with the leader);
+    merges show their test gain over their best ingredient."""
     arrow = "higher" if ranking.higher_is_better else "lower"
     out = Table(
         title=f"{len(board)} candidates by {ranking.metric} on the selection sets "
-        f"({arrow} is better; test never chooses; gains on test)",
+        f"({arrow} is better; ± 95% interval; ≈ tied with #1; test never chooses)",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     out.add_column("#", justify="right")
-    out.add_column("candidate", overflow="fold", min_width=20)
+    out.add_column("candidate", overflow="fold", min_width=16)
     out.add_column("kind", no_wrap=True)
-    for header in ("selection", "test", "vs best", "vs mean"):
+    for header in ("selection", "", "test", "vs best"):
         out.add_column(header, justify="right", no_wrap=True)
-    for row in board.itertuples():
-        gain = row.gain_vs_best
+    for row in board.to_dict("records"):
+        gain = row["gain_vs_best"]
         style = None if gain is None or gain != gain else ("green" if gain > 0 else "red")
         out.add_row(
-            str(row.rank),
-            row.candidate,
-            KIND_LABELS.get(row.kind, row.kind),
-            *(cell(v) for v in (row.selection, row.test, gain, row.gain_vs_mean)),
-            style=style,
+            str(row["rank"]),
+            row["candidate"] + (f" [{row['flag']}]" if row.get("flag") else ""),
+            KIND_LABELS.get(row["kind"], row["kind"]),
+            interval_cell(row, "selection"),
+            "≈" if row["tied"] else "",
+            interval_cell(row, "test"),
+            cell(gain),
+            style="red" if row.get("flag") else style,
+        )
+    return out
+
+
+def winners_table(winners: pd.DataFrame, ranking) -> Table:
+    """Each task's best candidate on its own selection set, with its test score."""
+    out = Table(
+        title=f"each task's winner by {ranking.metric}", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for header in ("task", "candidate", "selection", "test"):
+        out.add_column(header, justify="right" if header in ("selection", "test") else "left")
+    for row in winners.to_dict("records"):
+        out.add_row(
+            row["task"],
+            row["candidate"],
+            interval_cell(row, "selection"),
+            interval_cell(row, "test"),
         )
     return out
 
@@ -119,19 +156,21 @@ def evals_table(evals: pd.DataFrame) -> Table:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for column in ("candidate", "kind", "eval_set", "split", "n"):
+    # Kind and split only when they tell rows apart: the table should fit 80 columns.
+    shown = [c for c in ("kind", "split") if evals[c].nunique() > 1]
+    out.add_column("candidate", overflow="fold", min_width=12)
+    for column in ("set", *shown, "n"):
         out.add_column(column, justify="right" if column == "n" else "left", no_wrap=True)
     for metric in metrics:
-        out.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
+        out.add_column(metric.replace("_", " "), justify="right", overflow="fold")
     for (candidate, eval_set), group in evals.groupby(["candidate", "eval_set"], sort=False):
         first = group.iloc[0]
         values = dict(zip(group["metric"], group["value"]))
         failed = (group["status"] != "ok").any()
         out.add_row(
             candidate,
-            first["kind"],
             eval_set,
-            first["split"],
+            *(str(first[c]) for c in shown),
             str(first["n"]),
             *(cell(values.get(m)) if m in values else "" for m in metrics),
             style="red" if failed else None,

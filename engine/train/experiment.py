@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ray import tune
 
 from engine.core.rundir import RunDir
+from engine.train.axes import Sizes, identify
 from engine.train.loop import TrialSpec, train
 from sweeps import Sweep
-from sweeps.space import Choice, Grid, LogUniform, Space, Uniform
-
-AXES = ("data_size", "seed", "task")
+from sweeps.trials import configurations
 
 
 class TuneSession:
@@ -38,23 +37,21 @@ class TuneSession:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def run_trial(
-    config: dict, sweep_json: str, model_path: str, data_dir: str, sizes: dict[str, dict[str, int]]
-) -> None:
+def run_trial(config: dict, sweep_json: str, model_path: str, data_dir: str, sizes: Sizes) -> None:
     """A Tune function trainable: one trial of the sweep.
 
     `sizes` turns the data-size axis value (a count or a fraction) into the task's exact count.
     """
     sweep = Sweep.model_validate_json(sweep_json)
-    values = {k: v for k, v in config.items() if k not in AXES}
-    task, size = config["task"], config["data_size"]
+    trial = identify(sweep, config, sizes)
     spec = TrialSpec(
-        sweep=sweep.for_trial(values),
+        sweep=sweep.for_trial(trial.values),
         model_path=model_path,
-        data_dir=Path(data_dir) / task,
-        task=task,
-        seed=config["seed"],
-        data_size=None if size is None else sizes[task][str(size)],
+        data_dir=Path(data_dir) / trial.task,
+        task=trial.task,
+        seed=trial.seed,
+        data_size=trial.data_size,
+        name=trial.name,
     )
     session = TuneSession()
     try:
@@ -63,31 +60,20 @@ def run_trial(
         session.close()
 
 
-def to_tune(space: Space) -> Any:
-    """The Ray Tune search object of a sweep's search space."""
-    if isinstance(space, Grid):
-        return tune.grid_search(space.values())
-    if isinstance(space, Choice):
-        return tune.choice(space.values())
-    low, high = space.bounds()
-    if isinstance(space, LogUniform):
-        return tune.loguniform(low, high)
-    if isinstance(space, Uniform):
-        return tune.uniform(low, high)
-    return tune.randint(low, high + 1)
-
-
 def param_space(sweep: Sweep) -> dict:
-    """Tune's param space: every search space by dotted path, plus the task, data-size and seed
-    axes."""
-    space = {path: to_tune(s) for path, s in sweep.search_space().items()}
-    space["task"] = tune.grid_search(sweep.task_names())
-    space["data_size"] = tune.grid_search(sweep.data_scale) if sweep.data_scale else None
-    space["seed"] = tune.grid_search(sweep.seeds)
-    return space
+    """Tune's param space: four grid axes. `config` holds the configurations drawn before
+    training (so each is trained unchanged on every task, data size and seed); `task`,
+    `data_size` and `seed` are the sweep's own axes."""
+    drawn = [{"label": c.label, "values": c.values} for c in configurations(sweep)]
+    return {
+        "config": tune.grid_search(drawn),
+        "task": tune.grid_search(sweep.task_names()),
+        "data_size": tune.grid_search(sweep.data_scale) if sweep.data_scale else None,
+        "seed": tune.grid_search(sweep.seeds),
+    }
 
 
-def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: dict[str, dict[str, int]]):
+def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes):
     fn = tune.with_parameters(
         run_trial,
         sweep_json=sweep.model_dump_json(),
@@ -99,9 +85,7 @@ def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: dict[str, dict[
     return tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
 
 
-def tuner(
-    sweep: Sweep, model_path: str, run: RunDir, sizes: dict[str, dict[str, int]], callbacks: list
-) -> tune.Tuner:
+def tuner(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes, callbacks: list) -> tune.Tuner:
     """A new Tune experiment in `<run>/tune`, or the interrupted one restored from there.
 
     `sizes` maps each task and data-size value to the exact example count.
@@ -126,15 +110,22 @@ def tuner(
     # Reusing trial processes saves each trial the start of a Ray worker and the import of
     # torch and transformers; every trial seeds everything it uses, so results do not change.
     tune_config = tune.TuneConfig(
-        num_samples=sweep.num_samples,
+        num_samples=1,  # the samples are drawn before training: the `config` axis holds them
         metric=sweep.metric,
         mode=sweep.mode,
         reuse_actors=True,
         max_concurrent_trials=sweep.resources.max_concurrent,
+        trial_dirname_creator=functools.partial(trial_folder, sweep=sweep, sizes=sizes),
     )
     return tune.Tuner(
         fn, param_space=param_space(sweep), tune_config=tune_config, run_config=run_config
     )
+
+
+def trial_folder(trial, sweep: Sweep, sizes: Sizes) -> str:
+    """A trial's folder under `tune/`: Tune's id, then the trial's name
+    (`bdf2d_00011-add-n1000-s0`)."""
+    return f"{trial.trial_id}-{identify(sweep, trial.config, sizes).name.replace('/', '-')}"
 
 
 def checkpoints_to_keep(sweep: Sweep) -> int | None:

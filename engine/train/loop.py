@@ -41,6 +41,7 @@ class TrialSpec:
     data_size: int | None
     seed: int
     task: str = DEFAULT_TASK
+    name: str = "trial"
 
 
 def seed_everything(seed: int) -> None:
@@ -78,7 +79,7 @@ def train(spec: TrialSpec, session: Session) -> dict:
     while step < total:
         model.train()
         for micro in np.array_split(batches(step), cfg.grad_accum):
-            batch = collate(data, micro, cfg.seq_len, pad, device)
+            batch = collate(data, micro, cfg.seq_len, pad, device, cfg.truncation == "left")
             tokens += int(batch["attention_mask"].sum())  # real tokens, padding excluded
             with autocast(cfg.precision, device):
                 loss = model(**batch).loss
@@ -93,6 +94,7 @@ def train(spec: TrialSpec, session: Session) -> dict:
         save = step % spec.sweep.checkpoint.every == 0 or step == total
         if save or step % cfg.eval_every == 0:
             last = {
+                "name": spec.name,
                 "step": step,
                 "total_steps": total,
                 "train_loss": float(np.mean(losses)),

@@ -50,7 +50,7 @@ class TrialProgress(tune.Callback):
     def _bar(self, trial, total) -> int:
         if trial.trial_id not in self._bars:
             self._bars[trial.trial_id] = self._progress.add_task(
-                f"  {trial.trial_id}", total=total, status=""
+                f"  {_name(trial)}", total=total, status=""
             )
         return self._bars[trial.trial_id]
 
@@ -60,4 +60,9 @@ class TrialProgress(tune.Callback):
         self._progress.advance(self._sweep)
         value = trial.last_result.get(self.metric)
         detail = f" {self.metric} {value:.4f}" if isinstance(value, float) else ""
-        self._progress.console.print(f"{status}[/] {trial.trial_id}{detail}")
+        self._progress.console.print(f"{status}[/] {_name(trial)}{detail}", highlight=False)
+
+
+def _name(trial) -> str:
+    """The trial's name as its results give it (Tune's id before its first result)."""
+    return (trial.last_result or {}).get("name") or trial.trial_id

@@ -3,13 +3,17 @@ metric (the first `leaderboard.md`)."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from engine.core.rundir import RunDir, write_atomic, write_table
+from engine.train.axes import Sizes, TrialIdentity, identify
 from sweeps import Sweep
 from sweeps.leaderboard import format_cell as cell
 
 FIXED = [
+    "name",
     "trial_id",
     "status",
     "task",
@@ -19,6 +23,7 @@ FIXED = [
     "steps",
     "checkpoint",
     "checkpoints",
+    "flag",
 ]
 EXTRA = [
     "train_loss",
@@ -32,20 +37,19 @@ EXTRA = [
 ]
 
 
-def trials_table(grid, sweep: Sweep) -> pd.DataFrame:
+def trials_table(grid, sweep: Sweep, sizes: Sizes) -> pd.DataFrame:
     """One row per trial: identity, swept values (by dotted path), metrics, checkpoints."""
-    swept = list(sweep.search_space())
-    rows = [_row(result, swept) for result in grid]
-    table = pd.DataFrame(rows, columns=FIXED + swept + EXTRA)
+    # A trial Tune never started (stopped by Ctrl-C first) has no config yet: it has no row.
+    rows = [_row(result, sweep, sizes) for result in grid if result.config]
+    table = pd.DataFrame(rows, columns=FIXED + list(sweep.search_space()) + EXTRA)
     return table.sort_values("trial_id", ignore_index=True)
 
 
-def _row(result, swept: list[str]) -> dict:
+def _row(result, sweep: Sweep, sizes: Sizes) -> dict:
     kept = [c.path for c, _ in (result.best_checkpoints or [])]
     return _fields(
         result.metrics or {},
-        result.config or {},
-        swept,
+        identify(sweep, result.config, sizes),
         error=result.error,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         kept=kept,
@@ -53,14 +57,13 @@ def _row(result, swept: list[str]) -> dict:
     )
 
 
-def trial_row(trial, sweep: Sweep) -> dict:
+def trial_row(trial, sweep: Sweep, sizes: Sizes) -> dict:
     """The row of a trial Tune reports finished, while the experiment still runs."""
     manager = trial.run_metadata.checkpoint_manager
     latest = manager.latest_checkpoint_result
     return _fields(
         trial.last_result or {},
-        trial.config,
-        list(sweep.search_space()),
+        identify(sweep, trial.config, sizes),
         error=None,
         checkpoint=latest.checkpoint.path if latest else None,
         kept=[r.checkpoint.path for r in manager.best_checkpoint_results],
@@ -68,19 +71,19 @@ def trial_row(trial, sweep: Sweep) -> dict:
     )
 
 
-def _fields(
-    metrics: dict, config: dict, swept: list[str], *, error, checkpoint, kept, path
-) -> dict:
+def _fields(metrics: dict, trial: TrialIdentity, *, error, checkpoint, kept, path) -> dict:
     row = {
+        "name": trial.name,
         "trial_id": metrics.get("trial_id") or path.rsplit("/", 1)[-1],
         "status": _status(error, metrics),
-        "task": config.get("task"),
-        "seed": config.get("seed"),
-        "data_size": metrics.get("data_size", config.get("data_size")),
+        "task": trial.task,
+        "seed": trial.seed,
+        "data_size": trial.data_size,
         "eval_loss": metrics.get("eval_loss"),
         "steps": metrics.get("step"),
         "checkpoint": checkpoint,
         "checkpoints": kept,
+        "flag": _flag(metrics),
         "train_loss": metrics.get("train_loss"),
         "examples_seen": metrics.get("examples_seen"),
         "tokens_seen": metrics.get("tokens_seen"),
@@ -90,8 +93,19 @@ def _fields(
         "error": _first_line(error),
         "path": path,
     }
-    row.update({name: config.get(name) for name in swept})
+    row.update(trial.values)
     return row
+
+
+def _flag(metrics: dict) -> str | None:
+    """Why a trial's result cannot be trusted even though it ran: a loss that is NaN or
+    infinite (diverged, or no labelled token to learn from); None when it can."""
+    bad = [k for k in ("train_loss", "eval_loss") if k in metrics and not _finite(metrics[k])]
+    return f"{' and '.join(bad)} not finite" if bad else None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _status(error, metrics: dict) -> str:
@@ -110,17 +124,20 @@ def _first_line(error) -> str | None:
 
 
 def ranked(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
-    """Trials that finished, best first by the sweep's metric; failed ones last."""
+    """Trials that finished, best first by the sweep's metric; flagged ones after them (a NaN
+    loss never ranks first), failed ones last."""
     key = sweep.metric if sweep.metric in table.columns else "eval_loss"
-    done = table[table["status"] == "done"].sort_values(key, ascending=sweep.mode == "min")
-    return pd.concat([done, table[table["status"] != "done"]], ignore_index=True)
+    done = table["status"] == "done"
+    flagged = table["flag"].notna() if "flag" in table else pd.Series(False, index=table.index)
+    best = table[done & ~flagged].sort_values(key, ascending=sweep.mode == "min")
+    return pd.concat([best, table[done & flagged], table[~done]], ignore_index=True)
 
 
 def leaderboard_columns(sweep: Sweep) -> list[str]:
     metric = [sweep.metric] if sweep.metric != "eval_loss" else []
     task = ["task"] if sweep.tasks else []
     return [
-        "trial_id",
+        "name",
         *task,
         *sweep.search_space(),
         "data_size",

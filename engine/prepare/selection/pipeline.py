@@ -57,6 +57,42 @@ def apply_selection(ds, stages: list, data: DataConfig, read_texts=None):
     return ds.drop_columns(HIDDEN), report
 
 
+def select_locally(texts: list[str], stages: list, data: DataConfig, read_texts=None):
+    """(the kept positions of `texts`, one report per stage): the same stages in this process,
+    without Ray, for data small enough to hold in memory (preflight counts with it).
+
+    `texts` are the rows' fields joined by `\x1f` (as the example key reads them); positions
+    serve as row ids, and the key order decides among identical rows as on Ray.
+    """
+    fields = data.fields()
+    keys = example_keys(texts, data.seed)
+    shown = [text.replace("\x1f", "\n") for text in texts]  # the text a stage looks at
+    kept, report = np.arange(len(texts)), []
+    for index, stage in enumerate(stages):
+        started = time.time()
+        scan = local_scan([shown[i] for i in kept], keys[kept], kept, [])
+        removed = run_stage(index, stage, StageInput(scan, len(kept), fields, read_texts))
+        dropped = np.unique(
+            np.concatenate([np.asarray(r, np.int64) for r in removed.values()] or [kept[:0]])
+        )
+        _check_not_empty(index, stage, len(kept), len(dropped))
+        report.append(stage_report(stage, len(kept), removed, time.time() - started))
+        kept = np.setdiff1d(kept, dropped)
+    return kept, report
+
+
+def local_scan(texts: list[str], keys: np.ndarray, rows: np.ndarray, batches: list[int]):
+    """A scan over in-memory rows cut into batches at `batches` (positions), without Ray (a
+    stage's result does not depend on how rows are split: a property test checks it)."""
+    cuts = [0, *batches, len(texts)]
+
+    def scan(fn: BatchFn) -> dict[str, np.ndarray]:
+        parts = [fn(texts[a:b], keys[a:b], rows[a:b]) for a, b in zip(cuts, cuts[1:]) if b > a]
+        return join_parts(parts, fn)
+
+    return scan
+
+
 def run_stage(index: int, stage, data: StageInput) -> dict[str, np.ndarray]:
     """One stage's removed row ids by reason; its errors name the stage."""
     try:
