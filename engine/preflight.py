@@ -15,7 +15,7 @@ from engine.evaluate.checks import evaluate_problems
 from engine.merge.checks import task_merge_problems
 from engine.prepare.checks import data_problems
 from engine.prepare.inspect import inspect_data
-from engine.train.checks import model_problems, precision_problems
+from engine.train.checks import metric_problems, model_problems, precision_problems
 from sweeps import Sweep, SweepError
 from sweeps.plans import check_plans
 from sweeps.scaling import sizes_problem
@@ -30,6 +30,7 @@ def check(sweep: Sweep) -> Findings:
         # These read the files found above, so they run only once those are sound.
         found += inspect_data(sweep, tokenizer_folder(sweep))
         found.problems += task_merge_problems(sweep) + evaluate_problems(sweep)
+        found.problems += metric_problems(sweep)
         found.warnings += [p for p in [sizes_problem(sweep)] if p]
     if found.problems:
         problems = found.problems

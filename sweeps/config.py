@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from sweeps.base import DataFile, Strict, absolute
-from sweeps.evaluation import EvaluateConfig
+from sweeps.evaluation import (
+    EvaluateConfig,
+    higher_is_better,
+    is_import_name,
+    known_metrics,
+    metric_needs,
+)
 from sweeps.plans import MergePlan
 from sweeps.scale import DataScale, ScalingConfig
 from sweeps.selection import Stage, check_stage_types
@@ -30,7 +36,7 @@ Schedule = Literal["constant", "linear", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-METRICS = ("eval_loss", "eval_ppl", "train_loss")
+TRAIN_METRICS = ("eval_loss", "eval_ppl", "train_loss")  # what training reports by itself
 DEFAULT_TASK = "default"
 
 
@@ -258,13 +264,21 @@ class Sweep(Strict):
     )
     num_samples: PositiveInt = Field(
         1,
-        description="Draws from the sampled spaces (choice, "
-        "uniform, ...), each crossed with every grid axis.",
+        description="Draws from the sampled spaces (choice, uniform, ...) for each grid point; "
+        "each draw is made once and trained on every task, data size and seed.",
     )
     metric: str = Field(
-        "eval_loss", description="Metric that ranks trials: " + ", ".join(METRICS) + "."
+        "eval_loss",
+        description="Metric that ranks trials and that `top_k` and greedy soups choose by: one "
+        "training reports (" + ", ".join(TRAIN_METRICS) + ") or any evaluation metric of the "
+        "selection sets (accuracy, exact_match, loss, a user metric), which each trial then "
+        "computes on its task's selection set at every report.",
     )
-    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` wins.")
+    mode: Literal["min", "max"] | None = Field(
+        None,
+        description="Whether lower or higher `metric` wins; null: lower for losses and "
+        "perplexities, higher for every other metric.",
+    )
     checkpoint: CheckpointConfig = Field(
         default_factory=CheckpointConfig, description="Checkpoint schedule."
     )
@@ -300,8 +314,12 @@ class Sweep(Strict):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"unknown metric '{value}'; known: {', '.join(METRICS)}")
+        if value not in TRAIN_METRICS and metric_needs(value) is None and not is_import_name(value):
+            known = [*TRAIN_METRICS, *known_metrics()]
+            raise ValueError(
+                f"unknown metric '{value}'; known: {', '.join(known)} (or a user metric as "
+                "`module:function`)"
+            )
         return value
 
     @field_validator("seeds")
@@ -325,6 +343,28 @@ class Sweep(Strict):
                     "digits, '.', '_' and '-'"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _mode_fits_metric(self):
+        known = self.metric in TRAIN_METRICS or metric_needs(self.metric) is not None
+        if known and self.mode is not None and self.mode != self._natural_mode():
+            raise ValueError(
+                f"mode: '{self.mode}' ranks {self.metric} backwards ({self._natural_mode()} is "
+                "better); leave mode out or set it to " + repr(self._natural_mode())
+            )
+        return self
+
+    def _natural_mode(self) -> str:
+        return "max" if higher_is_better(self.metric) else "min"
+
+    def direction(self) -> str:
+        """`min` or `max`: whether lower or higher `metric` wins (`mode`, or the metric's own)."""
+        return self.mode or self._natural_mode()
+
+    def metric_is_evaluated(self) -> bool:
+        """Whether `metric` is an evaluation metric that trials compute on their selection set
+        (not one training reports by itself)."""
+        return self.metric not in TRAIN_METRICS
 
     def task_names(self) -> list[str]:
         """The task axis: the names in `tasks`, or the one task `default`."""

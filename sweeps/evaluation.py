@@ -45,6 +45,14 @@ def declare_metric(name: str, needs: str) -> None:
     _CATALOG[name] = needs
 
 
+# Metrics whose lower values are better; every other metric is better higher.
+LOWER_IS_BETTER = ("loss", "ppl", "eval_loss", "eval_ppl", "train_loss")
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
 def known_metrics() -> list[str]:
     return sorted(_CATALOG)
 

@@ -126,7 +126,7 @@ def plot_by_kind(board: pd.DataFrame, ranking: Ranking):
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylabel(f"{ranking.metric} ({split})")
     ax.set_title(
-        f"{ranking.metric} by candidate kind "
+        f"{split.capitalize()} {ranking.metric} of every candidate, by kind "
         f"({'higher' if ranking.higher_is_better else 'lower'} is better)"
     )
     fig.tight_layout()
@@ -143,9 +143,86 @@ def plot_gains(board: pd.DataFrame, ranking: Ranking):
     ax.set_yticks(range(len(merges)), merges["candidate"], fontsize=7)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel(f"gain in test {ranking.metric} over the best ingredient")
+    ax.set_title("Merges against their best ingredient (right of zero: the merge is better)")
     ax.invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+def plot_curves(curves: pd.DataFrame, metric: str):
+    """Each trial's `metric` at every report: one line per trial (one colour per task when there
+    are many trials, with a legend of tasks), legend outside the axes."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    tasks = sorted(curves["task"].dropna().unique())
+    many = curves["name"].nunique() > 10
+    for index, (name, curve) in enumerate(curves.groupby("name", sort=True)):
+        color = f"C{tasks.index(curve['task'].iloc[0]) % 10}" if many else f"C{index % 10}"
+        ax.plot(curve["step"], curve[metric], marker="o", markersize=3, linewidth=1,
+                color=color, alpha=0.8, label=None if many else name)  # fmt: skip
+    if many:
+        for index, task in enumerate(tasks):
+            ax.plot([], [], color=f"C{index % 10}", label=task)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Learning curves: {metric} of each trial as it trained")
+    ax.grid(True, alpha=0.3)
+    _legend_outside(ax)
+    return fig
+
+
+def plot_against(points: pd.DataFrame, column: str, ranking: Ranking, label: str, log=None):
+    """Each trial's selection score against one of its values (a searched field, the data
+    size), with its 95% interval; one colour per task, each task's points nudged sideways so
+    no interval hides another. A numeric axis is logarithmic when `log`, or by default when
+    it spans ten times or more; a text value gets one position per value."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    x = points[column]
+    numeric = pd.api.types.is_numeric_dtype(x)
+    values = sorted(x.dropna().unique(), key=str)
+    log = numeric and x.min() > 0 and (log if log is not None else x.max() >= 10 * x.min())
+    groups = list(points.groupby("task", sort=True, dropna=False))
+    for index, (task, rows) in enumerate(groups):
+        nudge = (index - (len(groups) - 1) / 2) * 0.04
+        where = (
+            rows[column].map(values.index) + nudge
+            if not numeric
+            else (
+                rows[column] * (1 + nudge)
+                if log
+                else rows[column] + nudge * np.ptp(x.to_numpy(float))
+            )
+        )
+        spread = [
+            rows["selection"] - rows["selection_low"],
+            rows["selection_high"] - rows["selection"],
+        ]
+        ax.errorbar(where, rows["selection"], yerr=np.abs(np.asarray(spread, float)), fmt="o",
+                    color=f"C{index % 10}", capsize=3, alpha=0.8, label=str(task))  # fmt: skip
+    if log:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_xscale("log")
+        if len(values) <= 8:  # few values: tick each one, as a plain number
+            ax.set_xticks(values)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.4g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    if not numeric:
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+    ax.set_xlabel(label)
+    ax.set_ylabel(f"{ranking.metric} (selection)")
+    ax.set_title(f"{ranking.metric} on the selection sets by {label}")
+    ax.grid(True, alpha=0.3)
+    _legend_outside(ax)
+    return fig
+
+
+def _legend_outside(ax) -> None:
+    """A legend right of the axes, so it never hides a point."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.figure.tight_layout()
 
 
 def save_plots(figures: dict, folder: Path) -> dict[str, bytes]:

@@ -35,7 +35,13 @@ Fields marked *searchable* take a value or a search space:
 
 Numbers take grid, choice, uniform and loguniform; integers take grid, choice and randint;
 categorical fields take grid and choice. The trial count is the product of the grid sizes, the
-data sizes and the seeds, times `num_samples`.
+tasks, the data sizes and the seeds, times `num_samples`.
+
+Seeds are replicates: the sampled spaces (choice, uniform, loguniform, randint) are drawn once
+before training, for each grid point and each of `num_samples`, from a generator seeded by
+`data.seed`, and each configuration so drawn is trained unchanged on every task, data size and
+seed. A soup across seeds therefore always finds its group, and the same sweep draws the same
+values again on resume.
 """
 
 

@@ -218,7 +218,8 @@ def sampled(tmp_path_factory, ray_local):
         data={"test": str(ADD / "test.jsonl")},
         seeds=[0, 1],
         num_samples=2,
-        merge=[{"type": "soup"}],
+        metric="accuracy",
+        merge=[{"type": "soup", "method": "greedy"}],
         evaluate={"rank_by": "accuracy", "batch_size": 16},
     )
     return engine.run(parse_sweep(sweep), progress=False)
@@ -233,6 +234,41 @@ def test_seeds_share_the_sampled_lr_and_soups_find_their_groups(sampled):
     for row in merges.to_dict("records"):
         members = trials.set_index("name").loc[list(row["ingredients"])]
         assert members["train.lr"].nunique() == 1 and sorted(members["seed"]) == [0, 1]
+
+
+def test_trials_report_an_evaluation_metric_as_the_evaluate_stage_computes_it(sampled):
+    """`metric: accuracy`: each trial scores its selection set as it trains; its final value is
+    the evaluate stage's accuracy of the same checkpoint, and trials rank by it (highest
+    first)."""
+    trials = sampled.trials.set_index("name")
+    evals = sampled.evals
+    stage = evals[(evals["metric"] == "accuracy") & (evals["eval_set"] == "default")]
+    stage = stage.set_index("candidate")["value"]
+    for name, accuracy in trials["accuracy"].items():
+        assert accuracy == pytest.approx(stage[name], abs=1e-9), name
+    assert sampled.leaderboard()["accuracy"].is_monotonic_decreasing
+
+
+def test_greedy_soups_choose_by_the_evaluation_metric(sampled):
+    """A greedy soup starts from its best ingredient by `metric` (accuracy: the highest)."""
+    trials = sampled.trials.set_index("name")
+    for row in sampled.merges.to_dict("records"):
+        scores = trials.loc[list(row["ingredients"]), "accuracy"]
+        assert trials.loc[row["kept"][0], "accuracy"] == scores.max()
+
+
+def test_a_mode_against_the_metric_is_refused(tmp_path):
+    with pytest.raises(SweepError, match="mode: 'min' ranks accuracy backwards"):
+        parse_sweep(sweep_dict(tmp_path, metric="accuracy", mode="min"))
+    assert parse_sweep(sweep_dict(tmp_path, metric="accuracy")).direction() == "max"
+    assert parse_sweep(sweep_dict(tmp_path)).direction() == "min"
+
+
+def test_an_evaluation_metric_needs_a_selection_file_with_its_fields(tmp_path):
+    sweep = sweep_dict(tmp_path, metric="accuracy")
+    del sweep["data"]["eval"]
+    with pytest.raises(SweepError, match="metric: accuracy is computed on each task's selection"):
+        check(parse_sweep(sweep))
 
 
 def test_names_are_readable_and_used_everywhere(sampled):
@@ -306,3 +342,69 @@ def test_ctrl_c_exits_130_and_starts_no_further_stage(tmp_path):
     assert f"raysoup resume {run_dir}" in output
     assert not (run_dir / "merges.parquet").exists() and not (run_dir / "evals.parquet").exists()
     assert (run_dir / "trials.parquet").is_file()  # the stopped trials, for `raysoup resume`
+
+
+# -- the report in a real browser --------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium driven by its WebDriver (Debian's chromium and chromium-driver)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,2400",
+    ):
+        options.add_argument(flag)  # fmt: skip
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=service)
+    yield driver
+    driver.quit()
+
+
+def test_the_report_reads_in_a_browser(sampled, browser, tmp_path):
+    """Every image loads, no script error is logged, the answer comes first, and a click on a
+    column's header sorts the table by it; a screenshot is kept in the test's folder."""
+    browser.get((Path(sampled.run_dir) / "report.html").as_uri())
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])"
+    )
+    assert len(images) >= 3 and all(ok for _, ok in images), images
+    assert all(not alt.endswith(".png") and " " in alt for alt, _ in images)  # titles in words
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    headings = browser.execute_script(
+        "return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)"
+    )
+    assert headings[0] == "Use this model" and "Leaderboard" in headings
+    at = browser.execute_script(
+        "return Array.from(document.querySelector('table.sortable').tHead.rows[0].cells)"
+        ".findIndex(c => c.textContent === 'test')"
+    )
+    scores = (
+        "return Array.from(document.querySelector('table.sortable').tBodies[0].rows)"
+        f".map(r => parseFloat(r.cells[{at}].textContent))"
+    )
+    click = f"document.querySelector('table.sortable').tHead.rows[0].cells[{at}].click()"
+    browser.execute_script(click)
+    ascending = browser.execute_script(scores)
+    browser.execute_script(click)
+    descending = browser.execute_script(scores)
+    assert len(ascending) > 3 and ascending == sorted(ascending)
+    assert descending == sorted(ascending, reverse=True)
+    assert browser.save_screenshot(str(tmp_path / "report.png"))
+    assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -12,7 +12,7 @@ import torch
 from engine.core.encode import text_encoder
 from engine.core.models import load_tokenizer
 from engine.evaluate.metrics import get_metric
-from engine.evaluate.sets import plan_set
+from engine.evaluate.sets import by_length, plan_set
 from engine.evaluate.worker import EvalActor, Loaded
 from sweeps.evaluation import EvalSetConfig
 
@@ -49,7 +49,7 @@ class LocalScorer:
         try:
             scores = [
                 self.metric.score(
-                    self.actor.observe(loaded, plan.examples, plan.needs, self.actor.sets[i])[0]
+                    self.actor.observe(loaded, by_length(plan), plan.needs, self.actor.sets[i])[0]
                 )
                 for i, plan in enumerate(self.plans)
             ]

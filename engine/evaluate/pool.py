@@ -24,12 +24,11 @@ import ray
 import ray.data
 from ray.util.annotations import RayDeprecationWarning
 
-from engine.core.files import source_fields
 from engine.core.progress import job_bar
 from engine.core.rundir import write_table
 from engine.core.session import quiet_ray
-from engine.evaluate.metrics import Metric, get_metric
-from engine.evaluate.sets import read_examples, resolve_metrics, set_problems
+from engine.evaluate.metrics import Metric
+from engine.evaluate.sets import SetPlan, by_length, plan_set
 from sweeps import SweepError
 from sweeps.evaluation import EvalSetConfig, EvaluateConfig
 
@@ -68,19 +67,6 @@ class Candidate:
     base: str | None = None
 
 
-@dataclass
-class SetPlan:
-    """One set, ready to run: its metrics and its examples."""
-
-    config: EvalSetConfig
-    metrics: dict[str, Metric]
-    examples: list[dict]
-
-    @property
-    def needs(self) -> list[str]:
-        return sorted({m.needs for m in self.metrics.values()})
-
-
 def evaluate_candidates(
     candidates: list[Candidate],
     sets: list[EvalSetConfig] | None = None,
@@ -114,17 +100,6 @@ def evaluate_candidates(
     return table
 
 
-def plan_set(eval_set: EvalSetConfig) -> SetPlan:
-    """Check a set's file and metrics, then read its examples; bad input raises `SweepError`."""
-    problems = set_problems(eval_set, f"eval set {eval_set.name!r}")
-    if problems:
-        raise SweepError("\n".join(problems))
-    names = resolve_metrics(eval_set, source_fields(eval_set.path))
-    metrics = {name: get_metric(name) for name in names}
-    examples = read_examples(eval_set, {m.needs for m in metrics.values()})
-    return SetPlan(eval_set, metrics, examples)
-
-
 def _check_candidates(candidates: list[Candidate]) -> None:
     names = [c.name for c in candidates]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -135,7 +110,7 @@ def _check_candidates(candidates: list[Candidate]) -> None:
 def work_units(candidates: list[Candidate], plans: list[SetPlan], pieces: int) -> list[dict]:
     """Dataset rows: each candidate's examples (set by set, each set sorted by length) cut into
     `pieces` runs of about equal size; a run lists its parts, one per set it touches."""
-    ordered = [(s, example) for s, plan in enumerate(plans) for example in _by_length(plan)]
+    ordered = [(s, example) for s, plan in enumerate(plans) for example in by_length(plan)]
     size = math.ceil(len(ordered) / pieces)
     units = []
     for c in range(len(candidates)):
@@ -155,16 +130,6 @@ def unit_pieces(candidates: int, examples: int, actors: int) -> int:
     candidate is then loaded by one actor only), more where there are few candidates, and no
     run above `UNIT_EXAMPLES` examples (a Ray Data block's result comes back whole)."""
     return max(math.ceil(2 * actors / candidates), math.ceil(examples / UNIT_EXAMPLES), 1)
-
-
-def _by_length(plan: SetPlan) -> list[dict]:
-    def length(example: dict) -> int:
-        return len(example["prompt"]) + max(
-            [len(example.get("completion", ""))] + [len(c) for c in example.get("choices", [])]
-        )
-
-    order = sorted(range(len(plan.examples)), key=lambda i: length(plan.examples[i]))
-    return [{**plan.examples[i], "i": i} for i in order]
 
 
 def run_pool(

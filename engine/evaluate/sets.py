@@ -4,12 +4,50 @@ and its rows as the plain examples the evaluation actors score (no Ray, no torch
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.core.files import missing_field, read_rows, source_fields
-from engine.evaluate.metrics import get_metric
+from engine.evaluate.metrics import Metric, get_metric
 from sweeps import Sweep, SweepError
 from sweeps.evaluation import EvalSetConfig
+
+
+@dataclass
+class SetPlan:
+    """One set, ready to run: its metrics and its examples."""
+
+    config: EvalSetConfig
+    metrics: dict[str, Metric]
+    examples: list[dict]
+
+    @property
+    def needs(self) -> list[str]:
+        return sorted({m.needs for m in self.metrics.values()})
+
+
+def plan_set(eval_set: EvalSetConfig) -> SetPlan:
+    """Check a set's file and metrics, then read its examples; bad input raises `SweepError`."""
+    problems = set_problems(eval_set, f"eval set {eval_set.name!r}")
+    if problems:
+        raise SweepError("\n".join(problems))
+    names = resolve_metrics(eval_set, source_fields(eval_set.path))
+    metrics = {name: get_metric(name) for name in names}
+    examples = read_examples(eval_set, {m.needs for m in metrics.values()})
+    return SetPlan(eval_set, metrics, examples)
+
+
+def by_length(plan: SetPlan) -> list[dict]:
+    """The set's examples shortest first (similar lengths share a batch), each with its
+    position `i` in the file."""
+
+    def length(example: dict) -> int:
+        return len(example["prompt"]) + max(
+            [len(example.get("completion", ""))] + [len(c) for c in example.get("choices", [])]
+        )
+
+    order = sorted(range(len(plan.examples)), key=lambda i: length(plan.examples[i]))
+    return [{**plan.examples[i], "i": i} for i in order]
 
 
 def sweep_sets(sweep: Sweep) -> list[EvalSetConfig]:

@@ -66,7 +66,7 @@ def _merge(
         from engine.merge.scorer import SelectionScorer
 
         score = SelectionScorer(sweep, run, job.tasks)
-        soup = merging.greedy_soup(inputs, out, score, mode="min", overwrite=True)
+        soup = merging.greedy_soup(inputs, out, score, mode=score.mode, overwrite=True)
         by_input = dict(zip(inputs, job.ingredients))
         return [by_input[str(p)] for p in soup.ingredients]
     if job.kind == "task_merge":

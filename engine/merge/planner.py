@@ -94,7 +94,9 @@ def _soups(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
     keys = [] if plan.across == "all" else [a for a in axes if a not in plan.across]
     jobs = []
     for group, members in _groups(done, keys):
-        best = members.sort_values(sweep.metric, ascending=sweep.mode == "min", kind="stable")
+        best = members.sort_values(
+            sweep.metric, ascending=sweep.direction() == "min", kind="stable"
+        )
         chosen = best.head(plan.top_k) if plan.top_k else members
         skipped = None if len(chosen) > 1 else f"the group has {len(chosen)} finished trial(s)"
         jobs.append(

@@ -1,4 +1,6 @@
-"""The score of a greedy soup's candidates: loss on the prepared selection split only."""
+"""The score of a greedy soup's candidates, on the selection sets only: the sweep's `metric`
+when it is an evaluation metric (accuracy, exact match, ...), else the loss training reports,
+on the prepared selection split."""
 
 from __future__ import annotations
 
@@ -8,22 +10,29 @@ from transformers import AutoModelForCausalLM
 from engine.core.batches import mean_loss
 from engine.core.models import load_tokenizer
 from engine.core.rundir import RunDir
+from engine.evaluate.local import LocalScorer
+from engine.evaluate.sets import sweep_sets
 from engine.prepare.splits import load_split
 from sweeps import Sweep
 
 
 class SelectionScorer:
-    """Mean loss of a model folder on the prepared selection (`eval`) split of some tasks.
-
-    It reads `data/<task>/eval` and nothing else: test sets are never seen by selection.
-    """
+    """A model folder's score on the selection sets of some tasks; `mode` says whether lower
+    (`min`) or higher (`max`) wins. Test sets are never read."""
 
     def __init__(self, sweep: Sweep, run: RunDir, tasks: list[str]):
         self.sweep = sweep
-        self.sets = [load_split(run.data / task, "eval") for task in tasks]
+        self.mode = sweep.direction() if sweep.metric_is_evaluated() else "min"
+        if sweep.metric_is_evaluated():
+            sets = [s for s in sweep_sets(sweep) if s.name in tasks and s.split == "selection"]
+            self.local = LocalScorer(sets, sweep.metric, torch.device("cpu"))
+        else:  # the loss on the prepared selection split `data/<task>/eval`
+            self.local, self.sets = None, [load_split(run.data / task, "eval") for task in tasks]
 
     def __call__(self, folder) -> float:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        if self.local is not None:
+            return self.local(model, str(folder))
         pad = load_tokenizer(str(folder)).pad_token_id
         losses = [
             mean_loss(model, data, self.sweep.train, pad, torch.device("cpu")) for data in self.sets

@@ -13,11 +13,13 @@ import pandas as pd
 
 from engine.core.rundir import RunDir, write_atomic
 from engine.report.board import candidate_board, ranking_for, winners
+from engine.report.curves import learning_curves
 from engine.train.table import leaderboard_markdown
 from sweeps import Sweep
 from sweeps.leaderboard import (
     Ranking,
     board_markdown,
+    interval_cell,
     merge_summary,
     presentable,
     recommendation,
@@ -25,8 +27,8 @@ from sweeps.leaderboard import (
     sets_markdown,
     winners_markdown,
 )
-from sweeps.plots import plot_by_kind, plot_gains, save_plots
-from sweeps.report import render_html, table_html
+from sweeps.plots import plot_against, plot_by_kind, plot_curves, plot_gains, save_plots
+from sweeps.report import figure_html, render_html, table_html
 
 
 def write_report(
@@ -40,104 +42,124 @@ def write_report(
     ranking = ranking_for(sweep)
     board = candidate_board(sweep, trials, merges, evals)
     best = winners(sweep, evals)
-    scores = (
-        set_scores(evals, ranking.metric, list(board["candidate"])) if board is not None else None
-    )
-    markdown = leaderboard_markdown(trials, sweep)
-    if board is not None:
-        searched = list(sweep.search_space())
-        markdown += "\n## Use this model\n\n" + "\n\n".join(recommendation(board, best, ranking))
-        markdown += "\n\n" + board_markdown(board, ranking, "All candidates", searched)
-        if len(best) > 1:
-            markdown += "\n" + winners_markdown(best, ranking.metric)
-        markdown += "\n" + sets_markdown(scores, ranking.metric)
-    write_atomic(run.leaderboard, markdown)
-    images = save_plots(_figures(board, ranking), run.plots)
+    scores = None if board is None else set_scores(evals, ranking.metric, list(board["candidate"]))
+    write_atomic(run.leaderboard, _markdown(sweep, trials, board, best, scores, ranking))
+    figures = _figures(sweep, trials, board, ranking)
+    images = save_plots({name: fig for name, (_, fig) in figures.items()}, run.plots)
+    titles = {name: title for name, (title, _) in figures.items()}
     if run.scaling_plot.is_file():
         images["scaling"] = run.scaling_plot.read_bytes()
-    write_atomic(
-        run.report,
-        render_html(
-            f"{sweep.name}: raysoup report",
-            _sections(sweep, trials, merges, board, best, scores),
-            images,
-        ),
-    )
+        titles["scaling"] = "Scaling law: the metric against training examples, with its fit"
+    shown = {name: figure_html(png, titles[name]) for name, png in images.items()}
+    sections = _sections(sweep, trials, merges, board, best, scores, shown)
+    write_atomic(run.report, render_html(f"{sweep.name}: raysoup report", sections))
     return run.report
 
 
-def _figures(board, ranking: Ranking) -> dict:
+def _markdown(sweep: Sweep, trials, board, best, scores, ranking: Ranking) -> str:
+    markdown = leaderboard_markdown(trials, sweep)
     if board is None:
-        return {}
-    figures = {"metric_by_kind": plot_by_kind(board, ranking)}
+        return markdown
+    markdown += "\n## Use this model\n\n" + "\n\n".join(recommendation(board, best, ranking))
+    searched = list(sweep.search_space())
+    markdown += "\n\n" + board_markdown(board, ranking, "All candidates", searched)
+    if len(best) > 1:
+        markdown += "\n" + winners_markdown(best, ranking.metric)
+    return markdown + "\n" + sets_markdown(scores, ranking.metric)
+
+
+def _figures(sweep: Sweep, trials: pd.DataFrame, board, ranking: Ranking) -> dict:
+    """The report's figures by file name, each with its title in words."""
+    figures = {}
+    metric = sweep.metric if sweep.metric in trials else "eval_loss"
+    curves = learning_curves(trials, metric)
+    if not curves.empty and curves[metric].notna().any():
+        figures["learning_curves"] = (
+            f"Learning curves: {metric} of each trial at every report",
+            plot_curves(curves, metric),
+        )
+    if board is None:
+        return figures
+    points = board[board["kind"] == "trial"].dropna(subset=["selection"])
+    axes = {field: field for field in sweep.search_space()}
+    axes.update({"data_size": "training examples"} if sweep.data_scale else {})
+    for column, label in axes.items():
+        if column in points and points[column].nunique() > 1:
+            figures[f"by_{column}"] = (
+                f"{ranking.metric} of each trial on the selection sets, by {label}",
+                plot_against(points, column, ranking, label, log=column == "data_size" or None),
+            )
+    figures["metric_by_kind"] = (
+        f"{ranking.metric} of every candidate, by kind (base, trials, merges)",
+        plot_by_kind(board, ranking),
+    )
     if merge_summary(board)["gain_vs_best"].notna().any():
-        figures["merge_gain"] = plot_gains(board, ranking)
+        figures["merge_gain"] = (
+            f"Each merge's gain in test {ranking.metric} over its best ingredient",
+            plot_gains(board, ranking),
+        )
     return figures
 
 
 def _sections(
-    sweep: Sweep, trials: pd.DataFrame, merges, board, best, scores
+    sweep: Sweep, trials: pd.DataFrame, merges, board, best, scores, figures: dict[str, str]
 ) -> list[tuple[str, str]]:
+    """The page in reading order: the answer first, then the evidence."""
     sections = []
     if board is not None:
         ranking = ranking_for(sweep)
-        advice = "".join(
-            f"<p>{html.escape(line)}</p>" for line in recommendation(board, best, ranking)
-        )
-        sections.append(("Use this model", advice))
-        shown = presentable(board, list(sweep.search_space()))
-        note = (
-            "<p class='note'>Ranked by the selection sets only; the test column is never "
-            "used to choose. Scores show their 95% interval (±); <em>tied</em>: the "
-            "interval overlaps the leader's. Gains are on test, positive when a merge beats "
-            "its ingredients.</p>"
-        )
-        sections.append(("Leaderboard", note + table_html(shown, list(shown.columns))))
-        if len(best) > 1:
-            sections.append(
-                (
-                    "Each task's winner",
-                    table_html(best, ["task", "candidate", "kind", "selection", "test", "path"]),
-                )
-            )
-        sections.append(("Each evaluation set", table_html(scores, list(scores.columns))))
-        verdicts = merge_summary(board)
-        if not verdicts.empty:
-            sections.append(
-                (
-                    "Merges against their ingredients",
-                    table_html(
-                        verdicts,
-                        [
-                            "candidate",
-                            "kind",
-                            "test",
-                            "gain_vs_best",
-                            "beats_best",
-                            "gain_vs_mean",
-                            "beats_mean",
-                            "ingredients",
-                        ],
-                    ),
-                )
-            )
-    if merges is not None and (merges["status"] != "done").any():
+        advice = recommendation(board, best, ranking)
         sections.append(
-            (
-                "Merges that did not run",
-                table_html(merges[merges["status"] != "done"], ["candidate", "status", "error"]),
-            )
+            ("Use this model", "".join(f"<p class='advice'>{html.escape(a)}</p>" for a in advice))
         )
-    columns = [
-        "name",
-        "task",
-        *sweep.search_space(),
-        "data_size",
-        "seed",
-        "status",
-        sweep.metric,
-        "steps",
-        "error",
-    ]
+        if len(best) > 1:
+            columns = ["task", "candidate", "kind", "selection", "test", "path"]
+            sections.append(("Each task's winner", table_html(_with_intervals(best), columns)))
+        shown = presentable(board, list(sweep.search_space()))
+        sections.append(("Leaderboard", LEADERBOARD_NOTE + table_html(shown, list(shown.columns))))
+    searched = "".join(v for k, v in figures.items() if k.startswith("by_"))
+    for heading, content in (
+        ("How the trials trained", figures.get("learning_curves", "")),
+        ("Scores against what the sweep varied", searched),
+        ("Every candidate by kind", figures.get("metric_by_kind", "")),
+        ("Scaling", figures.get("scaling", "")),
+    ):
+        if content:
+            sections.append((heading, content))
+    if board is not None:
+        sections += _merge_sections(board, merges, figures)
+        sections.append(("Each evaluation set", table_html(scores, list(scores.columns))))
+    columns = ["name", "task", *sweep.search_space(), "data_size", "seed", "status",
+               sweep.metric, "eval_loss", "steps", "flag", "error"]  # fmt: skip
     sections.append(("Trials", table_html(trials, list(dict.fromkeys(columns)))))
     return sections
+
+
+def _merge_sections(board, merges, figures: dict[str, str]) -> list[tuple[str, str]]:
+    sections = []
+    verdicts = merge_summary(board)
+    if not verdicts.empty:
+        columns = ["candidate", "kind", "test", "gain_vs_best", "beats_best", "gain_vs_mean",
+                   "beats_mean", "ingredients"]  # fmt: skip
+        content = figures.get("merge_gain", "") + table_html(verdicts, columns)
+        sections.append(("Merges against their ingredients", content))
+    if merges is not None and (merges["status"] != "done").any():
+        failed = merges[merges["status"] != "done"]
+        sections.append(("Merges that did not run", table_html(failed, ["candidate", "status",
+                                                                          "error"])))  # fmt: skip
+    return sections
+
+
+def _with_intervals(frame: pd.DataFrame) -> pd.DataFrame:
+    shown = frame.copy()
+    for split in ("selection", "test"):
+        shown[split] = [interval_cell(row, split) for row in frame.to_dict("records")]
+    return shown
+
+
+LEADERBOARD_NOTE = (
+    "<p class='note'>Ranked by the selection sets only; the test column is never used to "
+    "choose. Scores show their 95% interval (±); <em>tied</em>: the interval overlaps the "
+    "leader's. Gains are on test, positive when a merge beats its ingredients. Click a "
+    "column's header to sort by it.</p>"
+)

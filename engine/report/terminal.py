@@ -17,11 +17,14 @@ from sweeps.leaderboard import interval_cell, recommendation
 
 
 def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = None) -> Table:
-    """The leaderboard as a rich table, best first; failed trials show their error."""
+    """The trials as a rich table, best first. The name says what each trial is (task,
+    searched values, data size, seed), so only the scores follow it: `leaderboard.md` has a
+    column for each."""
     board = ranked(table, sweep)
-    columns = [c for c in leaderboard_columns(sweep) if c in board.columns]
+    shown = {"name", "eval_loss", sweep.metric, "steps", "status"}
+    columns = [c for c in leaderboard_columns(sweep) if c in board.columns and c in shown]
     out = Table(
-        title=f"{sweep.name}: {len(board)} trials by {sweep.metric} ({sweep.mode})",
+        title=f"{sweep.name}: {len(board)} trials by {sweep.metric} ({sweep.direction()})",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
@@ -31,7 +34,11 @@ def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = Non
         left = column in ("name", "status")
         header = column.rsplit(".", 1)[-1]
         out.add_column(
-            header, justify="left" if left else "right", no_wrap=True, min_width=len(header)
+            header,
+            justify="left" if left else "right",
+            no_wrap=column != "name",
+            overflow="fold",
+            min_width=len(header),
         )
     for rank, (_, row) in enumerate(board.head(limit).iterrows(), start=1):
         style = "red" if row["status"] != "done" else ("bold green" if rank == 1 else None)

@@ -1,9 +1,11 @@
-"""The train stage's checks before any work starts: the base model and the precision."""
+"""The train stage's checks before any work starts: the base model, the precision, and a
+`metric` that trials compute on their selection sets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from engine.evaluate.sets import set_problems, sweep_sets
 from sweeps import Sweep
 
 
@@ -27,3 +29,19 @@ def precision_problems(sweep: Sweep) -> list[str]:
             "fp32 or bf16"
         ]
     return []
+
+
+def metric_problems(sweep: Sweep) -> list[str]:
+    """An evaluation metric as `metric` needs every task's selection set (an `eval` file) with
+    the fields the metric reads."""
+    if not sweep.metric_is_evaluated():
+        return []
+    selection = {s.name: s for s in sweep_sets(sweep) if s.split == "selection"}
+    missing = [task for task in sweep.task_names() if task not in selection]
+    if missing:
+        return [
+            f"metric: {sweep.metric} is computed on each task's selection set, and task(s) "
+            f"{', '.join(missing)} have no `eval` file; give one, or rank trials by eval_loss"
+        ]
+    sets = [selection[t].model_copy(update={"metrics": [sweep.metric]}) for t in sweep.task_names()]
+    return [p for s in sets for p in set_problems(s, "metric")]

@@ -112,7 +112,7 @@ def tuner(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes, callbacks: l
     tune_config = tune.TuneConfig(
         num_samples=1,  # the samples are drawn before training: the `config` axis holds them
         metric=sweep.metric,
-        mode=sweep.mode,
+        mode=sweep.direction(),
         reuse_actors=True,
         max_concurrent_trials=sweep.resources.max_concurrent,
         trial_dirname_creator=functools.partial(trial_folder, sweep=sweep, sizes=sizes),

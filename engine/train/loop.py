@@ -20,6 +20,8 @@ import torch
 
 from engine.core import models
 from engine.core.batches import autocast, collate, mean_loss
+from engine.evaluate.local import LocalScorer
+from engine.evaluate.sets import sweep_sets
 from engine.prepare.splits import load_split
 from sweeps import Sweep
 from sweeps.config import DEFAULT_TASK
@@ -52,7 +54,7 @@ def seed_everything(seed: int) -> None:
 
 def train(spec: TrialSpec, session: Session) -> dict:
     """Fine-tune, evaluate every `eval_every` steps, checkpoint every `checkpoint.every` steps."""
-    cfg = spec.sweep.train
+    cfg, trust = spec.sweep.train, spec.sweep.model.trust_remote_code
     seed_everything(spec.seed)
     data = load_split(spec.data_dir, "train", spec.data_size)
     evals = load_split(spec.data_dir, "eval")
@@ -65,6 +67,7 @@ def train(spec: TrialSpec, session: Session) -> dict:
     )
     device = _device(spec.sweep)
     model.to(device)
+    score = selection_scorer(spec, device)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
@@ -106,10 +109,24 @@ def train(spec: TrialSpec, session: Session) -> dict:
                 "seconds": round(time.time() - started, 2),
             }
             last["eval_ppl"] = math.exp(min(last["eval_loss"], 50.0))
+            if score is not None:
+                scored = time.time()
+                last[spec.sweep.metric] = score(model, spec.model_path, trust)
+                last["metric_seconds"] = round(time.time() - scored, 2)
             last["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             losses = []
             _report(session, last, model, tokenizer, optimizer, scheduler, save)
     return last
+
+
+def selection_scorer(spec: TrialSpec, device: torch.device) -> LocalScorer | None:
+    """Scores the trial's model on its task's selection set by the sweep's `metric`, when that
+    is an evaluation metric (accuracy, exact match, ...) rather than one training reports."""
+    sweep = spec.sweep
+    if not sweep.metric_is_evaluated():
+        return None
+    sets = [s for s in sweep_sets(sweep) if s.name == spec.task and s.split == "selection"]
+    return LocalScorer(sets, sweep.metric, device, sweep.train.precision, sweep.evaluate.batch_size)
 
 
 def _device(sweep: Sweep) -> torch.device:

@@ -41,7 +41,8 @@ def trials_table(grid, sweep: Sweep, sizes: Sizes) -> pd.DataFrame:
     """One row per trial: identity, swept values (by dotted path), metrics, checkpoints."""
     # A trial Tune never started (stopped by Ctrl-C first) has no config yet: it has no row.
     rows = [_row(result, sweep, sizes) for result in grid if result.config]
-    table = pd.DataFrame(rows, columns=FIXED + list(sweep.search_space()) + EXTRA)
+    metric = [sweep.metric] if sweep.metric not in FIXED + EXTRA else []
+    table = pd.DataFrame(rows, columns=FIXED + list(sweep.search_space()) + metric + EXTRA)
     return table.sort_values("trial_id", ignore_index=True)
 
 
@@ -50,6 +51,7 @@ def _row(result, sweep: Sweep, sizes: Sizes) -> dict:
     return _fields(
         result.metrics or {},
         identify(sweep, result.config, sizes),
+        sweep.metric,
         error=result.error,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         kept=kept,
@@ -64,6 +66,7 @@ def trial_row(trial, sweep: Sweep, sizes: Sizes) -> dict:
     return _fields(
         trial.last_result or {},
         identify(sweep, trial.config, sizes),
+        sweep.metric,
         error=None,
         checkpoint=latest.checkpoint.path if latest else None,
         kept=[r.checkpoint.path for r in manager.best_checkpoint_results],
@@ -71,7 +74,9 @@ def trial_row(trial, sweep: Sweep, sizes: Sizes) -> dict:
     )
 
 
-def _fields(metrics: dict, trial: TrialIdentity, *, error, checkpoint, kept, path) -> dict:
+def _fields(
+    metrics: dict, trial: TrialIdentity, metric: str, *, error, checkpoint, kept, path
+) -> dict:
     row = {
         "name": trial.name,
         "trial_id": metrics.get("trial_id") or path.rsplit("/", 1)[-1],
@@ -94,6 +99,7 @@ def _fields(metrics: dict, trial: TrialIdentity, *, error, checkpoint, kept, pat
         "path": path,
     }
     row.update(trial.values)
+    row.setdefault(metric, metrics.get(metric))  # an evaluation metric the trial computed
     return row
 
 
@@ -129,7 +135,7 @@ def ranked(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
     key = sweep.metric if sweep.metric in table.columns else "eval_loss"
     done = table["status"] == "done"
     flagged = table["flag"].notna() if "flag" in table else pd.Series(False, index=table.index)
-    best = table[done & ~flagged].sort_values(key, ascending=sweep.mode == "min")
+    best = table[done & ~flagged].sort_values(key, ascending=sweep.direction() == "min")
     return pd.concat([best, table[done & flagged], table[~done]], ignore_index=True)
 
 
@@ -155,7 +161,7 @@ def leaderboard_markdown(table: pd.DataFrame, sweep: Sweep) -> str:
     lines = [
         f"# {sweep.name}: leaderboard",
         "",
-        f"{len(board)} trials, ranked by {sweep.metric} ({sweep.mode}).",
+        f"{len(board)} trials, ranked by {sweep.metric} ({sweep.direction()}).",
         "",
         "| rank | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",
