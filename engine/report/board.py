@@ -6,14 +6,13 @@ from __future__ import annotations
 import pandas as pd
 
 from sweeps import Sweep
+from sweeps.evaluation import higher_is_better
 from sweeps.leaderboard import Ranking, leaderboard
-
-LOWER_IS_BETTER = ("loss", "ppl")
 
 
 def ranking_for(sweep: Sweep) -> Ranking:
     metric = sweep.evaluate.rank_by
-    return Ranking(metric, higher_is_better=metric not in LOWER_IS_BETTER)
+    return Ranking(metric, higher_is_better=higher_is_better(metric))
 
 
 def ingredients_of(merges: pd.DataFrame | None) -> dict[str, list[str]]:
