@@ -31,7 +31,7 @@ from engine.core.session import quiet_ray
 from engine.evaluate.metrics import Metric, get_metric
 from engine.evaluate.sets import read_examples, resolve_metrics, set_problems
 from sweeps import SweepError
-from sweeps.evaluation import EvalSetConfig, EvaluateConfig
+from sweeps.evaluation import EvalSetConfig, EvaluateConfig, HarnessSetConfig
 
 KINDS = ("trial", "checkpoint_average", "soup", "task_merge", "base")
 COLUMNS = [
@@ -77,6 +77,23 @@ class SetPlan:
     def needs(self) -> list[str]:
         return sorted({m.needs for m in self.metrics.values()})
 
+    @property
+    def spec(self) -> dict:
+        """What the actors need to know of the set besides its examples."""
+        return {"seq_len": self.config.seq_len, "max_new_tokens": self.config.max_new_tokens}
+
+    def results(self, observations: list[dict], error: str | None) -> list[dict]:
+        """One row per metric: the metric's value, or the error."""
+        return [
+            {
+                "eval_set": self.config.name,
+                "metric": name,
+                "n": len(self.examples),
+                **_score(metric, observations, error),
+            }
+            for name, metric in self.metrics.items()
+        ]
+
 
 def evaluate_candidates(
     candidates: list[Candidate],
@@ -111,8 +128,14 @@ def evaluate_candidates(
     return table
 
 
-def plan_set(eval_set: EvalSetConfig) -> SetPlan:
-    """Check a set's file and metrics, then read its examples; bad input raises `SweepError`."""
+def plan_set(eval_set: EvalSetConfig | HarnessSetConfig) -> SetPlan:
+    """Check a set's file and metrics, then read its examples; bad input raises `SweepError`.
+    An `lm_eval` set is planned by `engine.evaluate.harness` (its tasks and their requests)."""
+    if eval_set.type == "lm_eval":
+        # Imported here: lm-eval is optional, and importing it takes a second or more.
+        from engine.evaluate import harness
+
+        return harness.plan(eval_set)
     problems = set_problems(eval_set, f"eval set {eval_set.name!r}")
     if problems:
         raise SweepError("\n".join(problems))
@@ -184,10 +207,7 @@ def run_pool(
         config,
         {
             "candidates": [asdict(c) for c in candidates],
-            "sets": [
-                {"seq_len": p.config.seq_len, "max_new_tokens": p.config.max_new_tokens}
-                for p in plans
-            ],
+            "sets": [p.spec for p in plans],
             "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
             "threads": threads,
             "precision": config.precision,
@@ -287,16 +307,11 @@ def _rows(candidate: Candidate, plan: SetPlan, group: list[dict]) -> list[dict]:
     common = {
         "candidate": candidate.name,
         "kind": candidate.kind,
-        "eval_set": plan.config.name,
         "split": plan.config.split,
-        "n": len(plan.examples),
         "seconds": round(sum(r["seconds"] for r in group), 4),
         "path": candidate.path,
     }
-    return [
-        {**common, "metric": name, **_score(metric, observations, error)}
-        for name, metric in plan.metrics.items()
-    ]
+    return [{**common, **row} for row in plan.results(observations, error)]
 
 
 def _score(metric: Metric, observations: list[dict], error: str | None) -> dict:

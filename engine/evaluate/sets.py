@@ -11,6 +11,8 @@ from engine.evaluate.metrics import get_metric
 from sweeps import Sweep, SweepError
 from sweeps.evaluation import EvalSetConfig
 
+REQUESTS = "requests"  # what an lm_eval set needs: its examples are the harness's requests
+
 
 def sweep_sets(sweep: Sweep) -> list[EvalSetConfig]:
     """The task files as evaluation sets (`<task>`: selection, `<task>-test`: test), then the
