@@ -1,6 +1,6 @@
 """The evaluate stage's checks before any work starts: the sweep's own sets (a file set's file
-and fields; an `lm_eval` set's tasks, their files and datasets), and that some selection set
-reports the metric the leaderboard ranks by."""
+and fields; an `lm_eval` set's tasks, their files and datasets), the generation engine, and
+that some selection set reports the metric the leaderboard ranks by."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from importlib.util import find_spec
 from engine.core.files import source_fields
 from engine.evaluate.sets import resolve_metrics, set_problems, sweep_sets
 from sweeps import Sweep
-from sweeps.evaluation import HarnessSetConfig
+from sweeps.evaluation import EvaluateConfig, HarnessSetConfig
 
 
 def evaluate_problems(sweep: Sweep) -> list[str]:
-    """The sweep's own eval sets, and that some selection set reports `evaluate.rank_by`."""
-    problems, harness_metrics = [], {}
+    """The sweep's own eval sets, the engine, and that some selection set reports
+    `evaluate.rank_by`."""
+    problems, harness_metrics = engine_problems(sweep.evaluate), {}
     for index, eval_set in enumerate(sweep.evaluate.sets):
         where = f"evaluate.sets[{index}]"
         if eval_set.type == "lm_eval":
@@ -64,3 +65,13 @@ def harness_problems(eval_set: HarnessSetConfig, where: str) -> tuple[list[str],
     from engine.evaluate.harness_tasks import check_tasks
 
     return check_tasks(eval_set, where)
+
+
+def engine_problems(config: EvaluateConfig) -> list[str]:
+    """`engine: vllm` where vLLM is not installed (its GPU need is checked with the config)."""
+    if config.engine == "vllm" and find_spec("vllm") is None:
+        return [
+            "evaluate.engine: vllm is not installed here; install vllm where the GPU "
+            "actors run (pip install vllm), or use engine: transformers"
+        ]
+    return []

@@ -152,16 +152,29 @@ def _check_candidates(candidates: list[Candidate]) -> None:
         raise SweepError(f"candidates: names must be unique; repeated: {', '.join(repeated)}")
 
 
-def work_units(candidates: list[Candidate], plans: list[SetPlan], pieces: int) -> list[dict]:
+def work_units(
+    candidates: list[Candidate],
+    plans: list[SetPlan],
+    pieces: int,
+    needs: list[list[str]] | None = None,
+    keep: list[set[int]] | None = None,
+) -> list[dict]:
     """Dataset rows: each candidate's examples (set by set, each set sorted by length) cut into
-    `pieces` runs of about equal size; a run lists its parts, one per set it touches."""
-    ordered = [(s, example) for s, plan in enumerate(plans) for example in _by_length(plan)]
-    size = math.ceil(len(ordered) / pieces)
+    `pieces` runs of about equal size; a run lists its parts, one per set it touches. `needs`
+    and `keep` (per plan: what the actors compute, and of which examples) default to all."""
+    needs = needs or [plan.needs for plan in plans]
+    ordered = [
+        (s, example)
+        for s, plan in enumerate(plans)
+        for example in _by_length(plan)
+        if keep is None or example["i"] in keep[s]
+    ]
+    size = max(1, math.ceil(len(ordered) / pieces))
     units = []
     for c in range(len(candidates)):
         for start in range(0, len(ordered), size):
             parts = [
-                {"set": s, "needs": plans[s].needs, "examples": [e for _, e in group]}
+                {"set": s, "needs": needs[s], "examples": [e for _, e in group]}
                 for s, group in itertools.groupby(
                     ordered[start : start + size], key=lambda pair: pair[0]
                 )
@@ -193,11 +206,14 @@ def run_pool(
     config: EvaluateConfig,
     progress: bool = False,
 ) -> tuple[list[dict], dict]:
-    """Run the work units through the actor pool; the rows and facts about the pool."""
+    """Run the work units through the actor pool (and generations through vLLM engines with
+    `engine: vllm`); the rows and facts about the pool."""
     quiet_ray()
-    examples = sum(len(p.examples) for p in plans)
+    needs, keep = _actor_share(plans, config)
+    examples = sum(len(k) for k in keep)
     actors = actor_count(config, len(candidates) * math.ceil(examples / config.batch_size))
-    units = work_units(candidates, plans, unit_pieces(len(candidates), examples, actors))
+    pieces = unit_pieces(len(candidates), examples, actors)
+    units = work_units(candidates, plans, pieces, needs, keep) if examples else []
     threads = config.torch_threads or max(
         int(config.cpus_per_actor), int(ray.cluster_resources().get("CPU", 1)) // actors
     )
@@ -220,9 +236,11 @@ def run_pool(
         len(candidates) * examples,
         progress,
     ) as done:
-        for row in dataset.iter_rows():
+        for row in dataset.iter_rows() if units else []:
             rows.append(row)
             done("", "ok")
+    if config.engine == "vllm":
+        rows = _with_generations(rows, candidates, plans, config)
     return rows, {
         "actors": actors,
         "actor_processes": len({r["actor"] for r in rows}),
@@ -232,6 +250,25 @@ def run_pool(
         "prefix_tree_share": round(sum(r["tree"] for r in rows) / max(len(rows), 1), 4),
         "peak_actor_rss_mb": round(max((r["rss_mb"] for r in rows), default=0), 1),
     }
+
+
+def _actor_share(plans: list[SetPlan], config: EvaluateConfig):
+    """Per plan, what the actors compute and for which examples: everything, or with
+    `engine: vllm` everything but generation."""
+    if config.engine != "vllm":
+        return [p.needs for p in plans], [set(range(len(p.examples))) for p in plans]
+    # Imported here: the vLLM path loads tokenizers on the driver (torch, transformers).
+    from engine.evaluate import vllm_generation
+
+    return vllm_generation.actor_share(plans)
+
+
+def _with_generations(rows, candidates, plans, config: EvaluateConfig) -> list[dict]:
+    """The actors' rows joined with the vLLM engines' generations, example by example."""
+    from engine.evaluate import vllm_generation  # see `_actor_share`
+
+    made = vllm_generation.generation_rows(candidates, plans, config)
+    return vllm_generation.merge_rows(rows + made)
 
 
 def _pool_dataset(units: list[dict], actors: int, config: EvaluateConfig, kwargs: dict):
