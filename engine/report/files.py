@@ -14,7 +14,15 @@ from engine.core.rundir import RunDir, write_atomic
 from engine.report.board import candidate_board, ranking_for
 from engine.train.table import leaderboard_markdown
 from sweeps import Sweep
-from sweeps.leaderboard import Ranking, board_markdown, merge_summary, set_scores, sets_markdown
+from sweeps.leaderboard import (
+    Ranking,
+    board_markdown,
+    merge_summary,
+    metric_table,
+    metrics_markdown,
+    set_scores,
+    sets_markdown,
+)
 from sweeps.plots import plot_by_kind, plot_gains, save_plots
 from sweeps.report import render_html, table_html
 
@@ -29,13 +37,14 @@ def write_report(
     """Rank every candidate and write `leaderboard.md`, `report.html` and `plots/*.png`."""
     ranking = ranking_for(sweep)
     board = candidate_board(sweep, merges, evals)
-    scores = (
-        set_scores(evals, ranking.metric, list(board["candidate"])) if board is not None else None
-    )
+    order = list(board["candidate"]) if board is not None else None
+    scores = set_scores(evals, ranking.metric, order) if board is not None else None
+    metrics = metric_table(evals, order) if board is not None else None
     markdown = leaderboard_markdown(trials, sweep)
     if board is not None:
         markdown += "\n" + board_markdown(board, ranking, "All candidates")
         markdown += "\n" + sets_markdown(scores, ranking.metric)
+        markdown += "\n" + metrics_markdown(metrics)
     write_atomic(run.leaderboard, markdown)
     images = save_plots(_figures(board, ranking), run.plots)
     if run.scaling_plot.is_file():
@@ -43,7 +52,9 @@ def write_report(
     write_atomic(
         run.report,
         render_html(
-            f"{sweep.name}: raysoup report", _sections(sweep, trials, merges, board, scores), images
+            f"{sweep.name}: raysoup report",
+            _sections(sweep, trials, merges, board, scores, metrics),
+            images,
         ),
     )
     return run.report
@@ -58,7 +69,9 @@ def _figures(board, ranking: Ranking) -> dict:
     return figures
 
 
-def _sections(sweep: Sweep, trials: pd.DataFrame, merges, board, scores) -> list[tuple[str, str]]:
+def _sections(
+    sweep: Sweep, trials: pd.DataFrame, merges, board, scores, metrics
+) -> list[tuple[str, str]]:
     sections = []
     if board is not None:
         columns = [
@@ -78,6 +91,7 @@ def _sections(sweep: Sweep, trials: pd.DataFrame, merges, board, scores) -> list
         )
         sections.append(("Leaderboard", note + table_html(board, columns)))
         sections.append(("Each evaluation set", table_html(scores, list(scores.columns))))
+        sections.append(("Every metric", table_html(metrics, list(metrics.columns))))
         verdicts = merge_summary(board)
         if not verdicts.empty:
             sections.append(
