@@ -96,13 +96,26 @@ def pair(scorer: Scorer, context: str, continuation: str) -> tuple[list[int], li
 
 
 def loglikelihoods(scorer: Scorer, examples: list[dict]) -> tuple[list[dict], list[bool]]:
-    items = []
-    for example in examples:
+    """One item per distinct context tokens of an example: the same context text always gives
+    the same tokens, except that an empty context becomes a continuation's own first token
+    when that is the prefix token."""
+    items, owners = [], []
+    for e, example in enumerate(examples):
+        heads: dict[tuple, list[int]] = {}
         pairs = [pair(scorer, example["prompt"], c) for c in example["choices"]]
-        items.append((pairs[0][0], [cont for _, cont in pairs]))
+        for j, (head, _) in enumerate(pairs):
+            heads.setdefault(tuple(head), []).append(j)
+        for head, chosen in heads.items():
+            items.append((list(head), [pairs[j][1] for j in chosen]))
+            owners.append((e, chosen))
     scores, trees = score_items(scorer, items)
-    found = [{"logprobs": [lp for lp, _ in s], "greedy": [g for _, g in s]} for s in scores]
-    return found, trees
+    found = [[None] * len(example["choices"]) for example in examples]
+    shared = [True] * len(examples)
+    for (e, chosen), scored, tree in zip(owners, scores, trees):
+        for j, one in zip(chosen, scored):
+            found[e][j] = one
+        shared[e] = shared[e] and tree
+    return [{"logprobs": [lp for lp, _ in f], "greedy": [g for _, g in f]} for f in found], shared
 
 
 def rolling(scorer: Scorer, examples: list[dict]) -> tuple[list[dict], list[bool]]:
