@@ -142,9 +142,9 @@ def models(tmp_path_factory):
     config = peft.LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
     )
-    wrapped = peft.get_peft_model(model, config)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # the same adapter on every run (A and B)
         torch.manual_seed(3)
+        wrapped = peft.get_peft_model(model, config)
         for name, param in wrapped.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.3)
@@ -309,6 +309,56 @@ def test_a_failing_candidate_fails_its_rows_only(ray_local, candidates, harness_
     assert set(table[table.candidate == "broken"].status) == {"failed"}
     assert set(table[table.candidate == "broken"].metric) == {"acc", "acc_norm"}
     assert set(table[table.candidate == "base"].status) == {"ok"}
+
+
+CONTEXTS = ["", "87+50=", "87+50= ", "<s>reverse jcn:", "Q: 11+82=\nA:"]
+CONTINUATIONS = [" 137", "137", " 93\n", "<s>1", "</s>"]
+
+
+@pytest.mark.parametrize("trees", [True, False], ids=["prefix trees", "separate sequences"])
+def test_answers_match_hflm_request_by_request(trees):
+    """Each request answered in this process (no Ray) as lm-eval's HFLM answers it: empty
+    contexts, trailing spaces, a bos text in the prompt, rolling texts longer than the model,
+    generation until a stop string; with prefix trees and without."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM
+
+    from engine.evaluate import answers
+
+    lm = HFLM(pretrained=str(BASE_DIR), batch_size=1, device="cpu")
+    model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32).eval()
+    scorer = answers.Scorer(model, load_tokenizer(str(BASE_DIR)), torch.device("cpu"), trees=trees)
+
+    def ask(kind, args):
+        return [Instance(kind, {}, a, i) for i, a in enumerate(args)]
+
+    pairs = [(c, k) for c in CONTEXTS for k in CONTINUATIONS]
+    theirs = lm.loglikelihood(ask("loglikelihood", pairs), disable_tqdm=True)
+    examples = [{"kind": "loglikelihood", "prompt": c, "choices": CONTINUATIONS} for c in CONTEXTS]
+    mine = [x for found in answers.answer(scorer, examples)[0] for x in zip(*found.values())]
+    assert [g for _, g in mine] == [g for _, g in theirs]
+    assert [lp for lp, _ in mine] == pytest.approx([lp for lp, _ in theirs], abs=1e-4)
+
+    add = lines(DEMO_DATA / "add" / "eval.jsonl")
+    texts = ["12+3= 15", "\n".join(r["prompt"] + r["completion"] for r in add[:40])]  # > 256
+    theirs = lm.loglikelihood_rolling(ask("loglikelihood_rolling", [(t,) for t in texts]))
+    found = answers.answer(scorer, [{"kind": "rolling", "prompt": t} for t in texts])[0]
+    assert [f["logprob"] for f in found] == pytest.approx(theirs, rel=1e-6)
+
+    kwargs = {"until": ["\n", "="], "max_gen_toks": GEN_TOKENS, "do_sample": False}
+    theirs = lm.generate_until(ask("generate_until", [(c, kwargs) for c in CONTEXTS[1:]]))
+    examples = [
+        {
+            "kind": "generate",
+            "prompt": c,
+            "until": kwargs["until"],
+            "max_gen_toks": GEN_TOKENS,
+            "draft": " 137",
+        }
+        for c in CONTEXTS[1:]
+    ]
+    assert [f["text"] for f in answers.answer(scorer, examples)[0]] == theirs
 
 
 def test_rolling_windows_are_lm_evals():
