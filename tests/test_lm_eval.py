@@ -485,6 +485,20 @@ def test_vllm_plumbing_builds_one_processor_per_model(ray_local, candidates, har
     assert vg.build(groups[1], config, 1) is not None
     items = vg.prompts(candidates[1], 1, [plan])
     assert len(items) == LIMIT and {len(i["stops"]) for i in items} == {2}  # "\n" and "</s>"
+    actor = {
+        "candidate": 0,
+        "set": 0,
+        "index": 3,
+        "obs": '{"nll": 1.0}',
+        "error": "",
+        "seconds": 1.0,
+        "loads": 1,
+    }
+    engine = {**actor, "obs": '{"prediction": "x"}', "seconds": 0.5, "loads": 0}
+    (both,) = vg.merge_rows([actor, engine])
+    assert json.loads(both["obs"]) == {"nll": 1.0, "prediction": "x"} and both["seconds"] == 1.5
+    with pytest.raises(SweepError, match="vllm needs GPUs, and this Ray cluster has none"):
+        run_pool(candidates, [plan], config)
 
 
 @pytest.mark.gpu

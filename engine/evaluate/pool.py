@@ -217,26 +217,23 @@ def run_pool(
     threads = config.torch_threads or max(
         int(config.cpus_per_actor), int(ray.cluster_resources().get("CPU", 1)) // actors
     )
-    dataset = _pool_dataset(
-        units,
-        actors,
-        config,
-        {
-            "candidates": [asdict(c) for c in candidates],
-            "sets": [p.spec for p in plans],
-            "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
-            "threads": threads,
-            "precision": config.precision,
-            "batch_size": config.batch_size,
-        },
-    )
+    settings = {
+        "candidates": [asdict(c) for c in candidates],
+        "sets": [p.spec for p in plans],
+        "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
+        "threads": threads,
+        "precision": config.precision,
+        "batch_size": config.batch_size,
+    }
+    # With `engine: vllm`, a set that only generates leaves the actors nothing to do.
+    dataset = _pool_dataset(units, actors, config, settings) if units else None
     rows: list[dict] = []
     with job_bar(
         f"evaluation ({actors} actor{'s' * (actors > 1)}, candidate-examples)",
         len(candidates) * examples,
         progress,
     ) as done:
-        for row in dataset.iter_rows() if units else []:
+        for row in dataset.iter_rows() if dataset is not None else []:
             rows.append(row)
             done("", "ok")
     if config.engine == "vllm":
@@ -260,6 +257,7 @@ def _actor_share(plans: list[SetPlan], config: EvaluateConfig):
     # Imported here: the vLLM path loads tokenizers on the driver (torch, transformers).
     from engine.evaluate import vllm_generation
 
+    vllm_generation.engine_count()  # no GPU is an error now, not actors waiting for one
     return vllm_generation.actor_share(plans)
 
 

@@ -75,12 +75,17 @@ def engine_groups(candidates) -> list[EngineGroup]:
     return list(groups.values())
 
 
-def generation_rows(candidates, plans, config: EvaluateConfig) -> list[dict]:
-    """The pool's rows (one per candidate and example) for every generation, made by vLLM."""
+def engine_count() -> int:
+    """One engine per GPU of the cluster; none is an error (before the actors wait for GPUs)."""
     engines = int(ray.cluster_resources().get("GPU", 0))
     if engines < 1:
         raise SweepError("evaluate.engine: vllm needs GPUs, and this Ray cluster has none")
-    rows = []
+    return engines
+
+
+def generation_rows(candidates, plans, config: EvaluateConfig) -> list[dict]:
+    """The pool's rows (one per candidate and example) for every generation, made by vLLM."""
+    engines, rows = engine_count(), []
     for group in engine_groups(candidates):
         items = [item for c in group.members for item in prompts(candidates[c], c, plans)]
         if items:
