@@ -1,10 +1,12 @@
 """Evaluation sets and the evaluate stage's settings (no Ray, no torch).
 
-A set names a data file, which fields hold the prompt, completion, choices and answer, whether
-it is a `selection` set (model choice may read it) or a `test` set (reported only), and its
-metrics. Metric names are checked here against the catalog of known names; the metrics
-themselves live in `engine.evaluate.metrics`, which declares every metric it registers into this
-catalog, so a user metric registered there is accepted here too.
+A set is chosen by `type:`. A `file` set (the default) names a data file, which fields hold the
+prompt, completion, choices and answer, whether it is a `selection` set (model choice may read
+it) or a `test` set (reported only), and its metrics. Metric names are checked here against the
+catalog of known names; the metrics themselves live in `engine.evaluate.metrics`, which declares
+every metric it registers into this catalog, so a user metric registered there is accepted here
+too. An `lm_eval` set names tasks of EleutherAI's lm-evaluation-harness, whose metrics the
+harness itself names and computes (`engine.evaluate.harness`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sweeps.base import DataFile, Strict, absolute
 
@@ -27,6 +29,19 @@ _CATALOG: dict[str, str] = {
     "accuracy_norm": "choices",
     "exact_match": "generation",
 }
+# Metrics where a lower value is better: raysoup's losses (those training reports too) and
+# lm-evaluation-harness's perplexities.
+LOWER_IS_BETTER = (
+    "loss",
+    "ppl",
+    "eval_loss",
+    "eval_ppl",
+    "train_loss",
+    "perplexity",
+    "word_perplexity",
+    "byte_perplexity",
+    "bits_per_byte",
+)
 DEFAULT_METRICS = {
     "tokens": ["loss", "ppl"],
     "choices": ["accuracy", "accuracy_norm"],
@@ -43,14 +58,6 @@ def declare_metric(name: str, needs: str) -> None:
     if _CATALOG.get(name, needs) != needs:
         raise ValueError(f"metric {name!r} is already declared with needs {_CATALOG[name]!r}")
     _CATALOG[name] = needs
-
-
-# Metrics whose lower values are better; every other metric is better higher.
-LOWER_IS_BETTER = ("loss", "ppl", "eval_loss", "eval_ppl", "train_loss")
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
 
 
 def known_metrics() -> list[str]:
@@ -71,9 +78,17 @@ def is_import_name(name: str) -> bool:
     )
 
 
+def higher_is_better(metric: str) -> bool:
+    """Whether a higher value of `metric` is better (False for losses and perplexities)."""
+    return metric.partition(",")[0] not in LOWER_IS_BETTER
+
+
 class EvalSetConfig(Strict):
     """One evaluation set: a data file, its fields, its split and its metrics."""
 
+    type: Literal["file"] = Field(
+        "file", description="`file` (the default): a data file; `lm_eval`: harness tasks."
+    )
     name: str = Field(
         ...,
         min_length=1,
@@ -170,6 +185,10 @@ class EvalSetConfig(Strict):
             return ["answer_field"]
         return []
 
+    def result_names(self) -> list[str]:
+        """The `eval_set` values of this set's rows in the results."""
+        return [self.name]
+
     def prompt_key(self) -> str:
         return self.text_field if self.format == "text" else self.prompt_field
 
@@ -198,19 +217,83 @@ class EvalSetConfig(Strict):
         return names
 
 
+class HarnessSetConfig(Strict):
+    """Tasks of EleutherAI's lm-evaluation-harness (lm-eval), scored by the evaluation pool."""
+
+    type: Literal["lm_eval"] = Field(..., description="`lm_eval`.")
+    tasks: list[str] = Field(
+        ...,
+        min_length=1,
+        description="Task, group or tag names as lm-eval knows them (`hellaswag`, `mmlu`), or "
+        "the `task:` names of YAML files under `include_path`. Each name is one set in the "
+        "results; a tag, or a group lm-eval gives no aggregate, is one set per task.",
+    )
+    include_path: str | None = Field(
+        None,
+        description="Folder of task YAML files, searched before lm-eval's own tasks (a "
+        "relative path is taken from the sweep file's folder).",
+    )
+    num_fewshot: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="Few-shot examples in each prompt (null: each task's own setting; a task "
+        "that sets 0 keeps 0, as in lm-eval).",
+    )
+    limit: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None,
+        description="Evaluate only the first n documents of each task, or a fraction of them "
+        "(null: all).",
+    )
+    split: Literal["selection", "test"] = Field(
+        "selection",
+        description="`selection`: model choice may read it. `test`: reported only.",
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"task names must be distinct, got {value}")
+        return value
+
+    def result_names(self) -> list[str]:
+        """The `eval_set` values of this set's rows: its task names (see `tasks`)."""
+        return list(self.tasks)
+
+
+SET_TYPES = ("file", "lm_eval")
+EvalSet = Annotated[EvalSetConfig | HarnessSetConfig, Field(discriminator="type")]
+
+
+def _set_types(sets):
+    """A set without `type` is a `file` set; an unknown type lists the known ones."""
+    out = []
+    for index, item in enumerate(sets if isinstance(sets, list) else []):
+        if isinstance(item, dict):
+            item = {"type": "file", **item}
+            if item["type"] not in SET_TYPES:
+                raise ValueError(
+                    f"[{index}].type: unknown set type {item['type']!r}; known: "
+                    + ", ".join(SET_TYPES)
+                )
+        out.append(item)
+    return out if isinstance(sets, list) else sets
+
+
 class EvaluateConfig(Strict):
     """The evaluate stage: the sets, and the actor pool that runs every candidate on them."""
 
-    sets: list[EvalSetConfig] = Field(
+    sets: list[EvalSet] = Field(
         default_factory=list,
-        description="Evaluation sets. In a sweep, each task's `eval` file "
-        "(split selection) and `test` file (split test) are evaluated too, before these.",
+        description="Evaluation sets, each chosen by `type`: `file` (the default) or `lm_eval` "
+        "(docs/evaluation.md). In a sweep, each task's `eval` file (split selection) and "
+        "`test` file (split test) are evaluated too, before these.",
     )
     rank_by: str = Field(
         "loss",
         description="The metric that ranks candidates in a sweep's "
-        "leaderboard, averaged over the selection sets (loss and ppl: lower is "
-        "better; every other metric: higher is better).",
+        "leaderboard, averaged over the selection sets (loss, ppl and lm-eval's perplexities "
+        "and bits_per_byte: lower is better; every other metric: higher is better). An "
+        "lm-eval metric is named as lm-eval names it (`acc`, `exact_match,strict-match`).",
     )
     batch_size: Annotated[int, Field(gt=0)] = Field(
         16, description="Examples per model batch (examples of similar length go together)."
@@ -235,22 +318,43 @@ class EvaluateConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="fp32, or bf16 / fp16 autocast (fp16 needs a GPU)."
     )
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="What generates text: `transformers` (the actors), or `vllm` (GPU only: "
+        "vLLM engines through Ray Data LLM, one per GPU, for every generation of every set; "
+        "scoring stays on the actors).",
+    )
 
-    @field_validator("rank_by")
+    @field_validator("sets", mode="before")
     @classmethod
-    def _known_rank_metric(cls, value: str) -> str:
-        if metric_needs(value) is None and not is_import_name(value):
-            raise ValueError(f"unknown metric {value!r}; known: {', '.join(known_metrics())}")
-        return value
+    def _known_set_types(cls, value):
+        return _set_types(value)
 
     @field_validator("sets")
     @classmethod
-    def _unique_names(cls, value: list[EvalSetConfig]) -> list[EvalSetConfig]:
-        names = [s.name for s in value]
+    def _unique_names(cls, value: list[EvalSetConfig | HarnessSetConfig]):
+        names = [name for s in value for name in s.result_names()]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"eval set names must be unique; repeated: {', '.join(repeated)}")
         return value
+
+    @field_validator("rank_by")
+    @classmethod
+    def _known_rank_metric(cls, value: str, info: ValidationInfo) -> str:
+        # An lm-eval metric's name is known once its tasks are loaded: preflight checks it.
+        harness = any(s.type == "lm_eval" for s in info.data.get("sets", []))
+        if metric_needs(value) is None and not is_import_name(value) and not harness:
+            raise ValueError(f"unknown metric {value!r}; known: {', '.join(known_metrics())}")
+        return value
+
+    @model_validator(mode="after")
+    def _vllm_needs_gpus(self):
+        if self.engine == "vllm" and self.gpus_per_actor == 0:
+            raise ValueError(
+                "engine: vllm runs on GPUs only (set gpus_per_actor); on CPU use transformers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fp16_needs_gpu(self):
@@ -260,13 +364,17 @@ class EvaluateConfig(Strict):
             )
         return self
 
-    def sets_for(self, splits: list[str] | None = None) -> list[EvalSetConfig]:
+    def sets_for(self, splits: list[str] | None = None) -> list[EvalSetConfig | HarnessSetConfig]:
         """The sets of the given splits (all when None): selection code asks for `selection`."""
         return [s for s in self.sets if splits is None or s.split in splits]
 
     def resolve_paths(self, base: Path) -> EvaluateConfig:
         """Set paths made absolute against `base` (the sweep file's folder)."""
-        sets = [s.model_copy(update={"path": absolute(s.path, base)}) for s in self.sets]
+        key = {"file": "path", "lm_eval": "include_path"}
+        sets = [
+            s.model_copy(update={key[s.type]: absolute(getattr(s, key[s.type]), base)})
+            for s in self.sets
+        ]
         return self.model_copy(update={"sets": sets})
 
 

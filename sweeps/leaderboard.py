@@ -84,6 +84,22 @@ def set_scores(evals: pd.DataFrame, metric: str, order: list[str] | None = None)
     return table.rename_axis("candidate").reset_index()
 
 
+def metric_table(evals: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """Every metric of every candidate on every set: one row per (candidate, set), candidates in
+    `order` when given, one column per metric in the order they first appear (a file set's
+    `loss`, `accuracy`...; an lm_eval set's `acc`, `exact_match`... as lm-eval names them)."""
+    ok = evals[evals["status"] == "ok"]
+    metrics = list(dict.fromkeys(ok["metric"]))
+    table = ok.pivot_table(
+        index=["candidate", "eval_set", "split"], columns="metric", values="value", sort=False
+    )
+    table = table.reindex(columns=metrics).reset_index()
+    if order is not None:
+        rank = {name: i for i, name in enumerate(order)}
+        table = table.sort_values("candidate", key=lambda c: c.map(rank), kind="stable")
+    return table.rename_axis(columns=None).reset_index(drop=True)
+
+
 def leaderboard(
     evals: pd.DataFrame,
     ingredients: dict[str, list[str]],
@@ -281,6 +297,14 @@ def sets_markdown(scores: pd.DataFrame, metric: str) -> str:
     return (
         f"## Each evaluation set\n\n`{metric}` of every candidate on each set, in "
         "leaderboard order.\n\n" + markdown_table(scores, list(scores.columns))
+    )
+
+
+def metrics_markdown(table: pd.DataFrame) -> str:
+    """`metric_table` as a Markdown section."""
+    return (
+        "## Every metric\n\nEach candidate on each set, every metric it reports, in "
+        "leaderboard order.\n\n" + markdown_table(table, list(table.columns))
     )
 
 

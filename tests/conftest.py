@@ -12,6 +12,7 @@ DEMO_DATA = REPO / "engine" / "demo" / "data"
 
 # Trials and Ray workers inherit these: no network, no W&B, quiet Ray.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 

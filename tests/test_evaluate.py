@@ -22,8 +22,8 @@ from engine.core.models import load_tokenizer
 from engine.demo import BASE_DIR
 from engine.evaluate.metrics import get_metric, metric
 from engine.evaluate.metrics.choice import pick
-from engine.evaluate.pool import Candidate, evaluate_candidates, unit_pieces, work_units
-from engine.evaluate.sets import plan_set, set_problems
+from engine.evaluate.pool import Candidate, evaluate_candidates, plan_set, unit_pieces, work_units
+from engine.evaluate.sets import set_problems
 from sweeps import SweepError
 from sweeps.evaluation import EvalSetConfig, EvaluateConfig
 from tests.conftest import DEMO_DATA

@@ -13,7 +13,7 @@ import pytest
 import engine
 from engine.core.rundir import RunDir
 from sweeps import parse_sweep
-from sweeps.leaderboard import set_scores
+from sweeps.leaderboard import metric_table, set_scores
 from tests.conftest import DEMO_DATA
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -146,9 +146,15 @@ def test_one_leaderboard_ranks_everything_by_selection_only(result):
     assert len(selection) == 2 and sets.columns[-1].endswith("(test)")
     assert sets[selection].mean(axis=1).tolist() == pytest.approx(board["selection"].tolist())
     assert "## Each evaluation set" in markdown
+    # Every metric of every (candidate, set), not only the one that ranks.
+    every = metric_table(result.evals, list(board["candidate"]))
+    assert len(every) == result.evals.drop_duplicates(["candidate", "eval_set"]).shape[0]
+    assert {"loss", "accuracy", "exact_match"} <= set(every.columns)
+    assert every.drop_duplicates("candidate")["candidate"].tolist() == list(board["candidate"])
+    assert "## Every metric" in markdown
     html = (root / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "Merges against their ingredients" in html
-    assert "Each evaluation set" in html
+    assert "Each evaluation set" in html and "Every metric" in html
     assert (root / "plots" / "metric_by_kind.png").is_file()
 
 

@@ -104,8 +104,8 @@ def load_for_eval(path: str, base: str | None = None):
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such model folder: {path}")
-    config = folder / ADAPTER_CONFIG
-    if not config.is_file():
+    adapter_of = adapter_base(path, base)
+    if adapter_of is None:
         return _load_weights(path), path
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise FileNotFoundError(
@@ -113,12 +113,29 @@ def load_for_eval(path: str, base: str | None = None):
         )
     from peft import PeftModel
 
-    base = base or json.loads(config.read_text()).get("base_model_name_or_path")
-    if not base:
+    model = PeftModel.from_pretrained(_load_weights(adapter_of), path, is_trainable=False)
+    return model.merge_and_unload(), tokenizer_folder(path, base)
+
+
+def adapter_base(path: str, base: str | None = None) -> str | None:
+    """The base model of a LoRA adapter folder (`base`, else its `base_model_name_or_path`);
+    None for a full model folder."""
+    config = Path(path) / ADAPTER_CONFIG
+    if not config.is_file():
+        return None
+    found = base or json.loads(config.read_text()).get("base_model_name_or_path")
+    if not found:
         raise ValueError(f"{path}: LoRA adapter without base_model_name_or_path; give its base")
-    model = PeftModel.from_pretrained(_load_weights(base), path, is_trainable=False)
+    return found
+
+
+def tokenizer_folder(path: str, base: str | None = None) -> str:
+    """The folder whose tokenizer goes with a model: its own, or an adapter's base's when the
+    adapter saved none."""
+    adapter_of = adapter_base(path, base)
+    folder = Path(path)
     has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    return model.merge_and_unload(), path if has_tokenizer else base
+    return path if adapter_of is None or has_tokenizer else adapter_of
 
 
 def _load_weights(path: str):

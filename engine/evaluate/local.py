@@ -12,7 +12,7 @@ import torch
 from engine.core.encode import text_encoder
 from engine.core.models import load_tokenizer
 from engine.evaluate.metrics import get_metric
-from engine.evaluate.sets import by_length, plan_set
+from engine.evaluate.sets import by_length, plan_file_set
 from engine.evaluate.worker import EvalActor, Loaded
 from sweeps.evaluation import EvalSetConfig
 
@@ -30,7 +30,7 @@ class LocalScorer:
         batch_size: int = 16,
     ) -> None:
         self.metric = get_metric(metric)
-        self.plans = [plan_set(s.model_copy(update={"metrics": [metric]})) for s in sets]
+        self.plans = [plan_file_set(s.model_copy(update={"metrics": [metric]})) for s in sets]
         specs = [{"seq_len": p.config.seq_len, "max_new_tokens": p.config.max_new_tokens}
                  for p in self.plans]  # fmt: skip
         self.actor = EvalActor(

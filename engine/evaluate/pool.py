@@ -18,6 +18,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import ray
@@ -27,10 +28,12 @@ from ray.util.annotations import RayDeprecationWarning
 from engine.core.progress import job_bar
 from engine.core.rundir import write_table
 from engine.core.session import quiet_ray
-from engine.evaluate.metrics import Metric
-from engine.evaluate.sets import SetPlan, by_length, plan_set
+from engine.evaluate.sets import SetPlan, by_length, plan_file_set
 from sweeps import SweepError
-from sweeps.evaluation import EvalSetConfig, EvaluateConfig
+from sweeps.evaluation import EvalSetConfig, EvaluateConfig, HarnessSetConfig
+
+if TYPE_CHECKING:
+    from engine.evaluate.harness import HarnessPlan
 
 KINDS = ("trial", "checkpoint_average", "soup", "task_merge", "base")
 COLUMNS = [
@@ -100,6 +103,17 @@ def evaluate_candidates(
     return table
 
 
+def plan_set(eval_set: EvalSetConfig | HarnessSetConfig) -> SetPlan | HarnessPlan:
+    """A set ready to run: a file set's metrics and examples (`plan_file_set`), or an `lm_eval`
+    set's tasks and their requests (`engine.evaluate.harness`); bad input raises `SweepError`."""
+    if eval_set.type == "lm_eval":
+        # Imported here: lm-eval is optional, and importing it takes a second or more.
+        from engine.evaluate import harness
+
+        return harness.plan(eval_set)
+    return plan_file_set(eval_set)
+
+
 def _check_candidates(candidates: list[Candidate]) -> None:
     names = [c.name for c in candidates]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -107,16 +121,29 @@ def _check_candidates(candidates: list[Candidate]) -> None:
         raise SweepError(f"candidates: names must be unique; repeated: {', '.join(repeated)}")
 
 
-def work_units(candidates: list[Candidate], plans: list[SetPlan], pieces: int) -> list[dict]:
+def work_units(
+    candidates: list[Candidate],
+    plans: list[SetPlan],
+    pieces: int,
+    needs: list[list[str]] | None = None,
+    keep: list[set[int]] | None = None,
+) -> list[dict]:
     """Dataset rows: each candidate's examples (set by set, each set sorted by length) cut into
-    `pieces` runs of about equal size; a run lists its parts, one per set it touches."""
-    ordered = [(s, example) for s, plan in enumerate(plans) for example in by_length(plan)]
-    size = math.ceil(len(ordered) / pieces)
+    `pieces` runs of about equal size; a run lists its parts, one per set it touches. `needs`
+    and `keep` (per plan: what the actors compute, and of which examples) default to all."""
+    needs = needs or [plan.needs for plan in plans]
+    ordered = [
+        (s, example)
+        for s, plan in enumerate(plans)
+        for example in by_length(plan)
+        if keep is None or example["i"] in keep[s]
+    ]
+    size = max(1, math.ceil(len(ordered) / pieces))
     units = []
     for c in range(len(candidates)):
         for start in range(0, len(ordered), size):
             parts = [
-                {"set": s, "needs": plans[s].needs, "examples": [e for _, e in group]}
+                {"set": s, "needs": needs[s], "examples": [e for _, e in group]}
                 for s, group in itertools.groupby(
                     ordered[start : start + size], key=lambda pair: pair[0]
                 )
@@ -138,39 +165,38 @@ def run_pool(
     config: EvaluateConfig,
     progress: bool = False,
 ) -> tuple[list[dict], dict]:
-    """Run the work units through the actor pool; the rows and facts about the pool."""
+    """Run the work units through the actor pool (and generations through vLLM engines with
+    `engine: vllm`); the rows and facts about the pool."""
     quiet_ray()
-    examples = sum(len(p.examples) for p in plans)
+    needs, keep = _actor_share(plans, config)
+    examples = sum(len(k) for k in keep)
     actors = actor_count(config, len(candidates) * math.ceil(examples / config.batch_size))
-    units = work_units(candidates, plans, unit_pieces(len(candidates), examples, actors))
+    pieces = unit_pieces(len(candidates), examples, actors)
+    units = work_units(candidates, plans, pieces, needs, keep) if examples else []
     threads = config.torch_threads or max(
         int(config.cpus_per_actor), int(ray.cluster_resources().get("CPU", 1)) // actors
     )
-    dataset = _pool_dataset(
-        units,
-        actors,
-        config,
-        {
-            "candidates": [asdict(c) for c in candidates],
-            "sets": [
-                {"seq_len": p.config.seq_len, "max_new_tokens": p.config.max_new_tokens}
-                for p in plans
-            ],
-            "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
-            "threads": threads,
-            "precision": config.precision,
-            "batch_size": config.batch_size,
-        },
-    )
+    settings = {
+        "candidates": [asdict(c) for c in candidates],
+        "sets": [p.spec for p in plans],
+        "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
+        "threads": threads,
+        "precision": config.precision,
+        "batch_size": config.batch_size,
+    }
+    # With `engine: vllm`, a set that only generates leaves the actors nothing to do.
+    dataset = _pool_dataset(units, actors, config, settings) if units else None
     rows: list[dict] = []
     with job_bar(
         f"evaluation ({actors} actor{'s' * (actors > 1)}, candidate-examples)",
         len(candidates) * examples,
         progress,
     ) as done:
-        for row in dataset.iter_rows():
+        for row in dataset.iter_rows() if dataset is not None else []:
             rows.append(row)
             done("", "ok")
+    if config.engine == "vllm":
+        rows = _with_generations(rows, candidates, plans, config)
     return rows, {
         "actors": actors,
         "actor_processes": len({r["actor"] for r in rows}),
@@ -180,6 +206,26 @@ def run_pool(
         "prefix_tree_share": round(sum(r["tree"] for r in rows) / max(len(rows), 1), 4),
         "peak_actor_rss_mb": round(max((r["rss_mb"] for r in rows), default=0), 1),
     }
+
+
+def _actor_share(plans: list[SetPlan], config: EvaluateConfig):
+    """Per plan, what the actors compute and for which examples: everything, or with
+    `engine: vllm` everything but generation."""
+    if config.engine != "vllm":
+        return [p.needs for p in plans], [set(range(len(p.examples))) for p in plans]
+    # Imported here: the vLLM path loads tokenizers on the driver (torch, transformers).
+    from engine.evaluate import vllm_generation
+
+    vllm_generation.engine_count()  # no GPU is an error now, not actors waiting for one
+    return vllm_generation.actor_share(plans)
+
+
+def _with_generations(rows, candidates, plans, config: EvaluateConfig) -> list[dict]:
+    """The actors' rows joined with the vLLM engines' generations, example by example."""
+    from engine.evaluate import vllm_generation  # see `_actor_share`
+
+    made = vllm_generation.generation_rows(candidates, plans, config)
+    return vllm_generation.merge_rows(rows + made)
 
 
 def _pool_dataset(units: list[dict], actors: int, config: EvaluateConfig, kwargs: dict):
@@ -255,32 +301,11 @@ def _rows(candidate: Candidate, plan: SetPlan, group: list[dict]) -> list[dict]:
     common = {
         "candidate": candidate.name,
         "kind": candidate.kind,
-        "eval_set": plan.config.name,
         "split": plan.config.split,
-        "n": len(plan.examples),
         "seconds": round(sum(r["seconds"] for r in group), 4),
         "path": candidate.path,
     }
-    return [
-        {**common, "metric": name, **_score(metric, observations, error)}
-        for name, metric in plan.metrics.items()
-    ]
-
-
-def _score(metric: Metric, observations: list[dict], error: str | None) -> dict:
-    """The metric's value and 95% interval (`stderr`, `low`, `high`), or why there is none."""
-    if error:
-        return {"value": math.nan, "status": "failed", "error": error}
-    try:
-        value = float(metric.score(observations))
-        spread = metric.interval(observations)
-    except Exception as err:  # a user metric's bug fails its rows only
-        return {
-            "value": math.nan,
-            "status": "failed",
-            "error": f"metric {metric.name!r}: {type(err).__name__}: {err}",
-        }
-    return {"value": value, **asdict(spread), "status": "ok", "error": None}
+    return [{**common, **row} for row in plan.results(observations, error)]
 
 
 def candidates_from_paths(

@@ -24,6 +24,7 @@ class once against separate sequences (`engine.evaluate.worker`).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -127,6 +128,7 @@ class Scored:
     """What one pass gives: each path's log-likelihood, and how greedy decoding starts."""
 
     logprobs: list[list[float]]  # per tree, per path: summed log-probability of its tokens
+    greedy: list[list[bool]]  # per tree, per path: every token is the model's greedy pick
     generated: list[list[int]]  # per tree: greedy tokens read off the pass (see `follow`)
     seen: torch.Tensor | None  # (n, width): the columns the next greedy token attends to
     cache: object | None  # the pass's key/value cache
@@ -152,19 +154,24 @@ def score(model, trees: list[Tree], pad: int, drafts: list[int | None] | None = 
     if out.logits.shape[1] != len(keep):  # the model computed every column
         index = torch.arange(packed.ids.shape[1])
     logp = out.logits[rows, index[columns]].float().log_softmax(-1)
-    picked = logp.gather(-1, torch.tensor(targets, device=logp.device)[:, None]).squeeze(-1)
-    logprobs = _per_path(picked, owners, [len(t.paths) for t in trees])
+    wanted = torch.tensor(targets, dtype=torch.long, device=logp.device)
+    picked = logp.gather(-1, wanted[:, None]).squeeze(-1)
+    counts = [len(t.paths) for t in trees]
+    logprobs = _per_path(picked, owners, counts)
+    missed = _per_path((logp.argmax(-1) != wanted).double(), owners, counts)
+    greedy = [[m == 0 for m in tree] for tree in missed]
     if drafts is None:
-        return Scored(logprobs, [], None, None)
+        return Scored(logprobs, greedy, [], None, None)
     generated, last = follow(out.logits, index, trees, drafts)
     seen = packed.visible[torch.arange(len(trees)), torch.tensor(last)]
-    return Scored(logprobs, generated, seen, out.past_key_values)
+    return Scored(logprobs, greedy, generated, seen, out.past_key_values)
 
 
 def _per_path(picked: torch.Tensor, owners: list[int], counts: list[int]) -> list[list[float]]:
-    """Token log-probabilities summed per path (in float64), grouped per tree."""
+    """Token values summed per path (in float64), grouped per tree."""
     sums = torch.zeros(sum(counts), dtype=torch.float64, device=picked.device)
-    sums = sums.index_add(0, torch.tensor(owners, device=picked.device), picked.double()).tolist()
+    owner = torch.tensor(owners, dtype=torch.long, device=picked.device)
+    sums = sums.index_add(0, owner, picked.double()).tolist()
     out, at = [], 0
     for count in counts:
         out.append(sums[at : at + count])
@@ -235,18 +242,30 @@ def follow(
 
 @torch.no_grad()
 def generate(
-    model, trees: list[Tree], pad: int, eos: int | None, max_new: int, scored: Scored
+    model,
+    trees: list[Tree],
+    pad: int,
+    eos: int | None,
+    max_new: int,
+    scored: Scored,
+    done: Callable[[int, list[int]], bool] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations (at most `max_new` tokens, ending at eos if one comes) of every
-    tree's prompt, going on from a pass `score(model, trees, pad, drafts)`."""
+    tree's prompt, going on from a pass `score(model, trees, pad, drafts)`. `done(i, tokens)`,
+    when given, ends tree i's continuation early (a stop sequence was reached)."""
     tokens = [g[:max_new] for g in scored.generated]
-    active = [i for i, g in enumerate(tokens) if len(g) < max_new and eos not in g]
+
+    def going(i: int) -> bool:
+        row = tokens[i]
+        return len(row) < max_new and eos not in row and not (done and done(i, row))
+
+    active = [i for i in range(len(tokens)) if going(i)]
     if not active:
         return tokens
     cache = scored.cache
     cache.batch_select_indices(torch.tensor(active, device=model.device))
     seen = scored.seen[active]
-    while running := {i for i in active if len(tokens[i]) < max_new and eos not in tokens[i]}:
+    while running := {i for i in active if going(i)}:
         feed = [[tokens[i][-1] if i in running else pad] for i in active]
         depth = [[trees[i].prompt_end + len(tokens[i])] for i in active]  # the fed token's
         seen = torch.cat([seen, torch.ones((len(active), 1), dtype=torch.bool)], 1)

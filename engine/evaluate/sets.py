@@ -4,13 +4,16 @@ and its rows as the plain examples the evaluation actors score (no Ray, no torch
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.core.files import missing_field, read_rows, source_fields
 from engine.evaluate.metrics import Metric, get_metric
 from sweeps import Sweep, SweepError
 from sweeps.evaluation import EvalSetConfig
+
+REQUESTS = "requests"  # what an lm_eval set needs: its examples are the harness's requests
 
 
 @dataclass
@@ -25,8 +28,41 @@ class SetPlan:
     def needs(self) -> list[str]:
         return sorted({m.needs for m in self.metrics.values()})
 
+    @property
+    def spec(self) -> dict:
+        """What the actors need to know of the set besides its examples."""
+        return {"seq_len": self.config.seq_len, "max_new_tokens": self.config.max_new_tokens}
 
-def plan_set(eval_set: EvalSetConfig) -> SetPlan:
+    def results(self, observations: list[dict], error: str | None) -> list[dict]:
+        """One row per metric: the metric's value and interval, or the error."""
+        return [
+            {
+                "eval_set": self.config.name,
+                "metric": name,
+                "n": len(self.examples),
+                **scored(metric, observations, error),
+            }
+            for name, metric in self.metrics.items()
+        ]
+
+
+def scored(metric: Metric, observations: list[dict], error: str | None) -> dict:
+    """The metric's value and 95% interval (`stderr`, `low`, `high`), or why there is none."""
+    if error:
+        return {"value": math.nan, "status": "failed", "error": error}
+    try:
+        value = float(metric.score(observations))
+        spread = metric.interval(observations)
+    except Exception as err:  # a user metric's bug fails its rows only
+        return {
+            "value": math.nan,
+            "status": "failed",
+            "error": f"metric {metric.name!r}: {type(err).__name__}: {err}",
+        }
+    return {"value": value, **asdict(spread), "status": "ok", "error": None}
+
+
+def plan_file_set(eval_set: EvalSetConfig) -> SetPlan:
     """Check a set's file and metrics, then read its examples; bad input raises `SweepError`."""
     problems = set_problems(eval_set, f"eval set {eval_set.name!r}")
     if problems:

@@ -17,7 +17,7 @@ from engine.core.rundir import RunDir, write_table
 from engine.evaluate.pool import Candidate, evaluate_candidates
 from engine.evaluate.sets import sweep_sets
 from sweeps import Sweep
-from sweeps.evaluation import EvalSetConfig
+from sweeps.evaluation import EvalSetConfig, HarnessSetConfig
 
 
 def sweep_candidates(
@@ -66,13 +66,16 @@ def eval_stage(
     return table
 
 
-def _complete(run: RunDir, candidates: list[Candidate], sets: list[EvalSetConfig]) -> pd.DataFrame:
-    """Rows of earlier runs for candidates that have results on every set, all of them ok."""
+def _complete(
+    run: RunDir, candidates: list[Candidate], sets: list[EvalSetConfig | HarnessSetConfig]
+) -> pd.DataFrame:
+    """Rows of earlier runs for candidates that have results on every set, all of them ok (an
+    `lm_eval` set's results are one set per listed task name, see `HarnessSetConfig.tasks`)."""
     if not run.evals.is_file():
         return pd.DataFrame()
     table = pd.read_parquet(run.evals)
     names = {c.name for c in candidates}
-    wanted = {s.name for s in sets}
+    wanted = {name for s in sets for name in s.result_names()}
     keep = []
     for _name, rows in table[table["candidate"].isin(names)].groupby("candidate"):
         if set(rows["eval_set"]) == wanted and (rows["status"] == "ok").all():

@@ -21,7 +21,8 @@ import torch
 from engine.core.batches import autocast, collate, token_nll
 from engine.core.encode import IGNORE, TextEncoder, text_encoder, training_layout
 from engine.core.models import load_for_eval, load_tokenizer
-from engine.evaluate import example_trees, prefix_tree
+from engine.evaluate import answers, example_trees, prefix_tree
+from engine.evaluate.sets import REQUESTS
 
 
 class LoadError(Exception):
@@ -129,7 +130,14 @@ class EvalActor:
     ) -> tuple[list[dict], list[bool]]:
         """Each example's observations for `needs`: from one pass over its prefix tree where
         the model and the example allow it, else from separate sequences; and whether a tree
-        answered the example."""
+        answered the example. An lm-evaluation-harness set needs `requests`: its examples are
+        the harness's requests (`engine.evaluate.answers`)."""
+        if needs == [REQUESTS]:
+            trees = self._shares(loaded)
+            scorer = answers.Scorer(
+                loaded.model, loaded.tokenizer, self.device, self.precision, self.batch_size, trees
+            )
+            return answers.answer(scorer, examples)
         observations = [{} for _ in examples]
         shared = example_trees.shared_needs(needs, examples) if self._shares(loaded) else []
         trees = (

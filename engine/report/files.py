@@ -21,6 +21,8 @@ from sweeps.leaderboard import (
     board_markdown,
     interval_cell,
     merge_summary,
+    metric_table,
+    metrics_markdown,
     presentable,
     recommendation,
     set_scores,
@@ -42,8 +44,10 @@ def write_report(
     ranking = ranking_for(sweep)
     board = candidate_board(sweep, trials, merges, evals)
     best = winners(sweep, evals)
-    scores = None if board is None else set_scores(evals, ranking.metric, list(board["candidate"]))
-    write_atomic(run.leaderboard, _markdown(sweep, trials, board, best, scores, ranking))
+    order = None if board is None else list(board["candidate"])
+    scores = None if board is None else set_scores(evals, ranking.metric, order)
+    metrics = None if board is None else metric_table(evals, order)
+    write_atomic(run.leaderboard, _markdown(sweep, trials, board, best, scores, metrics, ranking))
     figures = _figures(sweep, trials, board, ranking)
     images = save_plots({name: fig for name, (_, fig) in figures.items()}, run.plots)
     titles = {name: title for name, (title, _) in figures.items()}
@@ -51,12 +55,12 @@ def write_report(
         images["scaling"] = run.scaling_plot.read_bytes()
         titles["scaling"] = "Scaling law: the metric against training examples, with its fit"
     shown = {name: figure_html(png, titles[name]) for name, png in images.items()}
-    sections = _sections(sweep, trials, merges, board, best, scores, shown)
+    sections = _sections(sweep, trials, merges, board, best, scores, metrics, shown)
     write_atomic(run.report, render_html(f"{sweep.name}: raysoup report", sections))
     return run.report
 
 
-def _markdown(sweep: Sweep, trials, board, best, scores, ranking: Ranking) -> str:
+def _markdown(sweep: Sweep, trials, board, best, scores, metrics, ranking: Ranking) -> str:
     markdown = leaderboard_markdown(trials, sweep)
     if board is None:
         return markdown
@@ -65,7 +69,9 @@ def _markdown(sweep: Sweep, trials, board, best, scores, ranking: Ranking) -> st
     markdown += "\n\n" + board_markdown(board, ranking, "All candidates", searched)
     if len(best) > 1:
         markdown += "\n" + winners_markdown(best, ranking.metric)
-    return markdown + "\n" + sets_markdown(scores, ranking.metric)
+    return (
+        markdown + "\n" + sets_markdown(scores, ranking.metric) + "\n" + metrics_markdown(metrics)
+    )
 
 
 def _figures(sweep: Sweep, trials: pd.DataFrame, board, ranking: Ranking) -> dict:
@@ -102,7 +108,7 @@ def _figures(sweep: Sweep, trials: pd.DataFrame, board, ranking: Ranking) -> dic
 
 
 def _sections(
-    sweep: Sweep, trials: pd.DataFrame, merges, board, best, scores, figures: dict[str, str]
+    sweep: Sweep, trials: pd.DataFrame, merges, board, best, scores, metrics, figures: dict
 ) -> list[tuple[str, str]]:
     """The page in reading order: the answer first, then the evidence."""
     sections = []
@@ -129,6 +135,7 @@ def _sections(
     if board is not None:
         sections += _merge_sections(board, merges, figures)
         sections.append(("Each evaluation set", table_html(scores, list(scores.columns))))
+        sections.append(("Every metric", table_html(metrics, list(metrics.columns))))
     columns = ["name", "task", *sweep.search_space(), "data_size", "seed", "status",
                sweep.metric, "eval_loss", "steps", "flag", "error"]  # fmt: skip
     sections.append(("Trials", table_html(trials, list(dict.fromkeys(columns)))))
