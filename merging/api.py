@@ -59,14 +59,21 @@ def merge(
 
 
 def refuse_adapters(models: list[str]) -> None:
-    """A LoRA adapter folder is not a model: say how to bake it into one first."""
+    """Every input is a Hugging Face model folder: a LoRA adapter folder is not a model (say
+    how to bake it into one first), and a folder without `config.json` would give a merged
+    model nothing can load."""
     for model in models:
-        folder = Path(model)
+        folder = Path(model.split("+")[0])
         if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
             raise MergeError(
                 f"{model}: this is a LoRA adapter, not a model; bake it into its base model "
                 f"first (`raysoup bake {model} --out DIR`), or name it as mergekit's "
                 "`base+adapter`, then merge the result"
+            )
+        if folder.is_dir() and not (folder / "config.json").is_file():
+            raise MergeError(
+                f"{model}: no config.json; a merge input is a Hugging Face model folder "
+                "(config.json and safetensors weights)"
             )
 
 

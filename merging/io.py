@@ -187,16 +187,48 @@ def _shard_files(folder: Path) -> list[Path]:
         return [folder / name for name in dict.fromkeys(weight_map.values())]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise MergeError(f"model folder {folder} has no .safetensors files")
+        raise MergeError(f"model folder {folder} has no .safetensors files{pickle_note(folder)}")
     return files
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def pickle_note(folder: Path) -> str:
+    """What to say about a folder whose weights are pickles ('' when it has none): they are
+    never loaded, because unpickling a file can run any code in it."""
+    found = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+    if not found:
+        return ""
+    return (
+        f"; it holds pickle weights ({', '.join(found[:3])}), which raysoup never loads "
+        "(unpickling a file can run any code in it): save the model with safetensors "
+        "(`save_pretrained(..., safe_serialization=True)`)"
+    )
+
+
 def read_header(path: Path) -> dict[str, tuple[TensorInfo, int]]:
-    """``{name: (info, absolute byte offset)}`` of one safetensors file, in data order."""
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    header.pop("__metadata__", None)
+    """``{name: (info, absolute byte offset)}`` of one safetensors file, in data order.
+
+    Raises ``MergeError`` for a file that is not safetensors or is shorter than its header
+    says (a truncated copy), before any tensor is read.
+    """
+    size = Path(path).stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > size - 8:
+                raise ValueError(f"its header says {length} bytes, the file has {size}")
+            header = json.loads(handle.read(length))
+        header.pop("__metadata__", None)
+        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, IndexError) as err:
+        raise MergeError(f"{path} is not a readable safetensors file ({err})") from None
+    if 8 + length + end > size:
+        raise MergeError(
+            f"{path} is truncated: its tensors need {8 + length + end} bytes, the file has "
+            f"{size}; copy or save it again"
+        )
     ordered = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
     start = 8 + length
     return {

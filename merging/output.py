@@ -7,6 +7,7 @@ whose process is gone.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -25,18 +26,30 @@ def staged_output(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not overwrite:
         raise MergeError(
-            f"output folder {out_dir} already exists; pass overwrite=True to replace it"
+            f"output folder {out_dir} already exists; replace it with --overwrite "
+            "(overwrite=True from Python)"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out_dir)
+        tmp.mkdir()
         yield tmp
+        _publish(tmp, out_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MergeError(_cannot_write(out_dir, err)) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _publish(tmp, out_dir)
+
+
+def _cannot_write(out_dir: Path, err: OSError) -> str:
+    reason = "no space left on the device" if err.errno == errno.ENOSPC else err.strerror
+    return (
+        f"cannot write the merged model to {out_dir}: {reason} ({err.filename or out_dir}); "
+        "nothing was left there"
+    )
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -46,7 +59,10 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     old = out_dir.parent / f".{out_dir.name}.raysoup-old-{uuid.uuid4().hex[:8]}"
     os.rename(out_dir, old)
     os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # --overwrite over a file (or a link): remove it, not only folders
+        old.unlink(missing_ok=True)
 
 
 def remove_stale(out_dir: Path) -> list[Path]:

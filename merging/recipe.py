@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from merging import catalog
+from merging.errors import RecipeError
 from merging.methods import native_methods
 
 Scalar = bool | int | float | str
@@ -219,15 +220,33 @@ def _check_required(recipe: Recipe, info: catalog.MethodInfo, others: list[Model
                 raise ValueError(f"models[{i}].parameters.{key}: required by {info.name}")
 
 
-def parse_recipe(data: dict[str, Any] | Recipe) -> Recipe:
-    """Validate a recipe given as a dict (e.g. parsed YAML)."""
-    return data if isinstance(data, Recipe) else Recipe.model_validate(data)
+def parse_recipe(data: dict[str, Any] | Recipe, source: str = "recipe") -> Recipe:
+    """Validate a recipe given as a dict (e.g. parsed YAML); `RecipeError` names each field."""
+    if isinstance(data, Recipe):
+        return data
+    if not isinstance(data, dict):
+        raise RecipeError(source, [f"a recipe is a YAML mapping; got {type(data).__name__}"])
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(source, [_problem(e) for e in err.errors()]) from None
+
+
+def _problem(error: dict) -> str:
+    """One validation error as `field.path: message` (a model-level message names its own)."""
+    message = error["msg"].removeprefix("Value error, ")
+    path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"])
+    path = path.replace(".[", "[")
+    if error["type"] == "extra_forbidden":
+        model = ModelEntry if len(error["loc"]) == 3 and error["loc"][0] == "models" else Recipe
+        message = f"unknown key; allowed here: {', '.join(model.model_fields)}"
+    return f"{path}: {message}" if path else message
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file (any mergekit config file is one)."""
-    text = Path(path).read_text()
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a recipe is a YAML mapping; got {type(data).__name__}")
-    return Recipe.model_validate(data)
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(str(path), [f"not valid YAML ({err})".replace("\n", " ")]) from None
+    return parse_recipe(data, str(path))

@@ -3,9 +3,8 @@ parsed as the merge recipe it will run (the plans themselves: `sweeps.plans.chec
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 from engine.merge.planner import task_merge_recipe
+from merging.errors import RecipeError
 from merging.recipe import parse_recipe
 from sweeps import Sweep
 
@@ -20,10 +19,7 @@ def task_merge_problems(sweep: Sweep) -> list[str]:
         for parameters in plan.grid():
             try:
                 parse_recipe(task_merge_recipe(plan.method, parameters, "/base", models))
-            except ValidationError as err:
-                problems += [
-                    f"merge[{index}]: {e['msg'].removeprefix('Value error, ')}"
-                    for e in err.errors()
-                ]
+            except RecipeError as err:
+                problems += [f"merge[{index}]: {problem}" for problem in err.problems]
                 break
     return problems
