@@ -160,6 +160,18 @@ def test_failed_trials_leave_groups_that_are_skipped_with_a_reason():
     assert any(r and "no finished trial for task(s) reverse" in r for r in reasons.values())
 
 
+def test_a_group_whose_trials_all_failed_is_a_skipped_row():
+    sweep = parse_sweep(two_task_sweep(merge=[{"type": "soup"}, {"type": "task_merge"}]))
+    table = trials_table(done={"add/lr=0.001/s0", "add/lr=0.001/s1", "reverse/lr=0.003/s0"})
+    reasons = {j.candidate: j.skipped for j in plan_jobs(sweep, table)}
+    assert "0 finished trial" in reasons["soup/add/lr=0.003"]
+    assert "0 finished trial" in reasons["soup/reverse/lr=0.001"]
+    assert "no finished trial for task(s) add, reverse" in reasons["merge/lr=0.003/s1"]
+    everything_failed = plan_jobs(sweep, trials_table(done=set()))
+    assert len(everything_failed) == len(plan_jobs(sweep, trials_table()))
+    assert all(job.skipped for job in everything_failed)
+
+
 def test_where_limits_a_plan_to_some_trials():
     sweep = parse_sweep(
         two_task_sweep(merge=[{"type": "task_merge", "where": {"train.lr": 0.003, "seed": [1]}}])

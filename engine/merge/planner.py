@@ -51,17 +51,18 @@ class MergeJob:
 
 
 def plan_jobs(sweep: Sweep, trials: pd.DataFrame) -> list[MergeJob]:
-    """Every merge job of the sweep's plans, over the trials that finished."""
-    all_done = trials[trials["status"] == "done"]
+    """Every merge job of the sweep's plans, made of the trials that finished. Groups are
+    formed from every trial in the table, so a group whose trials failed is a `skipped` job
+    rather than no job at all."""
     jobs: list[MergeJob] = []
     for name, plan in zip(plan_names(sweep.merge), sweep.merge):
-        done = _where(all_done, plan.where)
+        chosen = _where(trials, plan.where)
         if plan.type == "checkpoint_average":
-            jobs += _checkpoint_averages(name, plan, done, sweep)
+            jobs += _checkpoint_averages(name, plan, chosen[chosen["status"] == "done"], sweep)
         elif plan.type == "soup":
-            jobs += _soups(name, plan, done, sweep)
+            jobs += _soups(name, plan, chosen, sweep)
         else:
-            jobs += _task_merges(name, plan, done, sweep)
+            jobs += _task_merges(name, plan, chosen, sweep)
     return jobs
 
 
@@ -89,11 +90,12 @@ def _checkpoint_averages(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> l
     return jobs
 
 
-def _soups(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
+def _soups(name: str, plan, trials: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
     axes = group_axes(sweep)
     keys = [] if plan.across == "all" else [a for a in axes if a not in plan.across]
     jobs = []
-    for group, members in _groups(done, keys):
+    for group, rows in _groups(trials, keys):
+        members = rows[rows["status"] == "done"]
         best = members.sort_values(
             sweep.metric, ascending=sweep.direction() == "min", kind="stable"
         )
@@ -116,14 +118,14 @@ def _soups(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
     return jobs
 
 
-def _task_merges(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
+def _task_merges(name: str, plan, trials: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
     keys = [a for a in group_axes(sweep) if a != "task"]
     tasks = plan.where.get("task", sweep.task_names())
     tasks = tasks if isinstance(tasks, list) else [tasks]
     grid = plan.grid()
     jobs = []
-    for group, members in _groups(done, keys):
-        members = members.sort_values("task")
+    for group, rows in _groups(trials, keys):
+        members = rows[rows["status"] == "done"].sort_values("task")
         missing = sorted(set(tasks) - set(members["task"]))
         skipped = f"no finished trial for task(s) {', '.join(missing)}" if missing else None
         for parameters in grid:
@@ -172,12 +174,13 @@ def group_axes(sweep: Sweep) -> list[str]:
     return [*AXES, *sweep.search_space()]
 
 
-def _groups(done: pd.DataFrame, keys: list[str]):
+def _groups(trials: pd.DataFrame, keys: list[str]):
     """(group values, member rows) in a stable order; one group of everything without keys."""
     if not keys:
-        yield {}, done.sort_values("name")
+        if not trials.empty:
+            yield {}, trials.sort_values("name")
         return
-    for values, members in done.groupby(keys, sort=True, dropna=False):
+    for values, members in trials.groupby(keys, sort=True, dropna=False):
         values = values if isinstance(values, tuple) else (values,)
         yield {k: _plain(v) for k, v in zip(keys, values)}, members.sort_values("name")
 
