@@ -15,7 +15,13 @@ from engine.evaluate.checks import evaluate_problems
 from engine.merge.checks import task_merge_problems
 from engine.prepare.checks import data_problems
 from engine.prepare.inspect import inspect_data
-from engine.train.checks import metric_problems, model_problems, precision_problems
+from engine.train.checks import (
+    lora_problems,
+    metric_problems,
+    model_problems,
+    precision_problems,
+    storage_findings,
+)
 from sweeps import Sweep, SweepError
 from sweeps.plans import check_plans
 from sweeps.scaling import sizes_problem
@@ -26,7 +32,9 @@ def check(sweep: Sweep) -> Findings:
     return what to tell the user (row counts, lengths, warnings)."""
     found = Findings(problems=data_problems(sweep) + model_problems(sweep))
     found.problems += precision_problems(sweep) + check_plans(sweep)
+    found += storage_findings(sweep)
     if not found.problems:
+        found.problems += lora_problems(sweep)
         # These read the files found above, so they run only once those are sound.
         found += inspect_data(sweep, tokenizer_folder(sweep))
         found.problems += task_merge_problems(sweep) + evaluate_problems(sweep)

@@ -32,6 +32,20 @@ def source_fields(path: str) -> list[str]:
     return list(first)
 
 
+def is_empty(path: str) -> bool:
+    """Whether a data file holds no record (no bytes, blank lines, a CSV header alone, `[]`,
+    or a Parquet file of no rows)."""
+    if Path(path).stat().st_size == 0:
+        return True
+    if path.endswith(".jsonl"):
+        with open(path, "rb") as handle:
+            return not any(line.strip() for line in handle)
+    try:
+        return count_rows(path) == 0
+    except (ValueError, OSError):
+        return False  # unreadable, not empty: the caller says why
+
+
 def missing_field(path: str, fields: list[str], found: list[str] | None = None) -> str | None:
     """What to say when the file at `path` lacks one of `fields` (its `found` fields, read
     when not given); None when it has them all."""

@@ -40,9 +40,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def load_for_training(path: str, method: str, lora: LoraConfig, trust_remote_code: bool = False):
-    """The base model in float32, wrapped in LoRA adapters when `method` is `lora`."""
+    """The base model in float32, wrapped in LoRA adapters when `method` is `lora`. Weights
+    load from safetensors only: a pickle is never unpickled."""
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, trust_remote_code=trust_remote_code
+        path, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
     )
     if method == "lora":
         import peft

@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.core.files import missing_field, read_rows, source_fields
+from engine.core.files import is_empty, missing_field, read_rows, source_fields
 from engine.evaluate.metrics import Metric, get_metric
 from sweeps import Sweep, SweepError
 from sweeps.evaluation import EvalSetConfig
@@ -114,6 +114,8 @@ def set_problems(eval_set: EvalSetConfig, where: str) -> list[str]:
         return []
     if not Path(path).is_file():
         return [f"{where}.path: eval set {eval_set.name!r}: no such file: {path}"]
+    if is_empty(path):
+        return [f"{where}.path: eval set {eval_set.name!r}: {path}: the file is empty"]
     try:
         found = source_fields(path)
         metrics = resolve_metrics(eval_set, found)

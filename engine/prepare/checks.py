@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.core.files import count_rows, missing_field, scan_jsonl, source_fields
+from engine.core.files import count_rows, is_empty, missing_field, scan_jsonl, source_fields
 from sweeps import Sweep
 
 
@@ -35,6 +35,8 @@ def file_problems(name: str, path: str, fields: list[str], on_bad_line: str) -> 
         return []
     if not Path(path).is_file():
         return [f"{name}: no such file: {path}"]
+    if is_empty(path):
+        return [f"{name}: {path}: the file is empty; give a file of examples"]
     try:
         found = source_fields(path)
     except (ValueError, OSError) as err:
