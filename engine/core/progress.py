@@ -61,3 +61,8 @@ def show_findings(found: Findings, console: Console | None = None) -> None:
         console.print(f"[dim]check[/] {note}", highlight=False)
     for warning in found.warnings:
         console.print(f"[yellow]warning[/] {warning}", highlight=False)
+
+
+def warn(message: str, console: Console | None = None) -> None:
+    """A warning while the sweep runs (it goes on)."""
+    (console or Console(stderr=True)).print(f"[yellow]warning[/] {message}", highlight=False)

@@ -17,12 +17,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
+import json
 import os
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.core.errors import RunError
 from sweeps import Sweep, SweepError, dump_sweep, load_sweep
 
 if TYPE_CHECKING:
@@ -43,6 +50,10 @@ class RunDir:
                 f"storage: remote storage ('{base}') is not supported yet; give a local folder"
             )
         return cls(Path(base).expanduser().resolve() / sweep.name)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".raysoup.lock"
 
     @property
     def sweep_file(self) -> Path:
@@ -116,12 +127,83 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         write_atomic(self.sweep_file, text)
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[Held]:
+        """Hold the run directory for this driver: one driver per run directory.
+
+        The lock is `.raysoup.lock`, locked with `flock` while the driver runs and holding its
+        host and pid; a driver that died (even by SIGKILL) releases it, and the next one takes
+        it over (`Held.previous` says what it left). Raises `RunError` naming the driver that
+        holds it.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunError(self._held_message(_read_lock(fd))) from None
+            held = Held(fd, _read_lock(fd), {})
+            held.note(host=socket.gethostname(), pid=os.getpid(), since=time.time())
+            try:
+                yield held
+            finally:
+                _write_lock(fd, None)
+        finally:
+            os.close(fd)  # closing releases the flock
+
+    def _held_message(self, holder: dict | None) -> str:
+        who = "another raysoup"
+        if holder:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+            who += f" (pid {holder.get('pid')} on {holder.get('host')}, since {since})"
+        return (
+            f"{self.root} is in use by {who}; one driver at a time runs a sweep. Wait for it "
+            f"to end (or stop it), then `raysoup resume {self.root}`"
+        )
+
+
+@dataclass
+class Held:
+    """The run directory's lock, held by this driver: what a driver that is gone left in it
+    (`previous`, None after a clean end), and `note` to record more (the Ray session a local
+    cluster runs in, so the next driver can stop what a kill left of it)."""
+
+    fd: int
+    previous: dict | None
+    mine: dict
+
+    def note(self, **fields) -> None:
+        self.mine.update(fields)
+        _write_lock(self.fd, self.mine)
+
+
+def _read_lock(fd: int) -> dict | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 4096).decode(errors="replace").strip()
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _write_lock(fd: int, holder: dict | None) -> None:
+    # The file is kept (never unlinked): another driver may be opening it to lock it.
+    os.ftruncate(fd, 0)
+    if holder is not None:
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.fsync(fd)
+
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write a file so that readers see the old or the new content, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not also keep half a file
+        raise
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
