@@ -51,8 +51,9 @@ def main_options(
 
 
 def user_errors(fn):
-    """Show a user's mistake as one clear message and exit 2, with no traceback; a Ctrl-C
-    exits 130 (saying how to resume when a sweep was stopped)."""
+    """Show a user's mistake as one clear message and exit 2, and a run that cannot go on
+    (`RunError`) as one and exit 1, with no traceback; a Ctrl-C exits 130 (saying how to
+    resume when a sweep was stopped)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -63,21 +64,28 @@ def user_errors(fn):
             errors.print(message, style="yellow", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except Exception as err:
-            if not _is_user_error(err):
+            code = _exit_code(err)
+            if code is None:
                 raise
             errors.print(
                 f"error: {err}", style="red", highlight=False, markup=False, soft_wrap=True
             )
-            raise typer.Exit(2) from None
+            raise typer.Exit(code) from None
 
     return wrapper
 
 
-def _is_user_error(err: Exception) -> bool:
-    # MergeError is looked up only if merging was imported: importing it costs torch's start-up.
+def _exit_code(err: Exception) -> int | None:
+    """2 for a user's mistake, 1 for a run that cannot go on (`RunError`: a held lock, damaged
+    state, a full disk), None for a bug (its traceback is shown)."""
+    # These are looked up only if their module was imported: importing merging costs torch's
+    # start-up, and the run's errors matter only once a run started.
     merge_error = getattr(sys.modules.get("merging.errors"), "MergeError", None)
+    run_error = getattr(sys.modules.get("engine.core.errors"), "RunError", None)
+    if run_error and isinstance(err, run_error):
+        return 1
     user = (SweepError, FileNotFoundError) + ((merge_error,) if merge_error else ())
-    return isinstance(err, user)
+    return 2 if isinstance(err, user) else None
 
 
 @app.command()
@@ -111,11 +119,17 @@ def run(
 @user_errors
 def resume(
     run_dir: Path = typer.Argument(..., help="Run directory of an interrupted sweep."),
+    rebuild_state: bool = typer.Option(
+        False,
+        "--rebuild-state",
+        help="Set Tune's saved state aside and rebuild the experiment from the trial folders "
+        "(when resume says it is damaged); finished trials are reused.",
+    ),
 ) -> None:
     """Finish an interrupted sweep; finished trials, merges and evaluations are reused."""
     from engine.runner import resume as resume_sweep
 
-    _finish(resume_sweep(run_dir))
+    _finish(resume_sweep(run_dir, rebuild_state=rebuild_state))
 
 
 @app.command()

@@ -4,13 +4,18 @@ writes the run directory, so an interrupted sweep resumes where it stopped."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
 from pathlib import Path
 
+import pandas as pd
+
 from engine import preflight
+from engine.core.errors import RunError
 from engine.core.models import base_model_path
-from engine.core.progress import show_findings, stage
-from engine.core.rundir import RunDir
-from engine.core.session import ray_session
+from engine.core.progress import show_findings, stage, warn
+from engine.core.rundir import Held, RunDir
+from engine.core.session import ray_session, stop_leftovers
 from engine.evaluate.stage import eval_stage
 from engine.merge.stage import EarlyMerges, merge_stage
 from engine.prepare.sizes import task_sizes
@@ -18,7 +23,7 @@ from engine.prepare.stage import prepare
 from engine.report.files import write_report
 from engine.report.result import SweepResult, load_result
 from engine.report.scaling import write_scaling
-from engine.train.experiment import tuner
+from engine.train.experiment import fit, start_mode, tuner
 from engine.train.progress import TrialProgress
 from engine.train.table import trials_table, write_results
 from sweeps import Sweep
@@ -37,56 +42,116 @@ class Interrupted(KeyboardInterrupt):
 def run(sweep: Sweep, storage: str | None = None, progress: bool = True) -> SweepResult:
     """Validate, then run every stage of `sweep` in `<storage>/<sweep.name>`.
 
-    Re-running the same sweep into the same folder continues it; a different sweep is refused.
+    Re-running the same sweep into the same folder continues it; a different sweep is refused,
+    and so is a run directory another driver holds (`RunDir.lock`).
     """
-    found = preflight.check(sweep)
-    if progress:
-        show_findings(found)
     run_dir = RunDir.for_sweep(sweep, storage)
     sweep = sweep.model_copy(update={"storage": str(run_dir.root.parent)})
-    run_dir.claim(sweep)
-    return _execute(sweep, run_dir, progress)
+    _check(sweep, progress)
+    with run_dir.lock() as held:
+        run_dir.claim(sweep)
+        return _execute(sweep, run_dir, held, progress)
 
 
-def resume(run_dir: str | Path, progress: bool = True) -> SweepResult:
-    """Finish an interrupted sweep; trials that finished are not run again."""
+def resume(run_dir: str | Path, progress: bool = True, rebuild_state: bool = False) -> SweepResult:
+    """Finish an interrupted sweep; trials that finished are not run again.
+
+    `rebuild_state` sets Tune's saved state aside and rebuilds the experiment from the trials'
+    folders (what to do when it is damaged: the error says so).
+    """
     run = RunDir(Path(run_dir).expanduser().resolve())
     sweep = run.load_sweep()
+    _check(sweep, progress)
+    with run.lock() as held:
+        return _execute(sweep, run, held, progress, rebuild_state)
+
+
+def _check(sweep: Sweep, progress: bool) -> None:
     found = preflight.check(sweep)
     if progress:
         show_findings(found)
-    return _execute(sweep, run, progress)
 
 
-def _execute(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
+def _execute(
+    sweep: Sweep, run: RunDir, held: Held, progress: bool, rebuild: bool = False
+) -> SweepResult:
     """Run the stages in order; a Ctrl-C ends the run with `Interrupted`, starting nothing
-    further (the trials' table is written first when training was stopped)."""
+    further (the trials' table is written first when training was stopped). A full disk ends
+    it with `RunError`: what is written stays, and a resume continues once there is space."""
+    _take_over(run, held.previous, progress)
+    mode = start_mode(run, rebuild)  # before Ray starts: damaged state stops the run here
     try:
-        return _stages(sweep, run, progress)
+        return _stages(sweep, run, held, progress, mode)
     except Interrupted:
         raise
     except KeyboardInterrupt:
         raise Interrupted(run.root) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise RunError(
+            f"no space left on the device of {err.filename or run.root}; what was written is "
+            f"kept: free some space, then `raysoup resume {run.root}`"
+        ) from err
 
 
-def _stages(sweep: Sweep, run: RunDir, progress: bool) -> SweepResult:
+def _take_over(run: RunDir, previous: dict | None, progress: bool) -> None:
+    """After a driver that died: say so, and stop what its local Ray cluster left running."""
+    if not previous:
+        return
+    here = previous.get("host") == socket.gethostname() and previous.get("ray_session")
+    stopped = stop_leftovers(previous["ray_session"]) if here else 0
+    if progress:
+        left = f"; stopped {stopped} Ray process(es) its cluster left" if stopped else ""
+        warn(
+            f"took over {run.lock_file.name} from a raysoup that is no longer running (pid "
+            f"{previous.get('pid')} on {previous.get('host')}){left}"
+        )
+
+
+def _stages(sweep: Sweep, run: RunDir, held: Held, progress: bool, mode: str) -> SweepResult:
     with contextlib.ExitStack() as stack:
         with stage("starting Ray", progress):
-            stack.enter_context(ray_session())
+            started = stack.enter_context(ray_session())
+        if started:
+            held.note(ray_session=started)
         model_path = base_model_path(sweep, run.model)
         with stage("preparing data", progress):
             manifest = prepare(sweep, run, model_path)
         sizes = task_sizes(sweep, manifest)
-        callbacks = [TrialProgress(sweep.trial_count(), sweep.metric)] if progress else []
-        callbacks += [EarlyMerges(sweep, run, model_path, sizes)] if sweep.merge else []
-        grid = tuner(sweep, model_path, run, sizes, callbacks).fit()
-        table = trials_table(grid, sweep, sizes)
-        write_results(table, sweep, run)
-        ended = table["status"].isin(["done", "error"]).sum()
-        if ended < sweep.trial_count():  # Tune stops its trials on Ctrl-C and returns
-            raise Interrupted(run.root)
+        table = _train(sweep, run, model_path, sizes, progress, mode)
         write_scaling(table, sweep, run)
         merges = merge_stage(sweep, run, table, model_path, progress) if sweep.merge else None
         evals = eval_stage(sweep, run, table, merges, model_path, progress)
     write_report(sweep, run, table, merges, evals)
     return SweepResult(run.root, sweep, table, merges, evals)
+
+
+def _train(
+    sweep: Sweep, run: RunDir, model_path: str, sizes, progress: bool, mode: str
+) -> pd.DataFrame:
+    """The train stage: the Tune experiment, then `trials.parquet` from the trials' folders.
+
+    Raises `Interrupted` after a Ctrl-C, and `RunError` when Tune stopped with trials left
+    unfinished for another reason; a trial that failed is a row, not an error."""
+    callbacks = [TrialProgress(sweep.trial_count(), sweep.metric)] if progress else []
+    callbacks += [EarlyMerges(sweep, run, model_path, sizes)] if sweep.merge else []
+    if mode == "rebuild" and progress:
+        warn(f"rebuilding the Tune experiment in {run.tune} from the trials' folders")
+    outcome = fit(tuner(sweep, model_path, run, sizes, callbacks, mode))
+    table = trials_table(run, sweep, sizes)
+    write_results(table, sweep, run)
+    if outcome.interrupted:
+        raise Interrupted(run.root)
+    unfinished = sweep.trial_count() - int(table["status"].isin(["done", "error"]).sum())
+    if outcome.error and unfinished:
+        raise RunError(
+            f"training stopped with {unfinished} trial(s) unfinished: {outcome.error}; "
+            f"`raysoup resume {run.root}` continues them from their checkpoints"
+        )
+    if outcome.error and progress:
+        warn(
+            f"Tune could not read back its own results ({outcome.error}); the trials' folders "
+            "hold them, and trials.parquet was written from those"
+        )
+    return table

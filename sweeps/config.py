@@ -226,6 +226,11 @@ class ResourcesConfig(Strict):
     max_concurrent: PositiveInt | None = Field(
         None, description="Most trials at once (null: as many as resources allow)."
     )
+    max_failures: NonNegInt = Field(
+        2,
+        description="How many times a failed trial is started again (its process died, its "
+        "node was lost, it raised), each time from its newest complete checkpoint; 0: never.",
+    )
 
 
 class Sweep(Strict):

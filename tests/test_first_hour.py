@@ -24,6 +24,7 @@ from sweeps.intervals import of_mean, wilson
 from sweeps.leaderboard import Ranking, leaderboard, recommendation, task_winners
 from sweeps.trials import configurations, labels, trial_name
 from tests.conftest import DEMO_DATA, REPO
+from tests.failing import FAILS_ON_WORDS
 
 ADD = DEMO_DATA / "add"
 
@@ -299,21 +300,24 @@ def test_best_is_the_leaderboards_first_with_its_path(sampled):
 
 
 def test_run_exits_1_when_a_trial_fails_and_when_all_do(tmp_path, sampled):
-    # `sampled` keeps this module's Ray running, so the command reuses it.
-    sweep = sweep_dict(
-        tmp_path,
-        finetune={"method": {"grid": ["full", "lora"]}, "lora": {"target_modules": ["nope"]}},
-    )
+    # `sampled` keeps this module's Ray running, so the command reuses it. The metric raises on
+    # the reverse task's word answers: its trial fails at run time, after every check.
+    sweep = sweep_dict(tmp_path, metric=FAILS_ON_WORDS, resources={"max_failures": 0})
+    del sweep["data"]["train"], sweep["data"]["eval"]
+    sweep["tasks"] = {
+        task: {split: str(DEMO_DATA / task / f"{split}.jsonl") for split in ("train", "eval")}
+        for task in ("add", "reverse")
+    }
     path = tmp_path / "fails.yaml"
     path.write_text(json.dumps(sweep))
     result = CliRunner().invoke(app, ["run", str(path)])
     assert result.exit_code == 1, result.output
-    assert "1 failure(s)" in result.output and "lora" in result.output
-    sweep["name"], sweep["finetune"]["method"] = "all-fail", "lora"
+    assert "1 failure(s)" in result.output and "trial reverse failed" in result.output
+    sweep["name"], sweep["tasks"] = "all-fail", {"reverse": sweep["tasks"]["reverse"]}
     path.write_text(json.dumps(sweep))
     result = CliRunner().invoke(app, ["run", str(path)])
     assert result.exit_code == 1, result.output
-    assert "trial trial failed" in result.output
+    assert "trial reverse failed" in result.output
 
 
 def test_ctrl_c_exits_130_and_starts_no_further_stage(tmp_path):
@@ -341,7 +345,8 @@ def test_ctrl_c_exits_130_and_starts_no_further_stage(tmp_path):
     assert proc.returncode == 130, output
     assert f"raysoup resume {run_dir}" in output
     assert not (run_dir / "merges.parquet").exists() and not (run_dir / "evals.parquet").exists()
-    assert (run_dir / "trials.parquet").is_file()  # the stopped trials, for `raysoup resume`
+    # The stopped trials, for `raysoup resume`.
+    assert (run_dir / "trials.parquet").is_file(), output
 
 
 # -- the report in a real browser --------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import engine
 from sweeps import SweepError, parse_sweep
 from tests.conftest import DEMO_DATA
+from tests.failing import FAILS_ON_WORDS
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -184,14 +185,20 @@ def test_prepare_names_a_missing_field(tmp_path):
 
 
 def test_a_failing_trial_is_recorded_and_the_others_finish(tmp_path):
-    sweep = tiny_sweep("fails", data_scale=None)
-    sweep["finetune"]["lora"]["target_modules"] = ["no_such_module"]
-    sweep["train"]["max_steps"] = 2
+    # A metric that raises on the reverse task's word answers fails that task's trial only.
+    sweep = tiny_sweep("fails", data_scale=None, finetune={"method": "full"}, metric=FAILS_ON_WORDS)
+    sweep["tasks"] = {
+        task: {split: str(DEMO_DATA / task / f"{split}.jsonl") for split in ("train", "eval")}
+        for task in ("add", "reverse")
+    }
+    sweep["data"] = {"format": "prompt_completion"}
+    sweep["train"].update(max_steps=2, eval_every=2)
+    sweep["resources"] = {"max_failures": 0}
     result = engine.run(parse_sweep(sweep), storage=str(tmp_path), progress=False)
-    status = dict(zip(result.trials["finetune.method"], result.trials["status"]))
-    assert status == {"full": "done", "lora": "error"}
-    failed = result.trials.set_index("finetune.method").loc["lora"]
-    assert "no_such_module" in failed["error"]
+    status = dict(zip(result.trials["task"], result.trials["status"]))
+    assert status == {"add": "done", "reverse": "error"}
+    failed = result.trials.set_index("task").loc["reverse"]
+    assert "fails on word answers" in failed["error"]
     assert result.leaderboard().iloc[-1]["status"] == "error"
 
 

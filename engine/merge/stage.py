@@ -22,7 +22,7 @@ from engine.core.rundir import RunDir, write_table
 from engine.merge.job import record_path, run_job
 from engine.merge.planner import MergeJob, plan_jobs
 from engine.train.axes import Sizes
-from engine.train.table import trial_row
+from engine.train.table import trials_table
 from sweeps import Sweep
 from sweeps.plans import expected_members, plan_names
 
@@ -117,11 +117,10 @@ class EarlyMerges(tune.Callback):
         return STARTED.setdefault(str(self.run.root), {})
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        finished = [t for t in trials if t is trial or t.status == "TERMINATED"]
         # Tune creates trials as it starts them, so the sweep says how many there will be.
         ended = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in trials)
         unfinished = self.sweep.trial_count() - ended
-        table = pd.DataFrame([trial_row(t, self.sweep, self.sizes) for t in finished])
+        table = trials_table(self.run, self.sweep, self.sizes)
         for job in plan_jobs(self.sweep, table):
             if job.candidate in self.started or job.skipped or _finished(job, self.run):
                 continue

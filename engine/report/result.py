@@ -43,6 +43,11 @@ class SweepResult:
             f"trial {t['name']} failed: {t['error']} (traceback: {t['path']}/error.txt)"
             for t in self.trials[self.trials["status"] == "error"].to_dict("records")
         ]
+        found += [
+            f"trial {t['name']} did not finish (step {t['steps']}); `raysoup resume "
+            f"{self.run_dir}` continues it"
+            for t in self.trials[self.trials["status"] == "incomplete"].to_dict("records")
+        ]
         if self.merges is not None:
             found += [
                 f"merge {m['candidate']} failed: {m['error']} (merges.parquet)"

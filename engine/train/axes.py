@@ -1,9 +1,10 @@
 """A trial's place in the sweep: its configuration, task, data size and seed, and its name.
 
-Tune gives each trial a config with four axes: `config` (one of `sweeps.trials.configurations`,
+Each trial is one *cell* of the sweep's grid: `config` (one of `sweeps.trials.configurations`,
 drawn before training), `task`, `data_size` (a count or a fraction, as the sweep says) and
-`seed`. Everything that names or groups trials reads them through `identify`, so a trial has one
-name everywhere (terminal, tables, merges, evaluations), whether it finished or failed.
+`seed`. Tune's config of a trial holds its cell under `trial`. Everything that names or groups
+trials reads them through `identify`, so a trial has one name everywhere (terminal, tables,
+merges, evaluations), whether it finished or failed.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeps import Sweep
-from sweeps.trials import trial_name
-
-AXES = ("config", "task", "data_size", "seed")
+from sweeps.trials import configurations, trial_name
 
 Sizes = dict[str, dict[str, int]]  # task -> data-size value (as text) -> exact example count
 
@@ -30,10 +29,28 @@ class TrialIdentity:
     values: dict[str, Any]
 
 
-def identify(sweep: Sweep, config: dict, sizes: Sizes) -> TrialIdentity:
-    """The identity of the trial Tune runs with `config`; `sizes` turns its data-size value
-    into the task's exact example count."""
-    task, size = config["task"], config["data_size"]
+def cells(sweep: Sweep) -> list[dict]:
+    """Every trial of the sweep as its cell: each drawn configuration on every task, data size
+    and seed."""
+    drawn = [{"label": c.label, "values": c.values} for c in configurations(sweep)]
+    return [
+        {"config": config, "task": task, "data_size": size, "seed": seed}
+        for config in drawn
+        for task in sweep.task_names()
+        for size in sweep.data_scale or [None]
+        for seed in sweep.seeds
+    ]
+
+
+def identify(sweep: Sweep, cell: dict, sizes: Sizes) -> TrialIdentity:
+    """The identity of the trial of `cell`; `sizes` turns its data-size value into the task's
+    exact example count."""
+    task, size = cell["task"], cell["data_size"]
     count = None if size is None else sizes[task][str(size)]
-    name = trial_name(sweep, task, config["config"]["label"], count, config["seed"])
-    return TrialIdentity(name, task, config["seed"], count, dict(config["config"]["values"]))
+    name = trial_name(sweep, task, cell["config"]["label"], count, cell["seed"])
+    return TrialIdentity(name, task, cell["seed"], count, dict(cell["config"]["values"]))
+
+
+def identities(sweep: Sweep, sizes: Sizes) -> list[TrialIdentity]:
+    """Every trial of the sweep, in the order of `cells`."""
+    return [identify(sweep, cell, sizes) for cell in cells(sweep)]

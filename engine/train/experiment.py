@@ -3,74 +3,76 @@
 from __future__ import annotations
 
 import functools
-import shutil
+import signal
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
 
+from engine.core.errors import RunError
 from engine.core.rundir import RunDir
-from engine.train.axes import Sizes, identify
+from engine.train import records, state
+from engine.train.axes import Sizes, cells, identify
 from engine.train.loop import TrialSpec, train
 from sweeps import Sweep
-from sweeps.trials import configurations
 
 
 class TuneSession:
-    """The `Session` of a trial that runs inside a Tune function trainable."""
+    """The `Session` of a trial inside a Tune function trainable.
 
-    def __init__(self) -> None:
-        self._restored = tune.get_checkpoint()
-        self._tmp: Path | None = None
+    Checkpoints are raysoup's own (`engine/train/records.py`): each is published into the
+    trial's folder, complete, before its metrics are reported to Tune, so a trial is never
+    ahead of what its folder holds. A trial resumes from the newest complete checkpoint of its
+    name, whichever attempt or experiment wrote it.
+    """
+
+    def __init__(self, trial_dir: Path, keep: int | None, resume_from: Path | None) -> None:
+        self.trial_dir, self.keep, self.resume_from = trial_dir, keep, resume_from
 
     def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
-        ckpt = tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
-        tune.report(metrics, checkpoint=ckpt)
+        if checkpoint is not None:
+            records.publish(checkpoint, self.trial_dir, metrics["step"])
+            records.prune(self.trial_dir, self.keep)
+        tune.report(metrics)
 
     def restore_dir(self) -> Path | None:
-        if self._restored is None:
-            return None
-        self._tmp = Path(self._restored.to_directory())
-        return self._tmp
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        return self.resume_from
 
 
-def run_trial(config: dict, sweep_json: str, model_path: str, data_dir: str, sizes: Sizes) -> None:
-    """A Tune function trainable: one trial of the sweep.
+def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, sizes: Sizes) -> None:
+    """A Tune function trainable: one trial of the sweep, its cell in `config["trial"]`.
 
     `sizes` turns the data-size axis value (a count or a fraction) into the task's exact count.
+    A trial whose folders already hold its last checkpoint (it finished before Tune's state
+    said so) returns at once: nothing is trained or reported again.
     """
-    sweep = Sweep.model_validate_json(sweep_json)
-    trial = identify(sweep, config, sizes)
+    sweep, run = Sweep.model_validate_json(sweep_json), RunDir(Path(run_root))
+    trial = identify(sweep, config["trial"], sizes)
+    here = run.tune / records.folder_name(tune.get_context().get_trial_id(), trial.name)
+    done = records.complete_checkpoints(records.trial_folders(run.tune, trial.name))
+    latest = done[-1] if done else None
+    if latest is not None and records.is_final(latest):
+        return
+    resumed_from = records.checkpoint_info(latest).get("step") if latest else None
+    records.record_attempt(here, trial.name, resumed_from)
     spec = TrialSpec(
         sweep=sweep.for_trial(trial.values),
         model_path=model_path,
-        data_dir=Path(data_dir) / trial.task,
+        data_dir=run.data / trial.task,
         task=trial.task,
         seed=trial.seed,
         data_size=trial.data_size,
         name=trial.name,
     )
-    session = TuneSession()
-    try:
-        train(spec, session)
-    finally:
-        session.close()
+    train(spec, TuneSession(here, checkpoints_to_keep(sweep), latest))
 
 
 def param_space(sweep: Sweep) -> dict:
-    """Tune's param space: four grid axes. `config` holds the configurations drawn before
-    training (so each is trained unchanged on every task, data size and seed); `task`,
-    `data_size` and `seed` are the sweep's own axes."""
-    drawn = [{"label": c.label, "values": c.values} for c in configurations(sweep)]
-    return {
-        "config": tune.grid_search(drawn),
-        "task": tune.grid_search(sweep.task_names()),
-        "data_size": tune.grid_search(sweep.data_scale) if sweep.data_scale else None,
-        "seed": tune.grid_search(sweep.seeds),
-    }
+    """Tune's param space: one grid axis, `trial`, whose values are the sweep's cells (each
+    drawn configuration on every task, data size and seed; `engine.train.axes.cells`), so
+    that each configuration is trained unchanged on every task, data size and seed."""
+    return {"trial": tune.grid_search(cells(sweep))}
 
 
 def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes):
@@ -78,54 +80,110 @@ def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes):
         run_trial,
         sweep_json=sweep.model_dump_json(),
         model_path=model_path,
-        data_dir=str(run.data),
+        run_root=str(run.root),
         sizes=sizes,
     )
     res = sweep.resources
     return tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
 
 
-def tuner(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes, callbacks: list) -> tune.Tuner:
-    """A new Tune experiment in `<run>/tune`, or the interrupted one restored from there.
+def start_mode(run: RunDir, rebuild: bool = False) -> str:
+    """How the train stage starts: `restore` the experiment Tune saved in `tune/`, start a
+    `new` one, or `rebuild` it from the trials' folders (asked for, or Tune's state is damaged
+    before any trial started, so nothing is lost). Raises `RunError` when the state is damaged
+    and trials started: restoring would train them all again under new ids."""
+    if rebuild:
+        return "rebuild"
+    problem = state.damage(run.tune)
+    if problem is None:
+        return "restore" if tune.Tuner.can_restore(str(run.tune)) else "new"
+    started = state.started_trials(run.tune)
+    if not started:
+        return "rebuild"
+    raise RunError(
+        f"Tune's saved state in {run.tune} is damaged: {problem}. Nothing was started. "
+        f"`raysoup resume {run.root} --rebuild-state` rebuilds the experiment from the "
+        f"{started} trial folder(s): finished trials are reused as they are, the others "
+        f"continue from their newest complete checkpoint, and the damaged files are kept in "
+        f"{run.tune}/{state.ASIDE}<time>/"
+    )
+
+
+def tuner(
+    sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes, callbacks: list, mode: str = "new"
+) -> tune.Tuner | None:
+    """The Tune experiment in `<run>/tune` as `start_mode` said: restored, new, or rebuilt
+    from the trials' folders (only the trials that have not finished; None when none is left).
 
     `sizes` maps each task and data-size value to the exact example count.
     """
     fn = trainable(sweep, model_path, run, sizes)
-    if tune.Tuner.can_restore(str(run.tune)):
-        return tune.Tuner.restore(
-            str(run.tune),
-            trainable=fn,
-            resume_unfinished=True,
-            resume_errored=True,
-            param_space=param_space(sweep),
-        )
+    if mode == "restore":
+        try:
+            return tune.Tuner.restore(
+                str(run.tune),
+                trainable=fn,
+                resume_unfinished=True,
+                resume_errored=True,
+                param_space=param_space(sweep),
+            )
+        except Exception as err:
+            raise RunError(
+                f"Tune could not restore the experiment in {run.tune} ({type(err).__name__}: "
+                f"{err}); `raysoup resume {run.root} --rebuild-state` rebuilds it from the "
+                "trial folders"
+            ) from err
+    todo = None
+    if mode == "rebuild":
+        if state.saved(run.tune):
+            state.set_aside(run.tune)
+        todo = unfinished(sweep, run, sizes)
+        if not todo:
+            return None
+    return _new_tuner(fn, sweep, run, sizes, callbacks, todo)
+
+
+def unfinished(sweep: Sweep, run: RunDir, sizes: Sizes) -> list[dict]:
+    """The cells of the trials whose folders do not hold their last checkpoint."""
+    todo = []
+    for cell in cells(sweep):
+        name = identify(sweep, cell, sizes).name
+        done = records.complete_checkpoints(records.trial_folders(run.tune, name))
+        if not (done and records.is_final(done[-1])):
+            todo.append(cell)
+    return todo
+
+
+def _new_tuner(
+    fn, sweep: Sweep, run: RunDir, sizes: Sizes, callbacks: list, todo: list[dict] | None
+) -> tune.Tuner:
     run_config = tune.RunConfig(
         name=run.tune.name,
         storage_path=str(run.root),
         callbacks=callbacks,
         verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(sweep)),
-        failure_config=tune.FailureConfig(max_failures=0),
+        # Trials keep their own checkpoints (`TuneSession`); Tune keeps none.
+        failure_config=tune.FailureConfig(max_failures=sweep.resources.max_failures),
     )
     # Reusing trial processes saves each trial the start of a Ray worker and the import of
     # torch and transformers; every trial seeds everything it uses, so results do not change.
     tune_config = tune.TuneConfig(
-        num_samples=1,  # the samples are drawn before training: the `config` axis holds them
-        metric=sweep.metric,
-        mode=sweep.direction(),
+        # The samples are drawn before training: the cells hold them. No metric for Tune:
+        # raysoup ranks trials itself, and a trial that finished before Tune's state said so
+        # returns without reporting anything again.
+        num_samples=1,
         reuse_actors=True,
         max_concurrent_trials=sweep.resources.max_concurrent,
         trial_dirname_creator=functools.partial(trial_folder, sweep=sweep, sizes=sizes),
     )
-    return tune.Tuner(
-        fn, param_space=param_space(sweep), tune_config=tune_config, run_config=run_config
-    )
+    space = param_space(sweep) if todo is None else {"trial": tune.grid_search(todo)}
+    return tune.Tuner(fn, param_space=space, tune_config=tune_config, run_config=run_config)
 
 
 def trial_folder(trial, sweep: Sweep, sizes: Sizes) -> str:
     """A trial's folder under `tune/`: Tune's id, then the trial's name
     (`bdf2d_00011-add-n1000-s0`)."""
-    return f"{trial.trial_id}-{identify(sweep, trial.config, sizes).name.replace('/', '-')}"
+    return records.folder_name(trial.trial_id, identify(sweep, trial.config["trial"], sizes).name)
 
 
 def checkpoints_to_keep(sweep: Sweep) -> int | None:
@@ -136,3 +194,41 @@ def checkpoints_to_keep(sweep: Sweep) -> int | None:
             continue
         keep = max(keep, plan.k) if plan.select == "last" else None
     return keep
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How `fit` ended: stopped by Ctrl-C, or with an error Tune raised after the trials ran."""
+
+    interrupted: bool
+    error: str | None = None
+
+
+def fit(experiment: tune.Tuner | None) -> Outcome:
+    """Run the experiment. Its trials' results are in their folders, so an error Tune raises
+    while reading its own files back (an empty `error.pkl` on a full disk) is returned, not
+    raised; the caller decides from the trials' folders whether training ended."""
+    if experiment is None:  # a rebuilt experiment with every trial finished
+        return Outcome(interrupted=False)
+    if threading.current_thread() is not threading.main_thread():
+        return _fit(experiment, interrupted=lambda: False)
+    original = signal.getsignal(signal.SIGINT)
+
+    def second_ctrl_c(sig, frame):
+        raise KeyboardInterrupt
+
+    # Tune replaces this handler while it runs and puts it back when it catches a Ctrl-C, so
+    # finding it here afterwards means the sweep was interrupted; a second Ctrl-C raises.
+    signal.signal(signal.SIGINT, second_ctrl_c)
+    try:
+        return _fit(experiment, lambda: signal.getsignal(signal.SIGINT) is second_ctrl_c)
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _fit(experiment: tune.Tuner, interrupted) -> Outcome:
+    try:
+        experiment.fit()
+    except Exception as err:  # the trials' folders say what happened
+        return Outcome(interrupted(), f"{type(err).__name__}: {err}".strip())
+    return Outcome(interrupted())

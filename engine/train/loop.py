@@ -28,6 +28,8 @@ from sweeps.config import DEFAULT_TASK
 
 
 class Session(Protocol):
+    """How the loop talks to its launcher. `report` may move the checkpoint folder away."""
+
     def report(self, metrics: dict, checkpoint: Path | None = None) -> None: ...
 
     def restore_dir(self) -> Path | None: ...
@@ -185,8 +187,10 @@ def _report(
         "tokens_seen": metrics["tokens_seen"],
     }
     with tempfile.TemporaryDirectory(prefix="raysoup-ckpt-") as tmp:
-        models.save_checkpoint(model, tokenizer, Path(tmp), state, metrics)
-        session.report(metrics, checkpoint=Path(tmp))
+        # A folder inside the temporary one: the session may move it away (to publish it).
+        folder = Path(tmp) / "checkpoint"
+        models.save_checkpoint(model, tokenizer, folder, state, metrics)
+        session.report(metrics, checkpoint=folder)
 
 
 def _restore(session: Session, model, optimizer, scheduler) -> tuple[int, int]:

@@ -1,5 +1,5 @@
-"""The trial table: Tune's results as `trials.parquet`, and the trials ranked by the sweep's
-metric (the first `leaderboard.md`)."""
+"""The trial table: the trials' folders as `trials.parquet`, and the trials ranked by the
+sweep's metric (the first `leaderboard.md`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import pandas as pd
 
 from engine.core.rundir import RunDir, write_atomic, write_table
-from engine.train.axes import Sizes, TrialIdentity, identify
+from engine.train import records
+from engine.train.axes import Sizes, TrialIdentity, identities
 from sweeps import Sweep
 from sweeps.leaderboard import format_cell as cell
 
@@ -31,72 +32,50 @@ EXTRA = [
     "tokens_seen",
     "seconds",
     "peak_rss_mb",
+    "attempts",
     "finished_at",
     "error",
     "path",
 ]
 
 
-def trials_table(grid, sweep: Sweep, sizes: Sizes) -> pd.DataFrame:
-    """One row per trial: identity, swept values (by dotted path), metrics, checkpoints."""
-    # A trial Tune never started (stopped by Ctrl-C first) has no config yet: it has no row.
-    rows = [_row(result, sweep, sizes) for result in grid if result.config]
+def trials_table(run: RunDir, sweep: Sweep, sizes: Sizes) -> pd.DataFrame:
+    """One row per trial Tune has started: identity, swept values (by dotted path), metrics,
+    checkpoints; read from the trials' folders (`engine/train/records.py`), not from Tune's
+    state, so the table holds what is on disk whatever Tune managed to save."""
+    rows = []
+    for trial in identities(sweep, sizes):
+        folders = records.trial_folders(run.tune, trial.name)
+        if folders:  # a trial Tune never started (stopped by Ctrl-C first) has no row
+            rows.append(_row(records.read_trial(folders), trial, sweep.metric))
     metric = [sweep.metric] if sweep.metric not in FIXED + EXTRA else []
     table = pd.DataFrame(rows, columns=FIXED + list(sweep.search_space()) + metric + EXTRA)
     return table.sort_values("trial_id", ignore_index=True)
 
 
-def _row(result, sweep: Sweep, sizes: Sizes) -> dict:
-    kept = [c.path for c, _ in (result.best_checkpoints or [])]
-    return _fields(
-        result.metrics or {},
-        identify(sweep, result.config, sizes),
-        sweep.metric,
-        error=result.error,
-        checkpoint=result.checkpoint.path if result.checkpoint else None,
-        kept=kept,
-        path=result.path,
-    )
-
-
-def trial_row(trial, sweep: Sweep, sizes: Sizes) -> dict:
-    """The row of a trial Tune reports finished, while the experiment still runs."""
-    manager = trial.run_metadata.checkpoint_manager
-    latest = manager.latest_checkpoint_result
-    return _fields(
-        trial.last_result or {},
-        identify(sweep, trial.config, sizes),
-        sweep.metric,
-        error=None,
-        checkpoint=latest.checkpoint.path if latest else None,
-        kept=[r.checkpoint.path for r in manager.best_checkpoint_results],
-        path=trial.path,
-    )
-
-
-def _fields(
-    metrics: dict, trial: TrialIdentity, metric: str, *, error, checkpoint, kept, path
-) -> dict:
+def _row(record: records.TrialRecord, trial: TrialIdentity, metric: str) -> dict:
+    metrics = record.metrics
     row = {
         "name": trial.name,
-        "trial_id": metrics.get("trial_id") or path.rsplit("/", 1)[-1],
-        "status": _status(error, metrics),
+        "trial_id": record.trial_id,
+        "status": record.status,
         "task": trial.task,
         "seed": trial.seed,
         "data_size": trial.data_size,
         "eval_loss": metrics.get("eval_loss"),
         "steps": metrics.get("step"),
-        "checkpoint": checkpoint,
-        "checkpoints": kept,
+        "checkpoint": str(record.checkpoint) if record.checkpoint else None,
+        "checkpoints": [str(p) for p in record.checkpoints],
         "flag": _flag(metrics),
         "train_loss": metrics.get("train_loss"),
         "examples_seen": metrics.get("examples_seen"),
         "tokens_seen": metrics.get("tokens_seen"),
         "seconds": metrics.get("seconds"),
         "peak_rss_mb": metrics.get("peak_rss_mb"),
-        "finished_at": metrics.get("timestamp"),
-        "error": _first_line(error),
-        "path": path,
+        "attempts": record.attempts,
+        "finished_at": record.finished_at,
+        "error": record.error,
+        "path": str(record.path),
     }
     row.update(trial.values)
     row.setdefault(metric, metrics.get(metric))  # an evaluation metric the trial computed
@@ -112,21 +91,6 @@ def _flag(metrics: dict) -> str | None:
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _status(error, metrics: dict) -> str:
-    """`done`, `error`, or `incomplete` (stopped early, for example by Ctrl-C: resume it)."""
-    if error:
-        return "error"
-    finished = metrics.get("step") is not None and metrics.get("step") == metrics.get("total_steps")
-    return "done" if finished else "incomplete"
-
-
-def _first_line(error) -> str | None:
-    if error is None:
-        return None
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(error).__name__
 
 
 def ranked(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:

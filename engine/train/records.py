@@ -1,0 +1,280 @@
+"""What a trial leaves in its folder under `tune/`, written by the trial itself, and read back
+without Ray or Tune.
+
+- `checkpoint_<step>/`: a checkpoint, published by renaming a finished folder into place; its
+  marker `complete.json` (the step and every file's size) is written last, before the rename,
+  so a folder of that name is complete or absent. A checkpoint without a valid marker (or whose
+  files no longer match it) never counts: not to resume from, not to merge, not to evaluate.
+- `attempts.jsonl`: one line per start of the trial (when, where, from which step).
+
+A trial is *done* when its newest complete checkpoint is at its last step. A trial that Tune
+starts again under a new id (a rebuilt experiment, or a state saved before the trial was
+created) finds its checkpoints by its name in the other folders, so no finished work is lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.core.models import TRIAL_INFO
+from engine.core.rundir import write_atomic
+
+PREFIX = "checkpoint_"
+MARKER = "complete.json"
+ATTEMPTS = "attempts.jsonl"
+PARTIAL = ".partial-"
+
+
+def folder_name(trial_id: str, name: str) -> str:
+    """A trial's folder under `tune/`: Tune's id, then the trial's name
+    (`bdf2d_00011-add-n1000-s0`)."""
+    return f"{trial_id}-{name.replace('/', '-')}"
+
+
+def trial_folders(tune_dir: Path, name: str) -> list[Path]:
+    """Every folder of the trial named `name` (one, unless Tune started it under several ids),
+    oldest first."""
+    if not tune_dir.is_dir():
+        return []
+    suffix = name.replace("/", "-")
+    found = [
+        d
+        for d in tune_dir.iterdir()
+        if d.is_dir() and "-" in d.name and d.name.split("-", 1)[1] == suffix
+    ]
+    found = [d for d in found if recorded_name(d) in (name, None)]
+    return sorted(found, key=_last_started)
+
+
+def _last_started(folder: Path) -> tuple[float, float]:
+    """When the folder's newest attempt started (before it, the folder's own time)."""
+    started = [a.get("started_at", 0.0) for a in read_attempts(folder)]
+    return max(started, default=0.0), folder.stat().st_mtime
+
+
+def recorded_name(folder: Path) -> str | None:
+    """The trial name an attempt recorded in `folder` (None before its first attempt)."""
+    attempts = read_attempts(folder)
+    return attempts[0].get("name") if attempts else None
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def publish(source: Path, trial_dir: Path, step: int) -> Path:
+    """Move the checkpoint folder `source` into `trial_dir` as `checkpoint_<step>`, complete:
+    the files are moved first, the marker written last, then the folder renamed into place."""
+    final = trial_dir / f"{PREFIX}{step:06d}"
+    partial = trial_dir / f".{final.name}{PARTIAL}{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _move(source, partial)
+        files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
+        marker = {"step": step, "saved_at": time.time(), "files": files}
+        write_atomic(partial / MARKER, json.dumps(marker, indent=2))
+        if final.exists():  # an earlier attempt saved this step: the same state, made again
+            shutil.rmtree(final)
+        os.rename(partial, final)
+    except BaseException as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(
+                err.errno,
+                f"no space left on the device of {trial_dir} while saving the checkpoint of "
+                f"step {step}; the checkpoints before it are intact",
+            ) from err
+        raise
+    return final
+
+
+def _move(source: Path, target: Path) -> None:
+    """Rename a (flat) checkpoint folder, or copy it file by file onto another filesystem."""
+    try:
+        os.rename(source, target)
+        return
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+    target.mkdir()
+    for path in source.iterdir():
+        shutil.copy2(path, target / path.name)
+
+
+def marker(checkpoint: Path) -> dict | None:
+    """The checkpoint's marker when the checkpoint is complete (every file it lists is there,
+    at its size); None otherwise."""
+    try:
+        found = json.loads((checkpoint / MARKER).read_text())
+        files = found["files"]
+        complete = all((checkpoint / n).stat().st_size == size for n, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return found if complete else None
+
+
+def complete_checkpoints(folders: list[Path]) -> list[Path]:
+    """The complete checkpoints in `folders`, by step (the newest folder's, for a step saved in
+    several)."""
+    by_step: dict[int, Path] = {}
+    for folder in folders:
+        for path in sorted(folder.glob(f"{PREFIX}*")):
+            found = marker(path)
+            if found is not None:
+                by_step[int(found["step"])] = path
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def checkpoint_info(checkpoint: Path) -> dict:
+    """The metrics the trial reported with the checkpoint (its `trial.json`)."""
+    try:
+        return json.loads((checkpoint / TRIAL_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def is_final(checkpoint: Path) -> bool:
+    """The checkpoint of a trial's last step."""
+    info = checkpoint_info(checkpoint)
+    return info.get("step") is not None and info.get("step") == info.get("total_steps")
+
+
+def prune(trial_dir: Path, keep: int | None) -> None:
+    """Delete this folder's complete checkpoints beyond the newest `keep` (None: keep all),
+    and partial ones that earlier attempts left."""
+    remove_partial(trial_dir)
+    if keep is None:
+        return
+    for old in complete_checkpoints([trial_dir])[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_partial(trial_dir: Path) -> None:
+    """Delete the partial checkpoints of attempts whose process is gone."""
+    for path in trial_dir.glob(f".{PREFIX}*{PARTIAL}*"):
+        pid = path.name.rsplit(PARTIAL, 1)[1]
+        if not pid.isdigit() or int(pid) != os.getpid():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# -- attempts ------------------------------------------------------------------------------
+
+
+def record_attempt(trial_dir: Path, name: str, resumed_from: int | None) -> None:
+    """Add a line to the trial's `attempts.jsonl`: who started it, where, from which step."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    line = {
+        "name": name,
+        "started_at": time.time(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "resumed_from": resumed_from,
+    }
+    with open(trial_dir / ATTEMPTS, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def read_attempts(folder: Path) -> list[dict]:
+    """The attempts recorded in `folder` (a torn last line is left out)."""
+    try:
+        lines = (folder / ATTEMPTS).read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
+
+
+# -- a trial as its folders tell it --------------------------------------------------------
+
+
+@dataclass
+class TrialRecord:
+    """A trial read from its folders: status, metrics, checkpoints, error, attempts."""
+
+    path: Path
+    status: str
+    metrics: dict
+    checkpoints: list[Path] = field(default_factory=list)
+    error: str | None = None
+    attempts: int = 0
+    finished_at: float | None = None
+
+    @property
+    def trial_id(self) -> str:
+        return self.path.name.split("-", 1)[0]
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+
+def read_trial(folders: list[Path]) -> TrialRecord:
+    """A trial's record from its folders: `done` when its newest complete checkpoint is its
+    last step, `error` when the newest attempt failed, `incomplete` otherwise (stopped)."""
+    checkpoints = complete_checkpoints(folders)
+    latest = checkpoints[-1] if checkpoints else None
+    path = latest.parent if latest is not None else folders[-1]
+    metrics = _latest_metrics(path, latest)
+    attempts = sum(len(read_attempts(f)) for f in folders)
+    if latest is not None and is_final(latest):
+        found = marker(latest) or {}
+        return TrialRecord(path, "done", metrics, checkpoints, None, attempts, found["saved_at"])
+    error = _error(folders)
+    status = "error" if error is not None else "incomplete"
+    return TrialRecord(path, status, metrics, checkpoints, error, attempts)
+
+
+def _latest_metrics(folder: Path, checkpoint: Path | None) -> dict:
+    """The newest metrics: the checkpoint's, or a later line of Tune's `result.json`."""
+    metrics = checkpoint_info(checkpoint) if checkpoint is not None else {}
+    result = _last_result(folder)
+    if result.get("step") is not None and result["step"] > metrics.get("step", -1):
+        return result
+    return metrics
+
+
+def _last_result(folder: Path) -> dict:
+    try:
+        lines = (folder / "result.json").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return {}
+
+
+def _error(folders: list[Path]) -> str | None:
+    """The last line of the error Tune recorded for the newest attempt; None when that attempt
+    did not fail (an error an attempt was retried after is not the trial's outcome)."""
+    newest = folders[-1]
+    text_file, pickled = newest / "error.txt", newest / "error.pkl"
+    if not text_file.is_file():
+        return (
+            f"the trial failed; its error was not saved as text ({pickled})"
+            if (pickled.is_file())
+            else None
+        )
+    text = text_file.read_text(errors="replace")
+    failures = text.count("Failure # ")
+    if failures and failures < len(read_attempts(newest)):
+        return None
+    return _last_line(text) or f"the trial failed; its error file is empty ({text_file})"
+
+
+def _last_line(text: str) -> str | None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else None

@@ -1,0 +1,81 @@
+"""Tune's saved experiment state in `tune/`: whether Tune can restore it, and setting it aside
+so that the experiment is rebuilt from the trials' folders.
+
+Tune 2.60 restores an experiment from `tuner.pkl`, the newest `experiment_state-*.json` (the
+trials and their statuses) and the newest `basic-variant-state-*.json` (which trials the grid
+has made). When one of them is missing or unreadable, Tune logs "Failed to restore the run
+state" and starts a new experiment: every trial again under a new id. raysoup checks them
+first and stops instead (`damage`); `raysoup resume --rebuild-state` moves them aside
+(`set_aside`) and starts an experiment of the trials that have not finished, each continuing
+from the newest complete checkpoint of its name (`engine/train/records.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from pathlib import Path
+
+import ray.cloudpickle as cloudpickle
+
+from engine.train import records
+
+TUNER = "tuner.pkl"
+EXPERIMENT = "experiment_state-*.json"
+SEARCH = "basic-variant-state-*.json"
+ASIDE = ".damaged-"
+
+
+def saved(tune_dir: Path) -> bool:
+    """Tune saved something of an experiment in `tune_dir`."""
+    return (tune_dir / TUNER).exists() or any(tune_dir.glob(EXPERIMENT))
+
+
+def damage(tune_dir: Path) -> str | None:
+    """What stops Tune from restoring the experiment in `tune_dir`; None when it can be restored
+    (or nothing was saved)."""
+    if not saved(tune_dir):
+        return None
+    tuner = tune_dir / TUNER
+    if not tuner.is_file() or tuner.stat().st_size == 0:
+        return f"{TUNER} is missing or empty"
+    experiment = _newest(tune_dir, EXPERIMENT)
+    if experiment is None:
+        return f"there is {TUNER} but no {EXPERIMENT} (Tune had not saved the trials yet)"
+    try:
+        trials = json.loads(experiment.read_text())["trial_data"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{experiment.name} cannot be read ({type(err).__name__}: {err})"
+    search = _newest(tune_dir, SEARCH)
+    if search is None and trials:
+        return f"there is {experiment.name} but no {SEARCH} (which trials the grid made)"
+    if search is not None:
+        try:
+            cloudpickle.loads(search.read_bytes())
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            return f"{search.name} cannot be read ({type(err).__name__}: {err})"
+    return None
+
+
+def _newest(tune_dir: Path, pattern: str) -> Path | None:
+    found = sorted(tune_dir.glob(pattern))  # Tune names them by time: the last is the newest
+    return found[-1] if found else None
+
+
+def started_trials(tune_dir: Path) -> int:
+    """How many trial folders have a recorded attempt (work a fresh experiment must not lose)."""
+    if not tune_dir.is_dir():
+        return 0
+    return sum(1 for d in tune_dir.iterdir() if d.is_dir() and records.read_attempts(d))
+
+
+def set_aside(tune_dir: Path) -> Path:
+    """Move Tune's experiment files (not the trials' folders) into `tune/.damaged-<time>/`, so
+    a new experiment starts in `tune/`; returns that folder."""
+    aside = tune_dir / f"{ASIDE}{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    aside.mkdir()
+    for path in tune_dir.iterdir():
+        if path.is_file():
+            path.rename(aside / path.name)
+    return aside
