@@ -16,6 +16,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,12 +79,17 @@ def evaluate_candidates(
     splits: list[str] | None = None,
     out: str | Path | None = None,
     progress: bool = False,
+    only: dict[str, set[str]] | None = None,
+    on_result: Callable[[pd.DataFrame], None] | None = None,
 ) -> pd.DataFrame:
     """Evaluate every candidate on every set; one row per (candidate, set, metric).
 
     `sets` defaults to `config.sets`; `splits` keeps only sets of those splits (selection code
-    passes `["selection"]`, and then no test set file is opened). A candidate that fails to
-    load or evaluate gets rows with status `failed` and the reason; the others complete. With
+    passes `["selection"]`, and then no test set file is opened). `only` limits each candidate
+    (by name) to the sets (by name) it lists: what a resumed sweep still lacks. A candidate
+    that fails to load or evaluate gets rows with status `failed` and the reason; the others
+    complete. `on_result` is called with the rows of each (candidate, set) as soon as that set
+    is done for that candidate (at the end with `engine: vllm`), so a caller can keep them. With
     `out` (a folder), the table is also written to `out/evals.parquet` atomically. `progress`
     shows a bar of candidate-examples done. Needs Ray (started by the caller, for example with
     `engine.core.session.ray_session`).
@@ -94,9 +100,17 @@ def evaluate_candidates(
     ]
     _check_candidates(candidates)
     plans = [plan_set(s) for s in chosen]
+    wanted = [
+        {s for s, plan in enumerate(plans) if only is None or plan.config.name in only[c.name]}
+        for c in candidates
+    ]
     started = time.perf_counter()
-    rows, pool = run_pool(candidates, plans, config, progress) if plans and candidates else ([], {})
-    table = results_table(candidates, plans, rows)
+    rows, pool = (
+        run_pool(candidates, plans, config, progress, wanted, on_result)
+        if plans and candidates
+        else ([], {})
+    )
+    table = results_table(candidates, plans, rows, wanted)
     table.attrs.update(pool, seconds=round(time.perf_counter() - started, 3))
     if out is not None:
         write_table(table, Path(out) / EVALS_FILE)
@@ -127,10 +141,12 @@ def work_units(
     pieces: int,
     needs: list[list[str]] | None = None,
     keep: list[set[int]] | None = None,
+    wanted: list[set[int]] | None = None,
 ) -> list[dict]:
     """Dataset rows: each candidate's examples (set by set, each set sorted by length) cut into
     `pieces` runs of about equal size; a run lists its parts, one per set it touches. `needs`
-    and `keep` (per plan: what the actors compute, and of which examples) default to all."""
+    and `keep` (per plan: what the actors compute, and of which examples) default to all;
+    `wanted` (per candidate: the plans it is evaluated on) to every plan."""
     needs = needs or [plan.needs for plan in plans]
     ordered = [
         (s, example)
@@ -138,14 +154,15 @@ def work_units(
         for example in by_length(plan)
         if keep is None or example["i"] in keep[s]
     ]
-    size = max(1, math.ceil(len(ordered) / pieces))
     units = []
     for c in range(len(candidates)):
-        for start in range(0, len(ordered), size):
+        mine = [pair for pair in ordered if wanted is None or pair[0] in wanted[c]]
+        size = max(1, math.ceil(len(mine) / pieces))
+        for start in range(0, len(mine), size):
             parts = [
                 {"set": s, "needs": needs[s], "examples": [e for _, e in group]}
                 for s, group in itertools.groupby(
-                    ordered[start : start + size], key=lambda pair: pair[0]
+                    mine[start : start + size], key=lambda pair: pair[0]
                 )
             ]
             units.append({"candidate": c, "payload": json.dumps(parts)})
@@ -164,15 +181,26 @@ def run_pool(
     plans: list[SetPlan],
     config: EvaluateConfig,
     progress: bool = False,
+    wanted: list[set[int]] | None = None,
+    on_result: Callable[[pd.DataFrame], None] | None = None,
 ) -> tuple[list[dict], dict]:
     """Run the work units through the actor pool (and generations through vLLM engines with
-    `engine: vllm`); the rows and facts about the pool."""
+    `engine: vllm`); the rows and facts about the pool. `wanted` (per candidate, the plans it
+    is evaluated on) defaults to all; `on_result` receives each finished (candidate, set)."""
     quiet_ray()
+    wanted = wanted or [set(range(len(plans))) for _ in candidates]
     needs, keep = _actor_share(plans, config)
     examples = sum(len(k) for k in keep)
-    actors = actor_count(config, len(candidates) * math.ceil(examples / config.batch_size))
+    total = sum(len(keep[s]) for mine in wanted for s in mine)
+    actors = actor_count(config, math.ceil(total / config.batch_size))
     pieces = unit_pieces(len(candidates), examples, actors)
-    units = work_units(candidates, plans, pieces, needs, keep) if examples else []
+    units = work_units(candidates, plans, pieces, needs, keep, wanted) if total else []
+    # With `engine: vllm` a set is done only once its generations are joined in, at the end.
+    finished = (
+        _Finished(candidates, plans, keep, wanted, on_result)
+        if on_result and config.engine != "vllm"
+        else None
+    )
     threads = config.torch_threads or max(
         int(config.cpus_per_actor), int(ray.cluster_resources().get("CPU", 1)) // actors
     )
@@ -189,14 +217,18 @@ def run_pool(
     rows: list[dict] = []
     with job_bar(
         f"evaluation ({actors} actor{'s' * (actors > 1)}, candidate-examples)",
-        len(candidates) * examples,
+        total,
         progress,
     ) as done:
         for row in dataset.iter_rows() if dataset is not None else []:
             rows.append(row)
             done("", "ok")
+            if finished is not None:
+                finished.add(row)
     if config.engine == "vllm":
         rows = _with_generations(rows, candidates, plans, config)
+        if on_result is not None:
+            on_result(results_table(candidates, plans, rows, wanted))
     return rows, {
         "actors": actors,
         "actor_processes": len({r["actor"] for r in rows}),
@@ -280,17 +312,40 @@ def _loads(candidates: list[Candidate], rows: list[dict]) -> dict[str, int]:
 
 
 def results_table(
-    candidates: list[Candidate], plans: list[SetPlan], rows: list[dict]
+    candidates: list[Candidate],
+    plans: list[SetPlan],
+    rows: list[dict],
+    wanted: list[set[int]] | None = None,
 ) -> pd.DataFrame:
-    """Observations reduced to one row per (candidate, set, metric)."""
+    """Observations reduced to one row per (candidate, set, metric), for the sets each
+    candidate is evaluated on (`wanted`; default all)."""
     groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(int(row["candidate"]), int(row["set"]))].append(row)
     records = []
     for c, candidate in enumerate(candidates):
         for s, plan in enumerate(plans):
-            records += _rows(candidate, plan, sorted(groups[(c, s)], key=lambda r: r["index"]))
+            if wanted is None or s in wanted[c]:
+                records += _rows(candidate, plan, sorted(groups[(c, s)], key=lambda r: r["index"]))
     return pd.DataFrame(records, columns=COLUMNS)
+
+
+class _Finished:
+    """Hands each (candidate, set) to `on_result` as soon as all its examples are back."""
+
+    def __init__(self, candidates, plans, keep, wanted, on_result) -> None:
+        self.candidates, self.plans, self.on_result = candidates, plans, on_result
+        self.expected = {(c, s): len(keep[s]) for c, mine in enumerate(wanted) for s in mine}
+        self.groups: dict[tuple[int, int], list[dict]] = defaultdict(list)
+
+    def add(self, row: dict) -> None:
+        key = (int(row["candidate"]), int(row["set"]))
+        self.groups[key].append(row)
+        if len(self.groups[key]) == self.expected.get(key):
+            c, s = key
+            group = sorted(self.groups.pop(key), key=lambda r: r["index"])
+            records = _rows(self.candidates[c], self.plans[s], group)
+            self.on_result(pd.DataFrame(records, columns=COLUMNS))
 
 
 def _rows(candidate: Candidate, plan: SetPlan, group: list[dict]) -> list[dict]:

@@ -2,8 +2,8 @@
 every evaluation set, through the actor pool of `engine.evaluate.pool`.
 
 The sets are each task's `eval` file (split `selection`) and `test` file (split `test`), then the
-sweep's own `evaluate.sets`. A resumed sweep evaluates only the candidates that have no complete
-results in `evals.parquet` yet.
+sweep's own `evaluate.sets`. Each (candidate, set) is written to `evals.parquet` as it finishes,
+and a resumed sweep evaluates only the pairs that have no `ok` results there yet.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 
 from engine.core.progress import finished
 from engine.core.rundir import RunDir, write_table
-from engine.evaluate.pool import Candidate, evaluate_candidates
+from engine.evaluate.pool import COLUMNS, Candidate, evaluate_candidates
 from engine.evaluate.sets import sweep_sets
 from sweeps import Sweep
 from sweeps.evaluation import EvalSetConfig, HarnessSetConfig
@@ -41,43 +41,74 @@ def eval_stage(
     base: str,
     progress: bool = True,
 ) -> pd.DataFrame | None:
-    """Evaluate the candidates not evaluated yet (and merges made in this run); write and return
-    `evals.parquet`'s table."""
+    """Evaluate what is missing: every (candidate, set) without `ok` results in
+    `evals.parquet`, and every set of a merge made in this run. Each (candidate, set) is added
+    to `evals.parquet` as soon as it is done, so a run stopped here loses none of them;
+    returns the whole table."""
     sets = sweep_sets(sweep)
     if not sets:
         return None
     candidates = sweep_candidates(trials, merges, base)
     remade = set() if merges is None else set(merges.loc[~merges["reused"], "candidate"])
     previous = _complete(run, [c for c in candidates if c.name not in remade], sets)
-    done = set(previous["candidate"]) if not previous.empty else set()
-    todo = [c for c in candidates if c.name not in done]
+    done = set(zip(previous["candidate"], previous["eval_set"])) if not previous.empty else set()
+    only = {
+        c.name: {s.name for s in sets if not all((c.name, r) in done for r in s.result_names())}
+        for c in candidates
+    }
+    todo = [c for c in candidates if only[c.name]]
+    journal = _Journal(run, previous, candidates, sets)
     started = time.time()
-    fresh = evaluate_candidates(todo, sets, sweep.evaluate, progress=progress) if todo else None
-    if progress and fresh is not None:
+    if todo:
+        evaluate_candidates(
+            todo, sets, sweep.evaluate, progress=progress, only=only, on_result=journal.add
+        )
+    if progress and todo:
         finished(
-            f"evaluating {len(todo)} candidate(s) on {len(sets)} set(s) with "
-            f"{fresh.attrs.get('actors', 0)} actor(s)",
+            f"evaluating {len(todo)} candidate(s) on {len(sets)} set(s) "
+            f"({sum(len(only[c.name]) for c in todo)} candidate-set pairs)",
             started,
         )
-    table = pd.concat(
-        [t for t in (previous, fresh) if t is not None and not t.empty], ignore_index=True
-    )
-    write_table(table, run.evals)
-    return table
+    return journal.write()
+
+
+class _Journal:
+    """`evals.parquet` as it grows: the rows kept from earlier runs, then each (candidate, set)
+    as it finishes, rewritten atomically each time, in candidate and set order."""
+
+    def __init__(self, run: RunDir, previous: pd.DataFrame, candidates, sets) -> None:
+        self.run, self.parts = run, [previous] if not previous.empty else []
+        self.candidates = {c.name: i for i, c in enumerate(candidates)}
+        self.sets = {name: i for i, s in enumerate(sets) for name in s.result_names()}
+
+    def add(self, rows: pd.DataFrame) -> None:
+        self.parts.append(rows)
+        self.write()
+
+    def write(self) -> pd.DataFrame:
+        parts = self.parts or [pd.DataFrame(columns=COLUMNS)]
+        table = pd.concat(parts, ignore_index=True)
+        if not table.empty:
+            order = table["candidate"].map(self.candidates) * 10_000 + table["eval_set"].map(
+                self.sets
+            ).fillna(9_999)
+            table = table.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+        write_table(table, self.run.evals)
+        return table
 
 
 def _complete(
     run: RunDir, candidates: list[Candidate], sets: list[EvalSetConfig | HarnessSetConfig]
 ) -> pd.DataFrame:
-    """Rows of earlier runs for candidates that have results on every set, all of them ok (an
-    `lm_eval` set's results are one set per listed task name, see `HarnessSetConfig.tasks`)."""
+    """Rows of earlier runs for (candidate, set) pairs whose rows are all ok (an `lm_eval`
+    set's results are one set per listed task name, see `HarnessSetConfig.tasks`)."""
     if not run.evals.is_file():
         return pd.DataFrame()
     table = pd.read_parquet(run.evals)
     names = {c.name for c in candidates}
     wanted = {name for s in sets for name in s.result_names()}
     keep = []
-    for _name, rows in table[table["candidate"].isin(names)].groupby("candidate"):
-        if set(rows["eval_set"]) == wanted and (rows["status"] == "ok").all():
+    for _pair, rows in table[table["candidate"].isin(names)].groupby(["candidate", "eval_set"]):
+        if rows["eval_set"].iloc[0] in wanted and (rows["status"] == "ok").all():
             keep.append(rows)
     return pd.concat(keep, ignore_index=True) if keep else pd.DataFrame()
