@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.core.encode import fast_path_agrees, text_encoder, training_layout
+from engine.core.progress import warn
 from engine.core.rundir import RunDir, write_atomic
 from engine.prepare.keys import KEY_BUCKETS, example_keys
 from engine.prepare.manifest import MANIFEST_VERSION, read_manifest
@@ -38,7 +39,11 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
     key = cache_key(sweep, model_path)
     cached = read_manifest(run)
     if cached and cached["cache_key"] == key:
-        return cached
+        damage = damaged_split(run, cached)
+        if damage is None:
+            return cached
+        # The same inputs prepare the same data, so trials trained on it stay valid.
+        warn(f"{damage}; preparing the data again")
     if cached and run.tune.exists():
         raise SweepError(
             f"data: the data or tokenizer changed since {run.root} started training; "
@@ -46,6 +51,8 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
             "trained on different data"
         )
     started = time.time()
+    for left in run.data.glob(".staging-*"):  # an interrupted prepare's (one driver at a time)
+        shutil.rmtree(left, ignore_errors=True)
     staging = run.data / f".staging-{os.getpid()}"
     dataset, entries = _pipeline(sweep, model_path)
     dataset.write_parquet(str(staging), partition_cols=["task", "split"])
@@ -77,6 +84,24 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
     }
     write_atomic(run.manifest, json.dumps(manifest, indent=2))
     return manifest
+
+
+def damaged_split(run: RunDir, manifest: dict) -> str | None:
+    """What is wrong with the prepared data the manifest describes (a shard that does not read,
+    or fewer rows than were written), from the Parquet footers alone; None when it is whole."""
+    for task, entry in manifest["tasks"].items():
+        for split in ("train", "eval"):
+            folder = run.data / task / split
+            try:
+                rows = sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
+            except (OSError, pa.ArrowException) as err:
+                return f"the prepared data in {folder} is damaged ({type(err).__name__}: {err})"
+            if rows != entry[split]["rows"]:
+                return (
+                    f"the prepared data in {folder} holds {rows} rows, but {entry[split]['rows']} "
+                    "were written"
+                )
+    return None
 
 
 def cache_key(sweep: Sweep, model_path: str) -> str:
