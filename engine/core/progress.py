@@ -6,6 +6,7 @@ import contextlib
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.core.findings import Findings
@@ -64,5 +65,7 @@ def show_findings(found: Findings, console: Console | None = None) -> None:
 
 
 def warn(message: str, console: Console | None = None) -> None:
-    """A warning while the sweep runs (it goes on)."""
-    (console or Console(stderr=True)).print(f"[yellow]warning[/] {message}", highlight=False)
+    """A warning while the sweep runs (it goes on); on one line, so a path in it can be copied."""
+    (console or Console(stderr=True)).print(
+        f"[yellow]warning[/] {escape(message)}", highlight=False, soft_wrap=True
+    )

@@ -44,7 +44,7 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
             return cached
         # The same inputs prepare the same data, so trials trained on it stay valid.
         warn(f"{damage}; preparing the data again")
-    if cached and run.tune.exists():
+    elif cached and run.tune.exists():
         raise SweepError(
             f"data: the data or tokenizer changed since {run.root} started training; "
             "run the sweep under a new name (or --storage) instead of mixing trials "
