@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -69,6 +70,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     out = os.environ.get("RAYSOUP_FAULT_REPORT")
     if out:
         Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+# -- a time limit for every test -------------------------------------------------------------
+
+BUDGET_S = 600  # a test of the default suite
+SLOW_BUDGET_S = 1800  # a `slow` one
+
+
+@pytest.fixture(autouse=True)
+def deadline(request):
+    """Fail a test that runs past its budget instead of hanging the suite: a fault that makes
+    something wait for ever is what this suite looks for. (Module fixtures bound their own
+    waits: `finish` and `helpers.wait` take a timeout.)"""
+    budget = SLOW_BUDGET_S if request.node.get_closest_marker("slow") else BUDGET_S
+
+    def expired(signum, frame):
+        raise TimeoutError(f"{request.node.name} ran past its budget of {budget} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(budget)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 # -- a small sweep -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from engine.cli import app
@@ -94,6 +95,19 @@ def test_a_truncated_safetensors_input_is_named(models, tmp_path, tally):
     os.truncate(weights, 5)
     refused(merge(tmp_path, linear(models[0], cut), tmp_path / "out"), "not a readable")
     tally.bad_input("merge: truncated safetensors", 2)
+
+
+def test_nan_weights_are_named(models, tmp_path, tally):
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(models[1], poisoned)
+    weights = load_file(poisoned / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, poisoned / "model.safetensors")
+    result = merge(tmp_path, linear(models[0], poisoned), tmp_path / "out")
+    refused(result, f"'{name}' contains NaN", str(poisoned))
+    assert not (tmp_path / "out").exists()
+    tally.bad_input("merge: NaN weights")
 
 
 class _Planted:
