@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine.core.session import leftover_processes
+from engine.train import records
 from tests.faults.conftest import finish, raysoup, small_sweep, write_sweep
 from tests.faults.helpers import (
     STAGES,
@@ -27,6 +28,8 @@ from tests.faults.helpers import (
     stage_of,
 )
 
+TRIALS, STEPS = 3, 8
+
 
 def kill_sweep(root: Path, name: str = "killed") -> dict:
     """Three seeds, a soup across them and each trial's checkpoint average: 6 candidates on 2
@@ -34,8 +37,8 @@ def kill_sweep(root: Path, name: str = "killed") -> dict:
     return small_sweep(
         root,
         name=name,
-        seeds=[0, 1, 2],
-        train={"max_steps": 8},
+        seeds=list(range(TRIALS)),
+        train={"max_steps": STEPS},
         merge=[{"type": "checkpoint_average", "select": "last", "k": 2}, {"type": "soup"}],
     )
 
@@ -110,16 +113,30 @@ def test_killed_at_random_points_of_every_stage_resume_finishes(tmp_path, tally)
 
 def _wait_for(driver, run: Path, target: str | None, rng: random.Random) -> str | None:
     """Wait until the driver is in `target`, then a random moment more (short stages get
-    short waits); with no target, a random 3 to 40 s. Returns the stage it is in then."""
+    short waits; in training, until a random share of the steps is checkpointed); with no
+    target, a random 3 to 40 s. Returns the stage it is in then."""
     if target is None:
         deadline = time.monotonic() + rng.uniform(3, 40)
         while driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         return stage_of(run, PAIRS)
+    steps = rng.randrange(2, TRIALS * STEPS, 2)
     deadline = time.monotonic() + 900
     while driver.poll() is None and time.monotonic() < deadline:
-        if stage_of(run, PAIRS) == target:
-            time.sleep(rng.uniform(0, {"train": 8.0, "prepare": 1.0}.get(target, 0.3)))
+        now = stage_of(run, PAIRS)
+        if now == target == "train" and _trained_steps(run) >= steps:
+            return now
+        if now == target != "train":
+            time.sleep(rng.uniform(0, 1.0 if target == "prepare" else 0.3))
             return stage_of(run, PAIRS)
         time.sleep(0.02)
     return None
+
+
+def _trained_steps(run: Path) -> int:
+    """Steps the trials have checkpointed, all together."""
+    total = 0
+    for folder in (run / "tune").glob("*/attempts.jsonl"):
+        kept = records.complete_checkpoints([folder.parent])
+        total += records.checkpoint_info(kept[-1]).get("step", 0) if kept else 0
+    return total
