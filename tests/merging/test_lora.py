@@ -99,3 +99,33 @@ def test_adapters_on_different_modules_are_refused(llama, lora_adapters, tmp_pat
         merge_adapters([lora_adapters[0], tmp_path / "other"], tmp_path / "out")
     with pytest.raises(MergeError, match="method: unknown adapter merge 'avg'"):
         merge_adapters(lora_adapters, tmp_path / "out", method="avg")
+
+
+def test_an_adapter_in_a_merge_recipe_says_to_bake_it_and_bake_does(llama, lora_adapters, tmp_path):
+    """`raysoup merge` refuses an adapter folder with the way out; `raysoup bake` is that way:
+    its output equals `bake_adapter`'s and merges like any model."""
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {llama[0]}\n  - model: {lora_adapters[0]}\n"
+    )
+    refused = CliRunner().invoke(app, ["merge", str(recipe), "--out", str(tmp_path / "m")])
+    assert refused.exit_code == 2
+    assert "this is a LoRA adapter, not a model; bake it" in refused.output
+    assert not (tmp_path / "m").exists()
+    baked = CliRunner().invoke(
+        app, ["bake", str(lora_adapters[0]), "--base", str(llama[0]), "--out", str(tmp_path / "b")]
+    )
+    assert baked.exit_code == 0, baked.output
+    expected = load_all(bake_adapter(llama[0], lora_adapters[0], tmp_path / "direct"))
+    ours = load_all(tmp_path / "b")
+    assert ours.keys() == expected.keys()
+    assert all(torch.equal(ours[k], expected[k]) for k in ours)
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {llama[0]}\n  - model: {tmp_path / 'b'}\n"
+    )
+    merged = CliRunner().invoke(app, ["merge", str(recipe), "--out", str(tmp_path / "m")])
+    assert merged.exit_code == 0, merged.output
