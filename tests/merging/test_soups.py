@@ -17,10 +17,29 @@ def test_select_checkpoints_orders_by_step():
     assert steps(select_checkpoints(names)) == [20, 100, 200, 300, 400]
     assert steps(select_checkpoints(names, "last", k=2)) == [300, 400]
     assert steps(select_checkpoints(names, "every", n=2)) == [20, 200, 400]
+    assert steps(select_checkpoints(names, "every", n=1)) == [20, 100, 200, 300, 400]
+    assert steps(select_checkpoints(names, "every", n=9)) == [400]
     with pytest.raises(ValueError, match="k: 'last' needs a positive k"):
         select_checkpoints(names, "last")
     with pytest.raises(ValueError, match="mode: unknown selection 'best'"):
         select_checkpoints(names, "best")
+
+
+def test_every_n_counts_back_from_the_newest_checkpoint():
+    """On an even number of checkpoints, counting from the oldest would give other ones."""
+    names = [f"run/checkpoint_{s:06d}" for s in (60, 10, 40, 30, 20, 50)]
+    picked = [int(p.name.split("_")[1]) for p in select_checkpoints(names, "every", n=2)]
+    assert picked == [20, 40, 60]
+    picked = [int(p.name.split("_")[1]) for p in select_checkpoints(names, "every", n=4)]
+    assert picked == [20, 60]
+    with pytest.raises(ValueError, match="n: 'every' needs a positive n; got 0"):
+        select_checkpoints(names, "every", n=0)
+
+
+def test_folders_without_a_step_keep_their_order():
+    names = ["b/final", "a/best", "c/other"]
+    assert [p.parent.name for p in select_checkpoints(names)] == ["b", "a", "c"]
+    assert [p.parent.name for p in select_checkpoints(names, "last", k=2)] == ["a", "c"]
 
 
 def test_uniform_soup_is_the_mean(llama, tmp_path):
