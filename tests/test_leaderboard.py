@@ -19,12 +19,30 @@ from sweeps.leaderboard import (
     markdown_table,
     merge_summary,
     set_scores,
+    sets_markdown,
 )
 
 LOSS = Ranking("loss", higher_is_better=False)
 ACCURACY = Ranking("accuracy", higher_is_better=True)
-KINDS = {"a": "trial", "b": "trial", "soup": "soup", "merge": "task_merge", "base": "base"}
-INGREDIENTS = {"soup": ["a", "b"], "merge": ["a", "b"]}
+KINDS = {
+    "a": "trial",
+    "b": "trial",
+    "soup": "soup",
+    "merge": "task_merge",
+    "average": "checkpoint_average",
+    "base": "base",
+}
+INGREDIENTS = {"soup": ["a", "b"], "merge": ["a", "b"], "average": ["a"]}
+COLUMNS = [
+    "rank",
+    "candidate",
+    "kind",
+    "selection",
+    "test",
+    "ingredients",
+    "gain_vs_best",
+    "gain_vs_mean",
+]
 
 
 def evals_table(metric: str, scores: dict[str, dict[str, float]], **extra_rows) -> pd.DataFrame:
@@ -87,8 +105,9 @@ def test_scores_are_means_over_the_sets_of_each_split_for_the_ranked_metric_only
 def test_a_loss_board_ranks_lowest_selection_loss_first_and_gains_are_positive_when_lower():
     board = leaderboard(evals_table("loss", LOSSES), INGREDIENTS, LOSS)
     # Selection means: b 1.2, soup 1.7, a 2.2, merge 2.6, base 3.0.
+    assert list(board.columns) == COLUMNS
     assert list(board["candidate"]) == ["b", "soup", "a", "merge", "base"]
-    assert list(board["rank"]) == [1, 2, 3, 4, 5]
+    assert list(board["rank"]) == [1, 2, 3, 4, 5] and list(board.index) == [0, 1, 2, 3, 4]
     rows = board.set_index("candidate")
     # The soup's test loss is 1.5; its best ingredient (lowest loss) is b at 2.0, and the mean
     # ingredient is (2.5 + 2.0) / 2 = 2.25: it beats both, so both gains are positive.
@@ -119,6 +138,30 @@ def test_an_accuracy_board_ranks_highest_first_and_gains_are_positive_when_highe
     assert list(summary.index) == ["soup", "merge"]
     assert summary.loc["soup", ["beats_best", "beats_mean"]].tolist() == ["no", "yes"]
     assert summary.loc["merge", ["beats_best", "beats_mean"]].tolist() == ["yes", "yes"]
+
+
+def test_a_merge_only_as_good_as_its_ingredients_does_not_beat_them():
+    scores = {
+        "a": {"s1": 0.5, "t1": 0.5},
+        "b": {"s1": 1.0, "t1": 1.0},
+        "soup": {"s1": 0.75, "t1": 0.75},  # the mean ingredient, exactly
+        "average": {"s1": 0.5, "t1": 0.5},  # its one ingredient, exactly
+    }
+    board = leaderboard(evals_table("accuracy", scores), INGREDIENTS, ACCURACY)
+    summary = merge_summary(board).set_index("candidate")
+    assert sorted(summary.index) == ["average", "soup"]
+    assert summary.loc["soup", "gain_vs_mean"] == 0.0
+    assert summary.loc["soup", ["beats_best", "beats_mean"]].tolist() == ["no", "no"]
+    assert summary.loc["average", ["gain_vs_best", "gain_vs_mean"]].tolist() == [0.0, 0.0]
+    assert summary.loc["average", ["beats_best", "beats_mean"]].tolist() == ["no", "no"]
+
+
+def test_without_test_sets_the_board_ranks_by_selection_and_has_no_gains():
+    scores = {k: {"s1": v["s1"]} for k, v in ACCURACIES.items()}
+    board = leaderboard(evals_table("accuracy", scores), INGREDIENTS, ACCURACY)
+    assert list(board.columns) == COLUMNS
+    assert list(board["candidate"]) == ["soup", "b", "merge", "a", "base"]
+    assert board["test"].isna().all() and board["gain_vs_best"].isna().all()
 
 
 def test_a_merge_is_compared_with_the_ingredients_that_were_evaluated():
@@ -179,7 +222,12 @@ def test_markdown_names_the_direction_and_formats_cells():
     header = next(i for i, line in enumerate(lines) if line.startswith("| rank"))
     assert lines[header + 2].startswith("| 1 | b | trial | 1.2 | 2 |")
     assert "| soup | soup | 1.7 | 1.5 | 0.5 | 0.75 | a, b |" in text
+    assert "Gains are on test, positive when the merge beats its ingredients." in text
     assert "(higher is better)" in board_markdown(board, ACCURACY, "x")
+    sets = sets_markdown(set_scores(evals_table("loss", LOSSES), "loss", ["b", "a"]), "loss")
+    assert sets.startswith("## Each evaluation set\n\n`loss` of every candidate on each set")
+    assert "| candidate | s1 (selection) | s2 (selection) | t1 (test) | t2 (test) |" in sets
+    assert sets.splitlines()[-2:] == ["| b | 1 | 1.4 | 1.5 | 2.5 |", "| a | 2 | 2.4 | 2 | 3 |"]
     assert format_cell(2 / 3) == "0.6667" and format_cell(1234567.0) == "1.235e+06"
     assert format_cell(float("nan")) == format_cell(None) == ""
     assert format_cell(np.array(["x", "y"])) == "x, y" and format_cell(7) == "7"
