@@ -187,3 +187,50 @@ def test_magnitude_edge_densities():
     assert torch.equal(magnitude(delta, 1.0), delta)
     assert not magnitude(delta, 0.0).any()
     assert int((magnitude(delta, 0.001) != 0).sum()) == 1
+
+
+def _opposed(seed=5, shape=(32, 24)):
+    """base, and two models whose task vectors d and e differ in sign and size: e = -2 d at
+    even flat positions and d / 2 at odd ones."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    d = 0.1 * torch.randn(shape, generator=g)
+    even = (torch.arange(d.numel()) % 2 == 0).reshape(shape)
+    return base, d, even, [base + d, base + torch.where(even, -2 * d, d / 2)]
+
+
+@pytest.mark.parametrize(
+    "name, params, at_even, at_odd",
+    [
+        # merged task vector at even and at odd positions, as multiples of d (by hand)
+        ("task_arithmetic", {"weight": [1.0, 1.0]}, -1.0, 1.5),
+        ("task_arithmetic", {"weight": [1.0, 0.5], "lambda": 2.0}, 0.0, 2.5),
+        ("task_arithmetic", {"weight": [1.0, 1.0], "normalize": True}, -0.5, 0.75),
+        ("ties", {"weight": [1.0, 1.0]}, -2.0, 0.75),  # sign of d + e: only e at even
+        ("ties", {"weight": [1.0, 1.0], "normalize": False}, -2.0, 1.5),
+        ("ties", {"weight": [0.5, 1.0], "lambda": 0.5}, -1.0, 1 / 3),  # odd: d / 1.5 / 2
+        ("dare_ties", {"weight": [1.0, 1.0]}, -2.0, 1.5),  # density 1: no drop
+        ("dare_ties", {"weight": [1.0, 1.0], "normalize": True}, -2.0, 0.75),
+        ("dare_linear", {"weight": [1.0, 1.0]}, -1.0, 1.5),
+        ("dare_linear", {"weight": [2.0, 1.0], "normalize": True, "lambda": 3.0}, 0.0, 2.5),
+        ("graft", {"weight": [1.0, 1.0], "density": [1.0, 1.0]}, -1.0, 1.5),
+    ],
+)
+def test_task_vectors_of_opposite_signs_merge_as_computed_by_hand(name, params, at_even, at_odd):
+    base, d, even, models = _opposed()
+    merged = run(name, base, models, **params)
+    expected = base + torch.where(even, at_even * d, at_odd * d)
+    assert torch.allclose(merged, expected, atol=1e-6)
+
+
+def test_ties_trims_each_task_vector_before_the_sign_election():
+    """density 0.5 keeps each model's larger half; an entry only one model keeps is its own."""
+    base = torch.zeros(4)
+    models = [torch.tensor([4.0, -3.0, 0.1, 0.2]), torch.tensor([-1.0, -2.0, 5.0, -0.1])]
+    merged = run("ties", base, models, weight=[1.0, 1.0], density=[0.5, 0.5])
+    # kept: model 0 -> [4, -3, 0, 0]; model 1 -> [0, -2, 5, 0]; signs agree everywhere kept
+    assert torch.allclose(merged, torch.tensor([4.0, -2.5, 5.0, 0.0]))
+    rescaled = run("ties", base, models, weight=[1.0, 1.0], density=[0.5, 0.5], rescale=True)
+    # L1 restored per model: model 0 by 7.3 / 7, model 1 by 8.1 / 7
+    expected = torch.tensor([4.0 * 7.3 / 7, (-3.0 * 7.3 / 7 - 2.0 * 8.1 / 7) / 2, 5 * 8.1 / 7, 0])
+    assert torch.allclose(rescaled, expected, atol=1e-5)
