@@ -225,7 +225,10 @@ def test_markdown_names_the_direction_and_formats_cells():
     assert "Gains are on test, positive when the merge beats its ingredients." in text
     assert "(higher is better)" in board_markdown(board, ACCURACY, "x")
     sets = sets_markdown(set_scores(evals_table("loss", LOSSES), "loss", ["b", "a"]), "loss")
-    assert sets.startswith("## Each evaluation set\n\n`loss` of every candidate on each set")
+    assert sets.startswith(
+        "## Each evaluation set\n\n`loss` of every candidate on each set, in leaderboard "
+        "order.\n\n| candidate |"
+    )
     assert "| candidate | s1 (selection) | s2 (selection) | t1 (test) | t2 (test) |" in sets
     assert sets.splitlines()[-2:] == ["| b | 1 | 1.4 | 1.5 | 2.5 |", "| a | 2 | 2.4 | 2 | 3 |"]
     assert format_cell(2 / 3) == "0.6667" and format_cell(1234567.0) == "1.235e+06"

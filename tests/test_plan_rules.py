@@ -149,7 +149,7 @@ def test_a_parameter_grid_crosses_lists_and_keeps_scalars():
         (
             {},
             [
-                {"type": "soup", "where": {"seed": [0, 7], "train.warmup_steps": 9}},
+                {"type": "soup", "where": {"train.warmup_steps": 9, "seed": [0, 7]}},
                 {"type": "soup", "name": "b", "where": {"task": "div", "data_size": 300}},
             ],
             [
@@ -272,6 +272,10 @@ def test_soup_jobs_group_by_every_other_axis_and_keep_the_best_top_k():
     best = jobs["best-add_n100"]
     assert best.ingredients == ["add-0-0.003", "add-1-0.003", "add-0-0.001"]
     assert best.members == 4 and not best.greedy
+    # Without top_k a group keeps its trials in trial order, whatever their metric.
+    by_max = small_sweep([{"type": "soup"}], metric="eval_loss", mode="max")
+    first = plan_jobs(by_max, trials(by_max))[0]
+    assert first.ingredients == ["add-0-0.001", "add-1-0.001"]
     top = small_sweep(
         sweep.merge and [{"type": "soup", "across": "all", "top_k": 2}],
         metric="eval_loss",
