@@ -47,6 +47,8 @@ def test_axis_sizes_and_values_count_each_axis():
     }
     # A fraction becomes a count only once the data is prepared: no values to check yet.
     assert axis_values(sweep_of(data_scale=[0.25, 0.5]))["data_size"] == []
+    chosen = sweep_of(train={"lr": 1e-3, "schedule": {"choice": ["linear", "cosine"]}})
+    assert axis_sizes(chosen)["train.schedule"] == 0  # sampled, like any non-grid space
     plain = sweep_of(data_scale=None, num_samples=1, train={"lr": 1e-3})
     assert axis_sizes(plain) == {"task": 3, "seed": 2, "data_size": 1, "sample": 1}
 
@@ -308,6 +310,18 @@ def test_task_merge_jobs_name_grid_points_and_skip_groups_missing_a_task():
     assert broken.skipped == "no finished trial for task(s) rev" and broken.members == 1
     assert "one-n100_s0_lr=0.001" in jobs  # one grid point: no suffix
     assert jobs["one-n100_s0_lr=0.001"].method == "task_arithmetic"
+    lonely = trials(sweep)
+    (job, *_) = plan_jobs(sweep, lonely[lonely["task"] == "add"])
+    assert job.skipped == "no finished trial for task(s) rev"
+    three_tasks = sweep_of(
+        merge=[{"type": "task_merge"}],
+        data_scale=[100],
+        num_samples=1,
+        train={"lr": {"grid": [1e-3, 3e-3]}},
+    )
+    table = trials(three_tasks)
+    (job, *_) = plan_jobs(three_tasks, table[table["task"] == "add"])
+    assert job.skipped == "no finished trial for task(s) mul, rev"
     where = small_sweep([{"type": "task_merge", "where": {"task": "add"}}])
     (job, *_) = plan_jobs(where, trials(where))
     assert job.skipped is None and job.tasks == ["add"]
@@ -347,6 +361,14 @@ def test_group_labels_are_short_readable_and_stable():
     exactly = {"task": "t" * 60}
     assert group_label(exactly) == "t" * 60  # 60 characters fit
     assert len(group_label({"task": "t" * 61})) == 59
+
+
+def test_jobs_come_in_the_order_of_their_groups_whatever_the_table_order():
+    sweep = small_sweep([{"type": "soup"}, {"type": "task_merge"}])
+    table = trials(sweep)
+    names = [j.candidate for j in plan_jobs(sweep, table)]
+    assert names == [j.candidate for j in plan_jobs(sweep, table.iloc[::-1])]
+    assert names[:2] == ["soup-add_n100_lr=0.001", "soup-add_n100_lr=0.003"]
 
 
 def test_plan_jobs_use_only_finished_trials_that_match_where():

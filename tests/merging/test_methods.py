@@ -373,8 +373,27 @@ def test_rescaling_restores_the_l1_norm_of_each_pruned_task_vector():
         cutoff = magnitude_cutoff(base, base + delta, 0.3, rescale=True)
         kept = cutoff.prune(delta.clone(), 0)
         assert cutoff.scale == pytest.approx(float(delta.abs().sum() / kept.abs().sum()), rel=1e-5)
-    d = 0.01 * torch.randn(64, 32, generator=g)
+    d = 1e-4 * torch.randn(64, 32, generator=g)  # an L1 norm below 1
     for name in ("dare_linear", "dare_ties"):
         merged = run(name, torch.zeros_like(d), [d], weight=[1.0], density=[0.4])
         assert (merged == 0).float().mean() == pytest.approx(0.6, abs=0.1), name
         assert float(merged.abs().sum()) == pytest.approx(float(d.abs().sum()), rel=1e-5), name
+        plain = run(name, torch.zeros_like(d), [d], weight=[1.0], density=[0.4], rescale=False)
+        assert torch.equal(plain[plain != 0], d[plain != 0]), name  # dropped, not rescaled
+
+
+def test_normalised_sums_divide_by_the_weights_that_count():
+    base, d, even, models = _opposed()
+    e = models[1] - base
+    # Weights summing to 0 divide by 1; summing to 0.5 divide by 0.5.
+    merged = run("task_arithmetic", base, models, weight=[1.0, -1.0], normalize=True)
+    assert torch.allclose(merged, base + d - e, atol=1e-6)
+    merged = run("task_arithmetic", base, models, weight=[0.25, 0.25], normalize=True)
+    assert torch.allclose(merged, base + (d + e) / 2, atol=1e-6)
+    # Where every task vector is zero no model counts: the base stays, never 0 / 0.
+    still = run("dare_ties", base, [base.clone(), base.clone()], weight=[1.0, 1.0], normalize=True)
+    assert torch.equal(still, base)
+    b, wide_models = base.double(), [m.double() for m in models]
+    wide = run("task_arithmetic", b, wide_models, weight=[1.0, 1.0])  # float64 stays float64
+    expected = b + sum(m - b for m in wide_models)
+    assert wide.dtype == torch.float64 and torch.allclose(wide, expected, atol=1e-12, rtol=0)
