@@ -351,6 +351,7 @@ def test_group_labels_are_short_readable_and_stable():
     assert group_label({"train.lr": 0.001, "finetune.lora.r": 8}) == "lr=0.001_r=8"
     assert group_label({"seed": None, "task": "a b/c"}) == "abc"
     assert group_label({"task": "?!"}) == "all"
+    assert group_label({"task": "Add-2", "train.Opt": "AdamW"}) == "Add-2_Opt=AdamW"
     long = {"task": "t" * 40, "train.schedule": "s" * 20}
     label = group_label(long)
     assert len(label) == 50 + 1 + 8 and label.startswith("t" * 40 + "_schedule=")
