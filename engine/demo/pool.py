@@ -22,8 +22,6 @@ import string
 
 PLANTED = {"exact": 150, "near": 100, "junk": 60}
 SYMBOLS = "!@#$%^&*()[]{}<>?/|~;:'\",.-_=+"
-# Bounds the demo's `filter` stage uses; junk rows fall outside them, task examples inside.
-MIN_CHARS, MAX_CHARS, MAX_SYMBOL_RATIO = 8, 200, 0.5
 
 
 def plant_noise(examples: list[dict], seed: int) -> list[dict]:
