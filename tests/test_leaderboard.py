@@ -18,8 +18,13 @@ from sweeps.leaderboard import (
     leaderboard,
     markdown_table,
     merge_summary,
+    metric_table,
+    metrics_markdown,
+    recommendation,
     set_scores,
     sets_markdown,
+    task_winners,
+    winners_markdown,
 )
 
 LOSS = Ranking("loss", higher_is_better=False)
@@ -244,3 +249,141 @@ def test_markdown_names_the_direction_and_formats_cells():
     assert format_cell(np.array(["x", "y"])) == "x, y" and format_cell(7) == "7"
     frame = pd.DataFrame({"n": [1, 2], "v": [0.5, None]})
     assert markdown_table(frame, ["v", "n"]) == "| v | n |\n|---|---|\n| 0.5 | 1 |\n|  | 2 |\n"
+
+
+def task_evals(rows: list[tuple]) -> pd.DataFrame:
+    """Rows of (candidate, eval_set, metric, value, low, high, status): a set named `<task>` is
+    that task's selection set and `<task>-test` its test set, as the sweep names them."""
+    frame = pd.DataFrame(
+        rows, columns=["candidate", "eval_set", "metric", "value", "low", "high", "status"]
+    )
+    frame["split"] = ["test" if s.endswith("-test") else "selection" for s in frame["eval_set"]]
+    frame["kind"] = [KINDS.get(c, "trial") for c in frame["candidate"]]
+    frame["path"] = "/runs/" + frame["candidate"]
+    return frame
+
+
+# Two tasks. On `add`, b wins selection by accuracy (a wins by the lower score); on `rev`, soup
+# and a tie on selection (a wins on name); a failed row and a `loss` row must be ignored.
+WINNER_ROWS = [
+    ("a", "add", "accuracy", 0.6, 0.5, 0.7, "ok"),
+    ("b", "add", "accuracy", 0.8, 0.7, 0.9, "ok"),
+    ("soup", "add", "accuracy", 0.99, 0.9, 1.0, "error"),
+    ("base", "add", "loss", 9.0, 8.0, 10.0, "ok"),
+    ("a", "add-test", "accuracy", 0.55, 0.45, 0.65, "ok"),
+    ("b", "add-test", "accuracy", 0.75, 0.65, 0.85, "ok"),
+    ("soup", "rev", "accuracy", 0.4, 0.3, 0.5, "ok"),
+    ("a", "rev", "accuracy", 0.4, 0.3, 0.5, "ok"),
+    ("soup", "rev-test", "accuracy", 0.35, 0.25, 0.45, "ok"),
+]
+
+
+def test_each_task_winner_is_the_best_on_its_own_selection_set_with_its_test_score():
+    winners = task_winners(task_evals(WINNER_ROWS), ["add", "rev", "none"], ACCURACY)
+    assert list(winners["task"]) == ["add", "rev"]  # a task with no scores has no winner
+    add, rev = winners.to_dict("records")
+    assert add == {
+        "task": "add",
+        "candidate": "b",
+        "kind": "trial",
+        "selection": 0.8,
+        "selection_low": 0.7,
+        "selection_high": 0.9,
+        "test": 0.75,
+        "test_low": 0.65,
+        "test_high": 0.85,
+        "path": "/runs/b",
+    }
+    # A tie on selection goes to the first name; a's test score on rev is missing.
+    assert rev["candidate"] == "a" and math.isnan(rev["test"]) and math.isnan(rev["test_low"])
+    lower = task_winners(task_evals(WINNER_ROWS), ["add"], Ranking("accuracy", False))
+    assert list(lower["candidate"]) == ["a"] and lower["test"].iloc[0] == 0.55
+
+
+def test_recommendation_names_the_leader_its_path_intervals_ties_and_task_winners():
+    evals = task_evals(WINNER_ROWS)
+    board = leaderboard(evals, {}, ACCURACY)
+    winners = task_winners(evals, ["add", "rev"], ACCURACY)
+    lines = recommendation(board, winners, ACCURACY)
+    # b leads with 0.8 [0.7, 0.9]; a's mean over both selection sets (0.5) has an interval from
+    # the two sets' half widths, 0.5 ± sqrt(0.1² + 0.1²) / 2 = [0.429, 0.571]: not tied.
+    assert lines[0] == (
+        "Use this model: b (/runs/b): accuracy 0.8 [0.7, 0.9] on the selection sets, "
+        "0.75 [0.65, 0.85] on test."
+    )
+    assert not any("tied" in line for line in lines)
+    assert lines[1:] == [
+        "For task add: b (/runs/b): 0.8 [0.7, 0.9] on its selection set, 0.75 [0.65, 0.85] "
+        "on its test set.",
+        "For task rev: a (/runs/a): 0.4 [0.3, 0.5] on its selection set, - on its test set.",
+    ]
+    # One task: no per-task lines. A wider interval for b ties a and soup with it.
+    assert recommendation(board, winners.iloc[:1], ACCURACY) == lines[:1]
+    wide = [
+        r if r[:2] != ("b", "add") else ("b", "add", "accuracy", 0.8, 0.3, 1.0, "ok")
+        for r in WINNER_ROWS
+    ]
+    tied = recommendation(leaderboard(task_evals(wide), {}, ACCURACY), None, ACCURACY)
+    assert tied[1].startswith("2 other candidate(s) are tied with it")
+    assert tied[0].endswith(
+        "accuracy 0.8 [0.3, 1] on the selection sets, 0.75 [0.65, 0.85] on test."
+    )
+
+
+def test_recommendation_without_any_selection_score_says_so():
+    evals = task_evals([("a", "add-test", "accuracy", 0.5, 0.4, 0.6, "ok")])
+    board = leaderboard(evals, {}, ACCURACY)
+    assert recommendation(board, None, ACCURACY) == [
+        "No candidate has a selection score: nothing to recommend."
+    ]
+    plain = task_evals([("a", "add", "accuracy", 0.5, None, None, "ok")])
+    (line,) = recommendation(leaderboard(plain, {}, ACCURACY), None, ACCURACY)
+    assert "accuracy 0.5 on the selection sets, - on test." in line  # no interval known
+
+
+def test_winners_markdown_shows_each_task_with_intervals_and_path():
+    winners = task_winners(task_evals(WINNER_ROWS), ["add", "rev"], ACCURACY)
+    text = winners_markdown(winners, "accuracy")
+    assert text.startswith(
+        "## Each task's winner\n\nThe best candidate on each task's own selection set by "
+        "`accuracy` (95% intervals), with its score on that task's test set.\n\n"
+    )
+    assert "| task | candidate | kind | selection | test | path |" in text
+    assert "| add | b | trial | 0.8 ±0.1 | 0.75 ±0.1 | /runs/b |" in text
+    assert "| rev | a | trial | 0.4 ±0.1 |  | /runs/a |" in text
+
+
+def test_metric_table_has_every_metric_of_every_candidate_on_every_set_in_order():
+    rows = [
+        ("b", "add", "loss", 1.5, None, None, "ok"),
+        ("b", "add", "accuracy", 0.8, None, None, "ok"),
+        ("a", "add", "accuracy", 0.6, None, None, "ok"),
+        ("a", "add", "loss", 2.0, None, None, "ok"),
+        ("a", "add-test", "exact_match", 0.1, None, None, "ok"),
+        ("a", "rev", "accuracy", 0.9, None, None, "error"),
+    ]
+    table = metric_table(task_evals(rows), order=["a", "b"])
+    assert list(table.columns) == [
+        "candidate",
+        "eval_set",
+        "split",
+        "loss",
+        "accuracy",
+        "exact_match",
+    ]
+    assert list(zip(table["candidate"], table["eval_set"])) == [
+        ("a", "add"),
+        ("a", "add-test"),
+        ("b", "add"),
+    ]
+    first = table.iloc[0]
+    assert (first["loss"], first["accuracy"], first["split"]) == (2.0, 0.6, "selection")
+    assert math.isnan(first["exact_match"]) and table.iloc[1]["exact_match"] == 0.1
+    unordered = metric_table(task_evals(rows))
+    assert list(unordered["candidate"]) == ["b", "a", "a"]  # as they first appear
+    text = metrics_markdown(table)
+    assert text.startswith(
+        "## Every metric\n\nEach candidate on each set, every metric it reports, in "
+        "leaderboard order.\n\n| candidate | eval_set | split | loss | accuracy | exact_match |"
+    )
+    assert "| a | add | selection | 2 | 0.6 |  |" in text
