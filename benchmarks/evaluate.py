@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.pool_bench import agreement, peer_process, pool_figures  # noqa: E402
 
 SETS = ("add", "reverse")
 
@@ -194,24 +195,9 @@ def ours(paths: list[str], limit: int, batch: int, new: int, actors: int) -> dic
     table = evaluate_candidates(
         candidates, sets, EvaluateConfig(actors=actors, batch_size=batch, cpus_per_actor=1)
     )
-    seconds = time.perf_counter() - started
-    assert (table.status == "ok").all(), table[table.status != "ok"].error.tolist()
-    results = {
-        f"{c}/{s}": dict(zip(g.metric, g.value))
-        for (c, s), g in table.groupby(["candidate", "eval_set"])
-    }
-    return {
-        "seconds": seconds,
-        "results": results,
-        "compute_seconds": float(table.drop_duplicates(["candidate", "eval_set"]).seconds.sum()),
-        "tree_share": table.attrs["prefix_tree_share"],
-        "peak_rss_mb": table.attrs["peak_actor_rss_mb"],
-        "threads": table.attrs["torch_threads"],
-    }
-
-
-def agreement(a: dict, b: dict) -> float:
-    return max(abs(a[k][m] - b[k][m]) for k in a for m in a[k])
+    figures = pool_figures(table, time.perf_counter() - started)
+    figures["peak_rss_mb"] = figures.pop("peak_actor_rss_mb")
+    return figures
 
 
 def main() -> None:
@@ -240,24 +226,14 @@ def main() -> None:
     print(json.dumps(report))
 
 
-def _peer_process(paths: list[str], args: list[str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args, "--peer-only", *paths],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def run_all(paths: list[str], args) -> dict:
     import ray
 
     n = args.candidates * sum(len(rows) for rows in examples(args.limit).values())
     load = os.getloadavg()[0]
     common = ["--limit", str(args.limit), "--batch", str(args.batch), "--new", str(args.new)]
-    plain = _peer_process(paths, common)
-    single = _peer_process(paths, common + ["--peer-threads", "1"])
+    plain = peer_process(__file__, common, paths)
+    single = peer_process(__file__, [*common, "--peer-threads", "1"], paths)
     for label, res in (("torch default threads", plain), ("1 thread", single)):
         print(
             f"plain HF loop, {label}: {res['seconds']:.1f} s, {n / res['seconds']:.1f} ex/s, "

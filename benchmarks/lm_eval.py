@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
     sys.path.pop(0)
 sys.path.insert(0, str(REPO))
+
+from benchmarks.pool_bench import agreement, peer_process, pool_figures  # noqa: E402
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -123,21 +125,9 @@ def ours(paths: list[str], tasks: str, batch: int, actors: int) -> dict:
     candidates = [Candidate(Path(p).name, "trial", p) for p in paths]
     started = time.perf_counter()
     table = evaluate_candidates(candidates, config=config)
-    seconds = time.perf_counter() - started
-    assert (table.status == "ok").all(), table[table.status != "ok"].error.tolist()
-    results = {
-        f"{c}/{s}": dict(zip(g.metric, g.value))
-        for (c, s), g in table.groupby(["candidate", "eval_set"])
-    }
-    return {
-        "seconds": seconds,
-        "results": results,
-        "compute_seconds": float(table.drop_duplicates(["candidate", "eval_set"]).seconds.sum()),
-        "tree_share": table.attrs["prefix_tree_share"],
-        "peak_actor_rss_mb": table.attrs["peak_actor_rss_mb"],
-        "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": table.attrs["torch_threads"],
-    }
+    figures = pool_figures(table, time.perf_counter() - started)
+    figures["driver_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return figures
 
 
 def spread(results: dict) -> dict:
@@ -149,11 +139,6 @@ def spread(results: dict) -> dict:
             low, high = out.get(name, [value, value])
             out[name] = [min(low, value), max(high, value)]
     return out
-
-
-def agreement(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys(), (sorted(a), sorted(b))
-    return max(abs(a[k][m] - b[k][m]) for k in a for m in a[k])
 
 
 def main() -> None:
@@ -180,21 +165,11 @@ def main() -> None:
     print(json.dumps(report))
 
 
-def _peer_process(paths: list[str], tasks: str, batch: int) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--batch", str(batch), "--tasks", tasks, "--peer-only", *paths],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def run_all(paths: list[str], tasks: str, args) -> dict:
     import ray
 
     load_before = os.getloadavg()[0]
-    theirs = _peer_process(paths, tasks, args.batch)
+    theirs = peer_process(__file__, ["--batch", str(args.batch), "--tasks", tasks], paths)
     print(
         f"lm-eval simple_evaluate x {len(paths)}: {theirs['seconds']:.1f} s, peak RSS "
         f"{theirs['peak_rss_mb']:.0f} MB (its imports, not timed: {theirs['imports']:.1f} s)",

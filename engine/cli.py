@@ -181,12 +181,15 @@ def bake(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Bake a LoRA adapter into its base model: a full model folder that merges like any other."""
+    from engine.core.models import adapter_base
     from merging import bake_adapter
-    from merging.lora import Adapter
 
-    base = base or Adapter(adapter).config.get("base_model_name_or_path")
-    if not base:
-        raise SweepError(f"--base: {adapter} does not name its base model; give --base")
+    try:
+        base = adapter_base(str(adapter), base)
+    except ValueError as err:
+        raise SweepError(f"--base: {err}") from None
+    if base is None:
+        raise SweepError(f"{adapter}: not a LoRA adapter (it has no adapter_config.json)")
     path = bake_adapter(base, adapter, out, overwrite=overwrite)
     console.print(f"wrote [green]{path}[/]")
 

@@ -36,7 +36,7 @@ def check(sweep: Sweep) -> Findings:
     if not found.problems:
         found.problems += lora_problems(sweep)
         # These read the files found above, so they run only once those are sound.
-        found += inspect_data(sweep, tokenizer_folder(sweep))
+        found += inspect_data(sweep, base_tokenizer(sweep))
         found.problems += task_merge_problems(sweep) + evaluate_problems(sweep)
         found.problems += metric_problems(sweep)
         found.warnings += [p for p in [sizes_problem(sweep)] if p]
@@ -46,7 +46,7 @@ def check(sweep: Sweep) -> Findings:
     return found
 
 
-def tokenizer_folder(sweep: Sweep) -> str | None:
+def base_tokenizer(sweep: Sweep) -> str | None:
     """A local folder with the base model's tokenizer, or None (a hub name: prepare measures)."""
     if sweep.model.preset is not None:
         return str(BASE_DIR)  # both presets use the demo model's tokenizer

@@ -48,12 +48,14 @@ HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 76em; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }}
+table {{ border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; display: block;
+         overflow-x: auto; max-width: 100%; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }}
 th {{ background: #f4f4f4; cursor: pointer; user-select: none; }}
 th[data-order="asc"]::after {{ content: " \\25B2"; }}
 th[data-order="desc"]::after {{ content: " \\25BC"; }}
-td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
+td {{ white-space: nowrap; }} td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
+td:last-child {{ white-space: normal; text-align: left; }}
 figure {{ display: inline-block; margin: 0.5em 1em 1em 0; }} img {{ max-width: 100%; }}
 figcaption {{ color: #555; font-size: 0.9em; }}
 p.note {{ color: #555; }} p.advice {{ font-size: 1.1em; }}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import pytest
@@ -9,9 +10,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.demo import BASE_DIR, DATA_DIR, TASKS, make_task
+from engine.demo.pool import PLANTED, plant_noise
 from engine.demo.tiny import TINY_ARCHS, save_tiny_model
+from engine.prepare.selection.features import words
+from engine.prepare.selection.pipeline import select_locally
+from sweeps import load_sweep
+from tests.conftest import REPO
 
 FIELDS = {"prompt", "completion", "choices", "answer"}
+DEMO_SWEEP = REPO / "sweeps" / "examples" / "demo.yaml"
+# Which stage of the demo sweep removes which kind of planted row.
+REMOVED_BY = {"exact_dedup": "exact", "filter": "junk", "near_dedup": "near"}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +90,39 @@ def test_bundled_data(task):
     for example in sum(splits, []):
         _check_example(example)
     assert len(set().union(*prompts)) == 2200
+
+
+def _same_words(example):
+    """An example as its words: the same for a copy, a re-spaced copy and the original."""
+    return tuple(words(example["prompt"])), example["completion"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_pool_is_train_with_planted_noise(task):
+    pool = _read_jsonl(DATA_DIR / task / "pool.jsonl")
+    train = _read_jsonl(DATA_DIR / task / "train.jsonl")
+    assert pool == plant_noise(train, seed=0)
+    assert [row for row in pool if "planted" not in row] == train
+    assert collections.Counter(row.get("planted") for row in pool if "planted" in row) == PLANTED
+    held_out = [_read_jsonl(DATA_DIR / task / f"{split}.jsonl") for split in ("eval", "test")]
+    assert not {_same_words(e) for e in pool} & {_same_words(e) for e in sum(held_out, [])}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_demo_selection_removes_exactly_the_planted_rows(task):
+    sweep = load_sweep(DEMO_SWEEP)
+    data = sweep.task_data(task)
+    assert data.train == str(DATA_DIR / task / "pool.jsonl")
+    pool = _read_jsonl(DATA_DIR / task / "pool.jsonl")
+    texts = ["\x1f".join(row[f] for f in data.fields()) for row in pool]
+    kept, report = select_locally(texts, data.select, data)
+    removed = {stage["type"]: stage["rows_in"] - stage["rows_out"] for stage in report}
+    assert removed == {stage: PLANTED[kind] for stage, kind in REMOVED_BY.items()}
+    # Of each group of copies one row stays (the first in the data order, maybe a copy), and
+    # no junk and no clean example is lost.
+    train = _read_jsonl(DATA_DIR / task / "train.jsonl")
+    assert sorted(_same_words(pool[i]) for i in kept) == sorted(map(_same_words, train))
+    assert all(pool[i].get("planted") != "junk" for i in kept)
 
 
 @pytest.mark.parametrize("task", TASKS)

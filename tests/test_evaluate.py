@@ -22,7 +22,14 @@ from engine.core.models import load_tokenizer
 from engine.demo import BASE_DIR
 from engine.evaluate.metrics import get_metric, metric
 from engine.evaluate.metrics.choice import pick
-from engine.evaluate.pool import Candidate, evaluate_candidates, plan_set, unit_pieces, work_units
+from engine.evaluate.pool import (
+    Candidate,
+    candidates_from_paths,
+    evaluate_candidates,
+    plan_set,
+    unit_pieces,
+    work_units,
+)
 from engine.evaluate.sets import set_problems
 from sweeps import SweepError
 from sweeps.evaluation import EvalSetConfig, EvaluateConfig
@@ -40,6 +47,16 @@ def same_length(prediction: str, reference: str) -> float:
 
 def same_first_char(prediction: str, reference: str) -> float:
     return float(prediction.strip()[:1] == reference.strip()[:1])
+
+
+def breaks_on_nope(prediction: str, reference: str) -> float:
+    """A user metric with a bug: it raises on the rows whose reference is "nope"."""
+    if reference.strip() == "nope":
+        raise ValueError("cannot score 'nope'")
+    return 1.0
+
+
+BROKEN_METRIC = "tests.test_evaluate:breaks_on_nope"
 
 
 # ---- plain torch references ------------------------------------------------------------------
@@ -155,13 +172,16 @@ def one_actor(ray_local, candidates, sets):
 
 @pytest.fixture(scope="module")
 def two_actors(ray_local, candidates, sets, models, tmp_path_factory):
-    """Two actors, a broken candidate in the middle, and a test set that must not be read."""
+    """Two actors, a broken candidate in the middle, a user metric that raises, and a test set
+    that must not be read."""
     ghost = EvalSetConfig(name="ghost", path="/nonexistent/test.jsonl", split="test")
+    em = sets[1].model_dump()
+    em = EvalSetConfig(**{**em, "metrics": [*em["metrics"], BROKEN_METRIC]})
     out = tmp_path_factory.mktemp("out")
     broken = Candidate("broken", "soup", str(models / "broken"))
     table = evaluate_candidates(
         [candidates[0], broken, *candidates[1:]],
-        [*sets, ghost],
+        [sets[0], em, ghost],
         EvaluateConfig(actors=2, batch_size=5),
         splits=["selection"],
         out=out,
@@ -334,11 +354,22 @@ def test_work_units_cover_every_example_once_in_runs_of_about_equal_size(sets):
 def test_failing_candidate_is_recorded_and_others_complete(two_actors):
     table, _ = two_actors
     broken = table[table.candidate == "broken"]
-    assert len(broken) == 2 * 5 - 2 and (broken.status == "failed").all()
-    assert broken.value.isna().all()
+    assert len(broken) == len(table[table.candidate == "demo"]) == 5 + 4
+    assert (broken.status == "failed").all() and broken.value.isna().all()
     assert broken.error.str.contains("cannot load").all()
     assert broken.error.str.contains("no-such-architecture").all()
-    assert (table[table.candidate != "broken"].status == "ok").all()
+    others = table[(table.candidate != "broken") & (table.metric != BROKEN_METRIC)]
+    assert len(others) == 3 * (5 + 3) and (others.status == "ok").all()
+
+
+def test_a_user_metric_that_raises_fails_its_rows_and_the_others_complete(one_actor, two_actors):
+    table, _ = two_actors
+    rows = table[(table.metric == BROKEN_METRIC) & (table.candidate != "broken")]
+    assert len(rows) == 3 and (rows.status == "failed").all() and rows.value.isna().all()
+    assert (rows.error == f"metric {BROKEN_METRIC!r}: ValueError: cannot score 'nope'").all()
+    # The same set's other metrics, for the same candidates, are unaffected.
+    for _, row in one_actor[one_actor.eval_set == "em"].iterrows():
+        assert value(table, row.candidate, "em", row.metric) == pytest.approx(row.value, rel=1e-5)
 
 
 def test_selection_never_reads_a_test_set_and_results_are_written(two_actors):
@@ -393,6 +424,18 @@ def test_bad_answer_names_the_row(tmp_path, ray_local):
     bad = EvalSetConfig(name="bad", path=str(path), metrics=["accuracy"])
     with pytest.raises(SweepError, match=r"'bad'.* row 2: field 'answer': index 5 is outside"):
         evaluate_candidates([Candidate("demo", "base", str(BASE_DIR))], [bad])
+
+
+def test_candidates_with_the_same_name_are_refused_before_any_work(sets):
+    twice = [Candidate("demo", "base", str(BASE_DIR)), Candidate("demo", "trial", "/elsewhere")]
+    with pytest.raises(SweepError, match="candidates: names must be unique; repeated: demo"):
+        evaluate_candidates(twice, sets)
+
+
+def test_candidates_from_folders_of_the_same_name_get_distinct_names(tmp_path):
+    paths = [tmp_path / "a" / "model", tmp_path / "b" / "model", tmp_path / "c" / "other"]
+    names = [c.name for c in candidates_from_paths([str(p) for p in paths])]
+    assert names == ["a/model", "b/model", "other"]
 
 
 def test_duplicate_metric_registration_is_refused():

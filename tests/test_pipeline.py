@@ -83,7 +83,8 @@ def test_every_trial_and_merge_is_made_with_its_lineage(result):
         members = trials.loc[list(row["ingredients"])]
         if row["kind"] == "soup":  # the seeds of one task
             assert members["task"].nunique() == 1 and sorted(members["seed"]) == [0, 1]
-            assert set(row["kept"]) <= set(row["ingredients"]) and row["kept"]
+            assert len(row["kept"]) == len(set(row["kept"])) > 0
+            assert set(row["kept"]) <= set(row["ingredients"])
         elif row["kind"] == "task_merge":  # one model per task, same seed
             assert sorted(members["task"]) == list(TASKS) and members["seed"].nunique() == 1
         sources = {
@@ -93,6 +94,27 @@ def test_every_trial_and_merge_is_made_with_its_lineage(result):
         }[row["kind"]]
         recipe = (Path(row["path"]) / "recipe.yaml").read_text()
         assert sources and all(source in recipe for source in sources), name
+
+
+def test_greedy_soups_start_from_the_lowest_selection_loss_and_never_lose_to_it(result):
+    """The merge stage minimises the selection loss: the first ingredient a greedy soup keeps is
+    the one with the lowest loss on its task's selection split, the soup scores no worse, and
+    the soup's recipe averages exactly the ingredients it kept."""
+    import merging
+    from engine.merge.scorer import SelectionScorer
+
+    run = RunDir(Path(result.run_dir))
+    trials = result.trials.set_index("name")
+    soups = result.merges[result.merges["kind"] == "soup"]
+    for _, row in soups.iterrows():
+        (task,) = trials.loc[list(row["ingredients"]), "task"].unique()
+        score = SelectionScorer(result.sweep, run, [task])
+        losses = {t: score(trials.loc[t, "checkpoint"]) for t in row["ingredients"]}
+        assert losses[row["kept"][0]] == min(losses.values()), (row["candidate"], losses)
+        assert score(row["path"]) <= min(losses.values())
+        recipe = merging.load_recipe(Path(row["path"]) / "recipe.yaml")
+        averaged = sorted(str(model.model) for model in recipe.models)
+        assert averaged == sorted(trials.loc[list(row["kept"]), "checkpoint"])
 
 
 def test_merges_start_while_trials_still_run(result):

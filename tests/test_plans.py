@@ -198,3 +198,54 @@ def test_sets_without_a_selection_set_are_refused(tmp_path):
         del task["eval"]
     with pytest.raises(SweepError, match="evaluate: no selection set"):
         check(parse_sweep(sweep))
+
+
+def test_checkpoint_averages_read_the_checkpoints_their_selection_names():
+    """`every: n` counts back from the final checkpoint (on 4 checkpoints, counting from the
+    first would give the other two); `last: k` reads the k newest."""
+    sweep = parse_sweep(
+        two_task_sweep(
+            merge=[
+                {"type": "checkpoint_average", "name": "every2", "select": "every", "n": 2},
+                {"type": "checkpoint_average", "name": "last3", "select": "last", "k": 3},
+                {"type": "checkpoint_average", "name": "every9", "select": "every", "n": 9},
+            ]
+        )
+    )
+    table = trials_table()
+    shuffled = [[f"/ck/{t}/checkpoint_00000{i}" for i in (3, 0, 2, 1)] for t in table["trial_id"]]
+    table["checkpoints"] = shuffled
+    jobs = {job.candidate: job for job in plan_jobs(sweep, table)}
+    steps = lambda job: [int(path[-1]) for path in job.inputs]  # noqa: E731
+    assert steps(jobs["every2/add/lr=0.001/s0"]) == [1, 3]
+    assert steps(jobs["last3/add/lr=0.001/s0"]) == [1, 2, 3]
+    assert jobs["every2/add/lr=0.001/s0"].skipped is None
+    assert steps(jobs["every9/add/lr=0.001/s0"]) == [3]
+    assert "kept 1 checkpoint" in jobs["every9/add/lr=0.001/s0"].skipped
+
+
+@pytest.mark.parametrize(
+    "keep, plans, kept",
+    [
+        (1, [], 1),
+        (None, [{"type": "soup"}], None),
+        (1, [{"type": "checkpoint_average", "select": "last", "k": 3}], 3),
+        (5, [{"type": "checkpoint_average", "select": "last", "k": 3}], 5),
+        (1, [{"type": "checkpoint_average", "select": "every", "n": 2}], None),
+        (1, [{"type": "checkpoint_average"}], None),
+        (
+            2,
+            [
+                {"type": "checkpoint_average", "name": "x", "select": "last", "k": 4},
+                {"type": "checkpoint_average", "name": "y", "select": "last", "k": 3},
+            ],
+            4,
+        ),
+    ],
+)
+def test_trials_keep_every_checkpoint_a_plan_reads(keep, plans, kept):
+    """`checkpoint.keep` is raised to what `last: k` reads; `all` and `every` read them all."""
+    from engine.train.experiment import checkpoints_to_keep
+
+    sweep = parse_sweep(two_task_sweep(checkpoint={"every": 1, "keep": keep}, merge=plans))
+    assert checkpoints_to_keep(sweep) == kept

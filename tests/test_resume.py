@@ -92,3 +92,23 @@ def test_resume_after_killing_the_driver_skips_finished_trials(tmp_path):
     for trial_dir in kept:
         assert after[trial_dir] == before[trial_dir], f"finished trial {trial_dir} was run again"
     assert set(trials["steps"]) == {8}
+
+
+def test_resuming_a_folder_that_is_not_a_run_directory_says_so(tmp_path):
+    """No sweep.yaml: a clear error naming the folder, before Ray starts or anything is
+    written; the command shows it as one line, without a traceback."""
+    import pytest
+    from typer.testing import CliRunner
+
+    import engine
+    from engine.cli import app
+    from sweeps import SweepError
+
+    (tmp_path / "notes.txt").write_text("not a run\n")
+    for folder in (tmp_path, tmp_path / "missing"):
+        with pytest.raises(SweepError, match=f"{folder}: not a run directory \\(no sweep.yaml\\)"):
+            engine.resume(folder, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    out = CliRunner().invoke(app, ["resume", str(tmp_path)])
+    assert "not a run directory (no sweep.yaml)" in " ".join(out.output.split())
+    assert "Traceback" not in out.output and isinstance(out.exception, SystemExit)

@@ -248,3 +248,44 @@ def test_text_that_looks_like_a_number_stays_text(suffix, tmp_path):
     }
     expected = tokenize_batch(pa.Table.from_pylist(rows), sweep.data, str(BASE_DIR), False)
     assert prepared == {tuple(ids) for ids in expected["input_ids"].to_pylist()}
+
+
+def test_the_selection_split_is_the_eval_file_and_never_the_test_file(tmp_path):
+    """Everything that chooses (eval_loss, top_k, greedy soups) reads `data/<task>/eval`: it must
+    hold the eval file's examples, and none of the test file's."""
+    import pyarrow as pa
+
+    from engine.core.rundir import RunDir
+    from engine.demo import BASE_DIR
+    from engine.prepare.splits import load_split
+    from engine.prepare.stage import prepare, tokenize_batch
+
+    files = {}
+    for split, start in (("train", 0), ("eval", 100), ("test", 200)):
+        rows = [{"prompt": f"{i}+1=", "completion": f" {i + 1}"} for i in range(start, start + 30)]
+        files[split] = (tmp_path / f"{split}.jsonl", rows)
+        pd.DataFrame(rows).to_json(files[split][0], orient="records", lines=True)
+    sweep = parse_sweep(
+        {
+            "name": "splits",
+            "model": {"preset": "demo"},
+            "data": {"format": "prompt_completion"},
+            "tasks": {"add": {split: str(path) for split, (path, _) in files.items()}},
+        }
+    )
+    prepare(sweep, RunDir(tmp_path / "run"), str(BASE_DIR))
+
+    def tokenized(split: str) -> set[tuple[int, ...]]:
+        table = pa.Table.from_pylist(files[split][1])
+        batch = tokenize_batch(table, sweep.task_data("add"), str(BASE_DIR), False)
+        return {tuple(ids) for ids in batch["input_ids"].to_pylist()}
+
+    data = tmp_path / "run" / "data" / "add"
+    prepared = {
+        split: {tuple(x) for x in load_split(data, split)["input_ids"]}
+        for split in ("train", "eval")
+    }
+    assert prepared["eval"] == tokenized("eval")
+    assert prepared["train"] == tokenized("train")
+    assert not (prepared["eval"] | prepared["train"]) & tokenized("test")
+    assert not (data.parent / "test").exists() and not (data / "test").exists()

@@ -2,8 +2,10 @@
 tiny random models for tests.
 
 ``BASE_DIR`` is a Hugging Face model folder (model, tokenizer, generation
-config); ``DATA_DIR / <task> / {train,eval}.jsonl`` holds each task's bundled
-examples. Rebuild both with ``python -m engine.demo.build_assets``.
+config); ``DATA_DIR / <task> / {train,eval,test}.jsonl`` holds each task's bundled
+examples, and ``pool.jsonl`` its training examples with planted copies and junk
+(``engine.demo.pool``), which the demo sweep trains from. Rebuild them with
+``python -m engine.demo.build_assets`` (``--data-only`` for the data alone).
 """
 
 from engine.demo.paths import BASE_DIR, DATA_DIR

@@ -3,7 +3,8 @@
 Run ``python -m engine.demo.build_assets [--out DIR]``. Everything is derived
 from fixed seeds and the local Python standard library, so no download is
 needed. On 2 CPU cores the build takes two to four minutes, more when the
-cores are busy with other work.
+cores are busy with other work; ``--data-only`` rewrites the task data alone
+(train, eval, test and the noisy training pool) in about a second.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from engine.demo.corpus import pretraining_documents
 from engine.demo.paths import PACKAGE_DIR
+from engine.demo.pool import PLANTED, plant_noise
 from engine.demo.pretrain import PretrainConfig, PretrainResult, pretrain
 from engine.demo.tasks import TASKS, make_task
 from engine.demo.tokenizer import train_tokenizer
@@ -43,8 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--steps", type=int, default=PretrainConfig.steps, help="pretraining optimizer steps"
     )
+    parser.add_argument(
+        "--data-only", action="store_true", help="write data/ alone, leaving base/ as it is"
+    )
     args = parser.parse_args(argv)
-    build(args.out, PretrainConfig(steps=args.steps, seed=SEED))
+    if args.data_only:
+        write_task_data(args.out / "data")
+    else:
+        build(args.out, PretrainConfig(steps=args.steps, seed=SEED))
 
 
 def build(out: Path, cfg: PretrainConfig) -> None:
@@ -64,15 +72,23 @@ def build(out: Path, cfg: PretrainConfig) -> None:
 
 
 def write_task_data(data_dir: Path) -> None:
-    """Write disjoint train, eval (selection) and test splits of every task as JSONL."""
+    """Write disjoint train, eval (selection) and test splits of every task as JSONL, and the
+    training pool: the train split with planted copies and junk (`engine.demo.pool`)."""
     for name in TASKS:
         # One stream per task: eval is its head, test the next stretch and train the rest, so
         # no prompt is in two splits (make_task never repeats a prompt).
         examples = make_task(name, N_EVAL + N_TEST + N_TRAIN, SEED)
         _write_jsonl(data_dir / name / "eval.jsonl", examples[:N_EVAL])
         _write_jsonl(data_dir / name / "test.jsonl", examples[N_EVAL : N_EVAL + N_TEST])
-        _write_jsonl(data_dir / name / "train.jsonl", examples[N_EVAL + N_TEST :])
-        print(f"[build] data/{name}: {N_TRAIN} train, {N_EVAL} eval, {N_TEST} test", flush=True)
+        train = examples[N_EVAL + N_TEST :]
+        _write_jsonl(data_dir / name / "train.jsonl", train)
+        _write_jsonl(data_dir / name / "pool.jsonl", plant_noise(train, SEED))
+        planted = ", ".join(f"{n} {kind}" for kind, n in PLANTED.items())
+        print(
+            f"[build] data/{name}: {N_TRAIN} train ({planted} planted in pool), "
+            f"{N_EVAL} eval, {N_TEST} test",
+            flush=True,
+        )
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -31,19 +31,20 @@ class LocalScorer:
     ) -> None:
         self.metric = get_metric(metric)
         self.plans = [plan_file_set(s.model_copy(update={"metrics": [metric]})) for s in sets]
-        specs = [{"seq_len": p.config.seq_len, "max_new_tokens": p.config.max_new_tokens}
-                 for p in self.plans]  # fmt: skip
+        specs = [plan.spec for plan in self.plans]
         self.actor = EvalActor(
             [], specs, str(device), torch.get_num_threads(), precision, batch_size
         )
+        self._tokenizers: dict[str, tuple] = {}  # loaded once per folder: a trial scores often
 
     def __call__(self, model, tokenizer_path: str, trust_remote_code: bool = False) -> float:
         """The metric of `model` (left in the mode it came in), tokenized as `tokenizer_path`."""
-        loaded = Loaded(
-            model,
-            load_tokenizer(tokenizer_path, trust_remote_code),
-            text_encoder(tokenizer_path, trust_remote_code, False),
-        )
+        if tokenizer_path not in self._tokenizers:
+            self._tokenizers[tokenizer_path] = (
+                load_tokenizer(tokenizer_path, trust_remote_code),
+                text_encoder(tokenizer_path, trust_remote_code, False),
+            )
+        loaded = Loaded(model, *self._tokenizers[tokenizer_path])
         training = model.training
         model.eval()
         try:

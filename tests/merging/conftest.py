@@ -148,3 +148,34 @@ def load_all(folder: Path) -> dict[str, torch.Tensor]:
 
     files = ModelFiles(folder)
     return {name: files.load(name).float() for name in files.names()}
+
+
+@pytest.fixture(scope="session")
+def opposed(llama, models_root) -> list[Path]:
+    """[base, a, b] on the llama base whose task vectors differ in sign and size: with
+    d = a - base (small noise), b - base is -2 d at even flat positions and d / 2 at odd ones.
+    TIES's sign election keeps only b's entry at even positions and both at odd ones."""
+    from safetensors.torch import save_file
+
+    base = load_all(llama[0])
+    generator = torch.Generator().manual_seed(7)
+    d = {k: 0.02 * torch.randn(v.shape, generator=generator) for k, v in base.items()}
+    folders = []
+    for name, delta in (("a", d), ("b", {k: opposed_delta(v) for k, v in d.items()})):
+        folder = models_root / f"opposed-{name}"
+        shutil.copytree(llama[0], folder)
+        (folder / "model.safetensors").unlink()
+        weights = {k: v + delta[k] for k, v in base.items()}
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        folders.append(folder)
+    return [llama[0], *folders]
+
+
+def even_positions(tensor: torch.Tensor) -> torch.Tensor:
+    """True at even flat positions of `tensor`."""
+    return (torch.arange(tensor.numel()) % 2 == 0).reshape(tensor.shape)
+
+
+def opposed_delta(d: torch.Tensor) -> torch.Tensor:
+    """-2 d at even flat positions, d / 2 at odd ones."""
+    return torch.where(even_positions(d), -2 * d, d / 2)

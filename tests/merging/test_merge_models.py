@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import merging
-from tests.merging.conftest import ARCHS, load_all
+from tests.merging.conftest import ARCHS, even_positions, load_all
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,41 @@ def test_merging_identical_models_gives_that_model(case, arch, families, clones,
     )
     out = merging.merge(recipe_for(case, ft1, models), tmp_path / "out")
     _assert_close(load_all(out), load_all(ft1), atol=1e-5)
+
+
+# Merged task vector, by hand, for task vectors d (model a) and e (model b) with weights 1 and 1,
+# where e = -2 d at even positions and d / 2 at odd ones (the `opposed` fixture). TIES elects the
+# sign of d + e: at even positions that is e's sign (-d), so only e counts; at odd ones both agree.
+OPPOSED = [
+    # (case, merged task vector at even positions, at odd positions), as multiples of d
+    (Case("linear", base=False), -0.5, 0.75),  # (a + b) / 2
+    (Case("task_arithmetic"), -1.0, 1.5),  # d + e
+    (Case("task_arithmetic", {"normalize": True, "lambda": 0.5}), -0.25, 0.375),
+    (Case("ties"), -2.0, 0.75),  # e alone; the mean of d and e
+    (Case("ties", {"normalize": False}), -2.0, 1.5),  # e alone; d + e
+    (Case("dare_ties"), -2.0, 1.5),  # density 1: no drop, TIES without normalize
+    (Case("dare_linear"), -1.0, 1.5),
+    (Case("graft", {"density": 1.0}), -1.0, 1.5),
+]
+
+
+@pytest.mark.parametrize(
+    "case,even,odd", OPPOSED, ids=[f"{c.method}-{i}" for i, (c, _, _) in enumerate(OPPOSED)]
+)
+def test_task_vectors_of_opposite_signs_merge_as_computed_by_hand(
+    case, even, odd, opposed, tmp_path
+):
+    base, a, b = opposed
+    recipe = recipe_for(case, base, [a, b], weights=[1.0, 1.0])
+    start, d = load_all(base), {k: v - load_all(base)[k] for k, v in load_all(a).items()}
+    expected = {
+        name: start[name] + torch.where(even_positions(delta), even * delta, odd * delta)
+        for name, delta in d.items()
+    }
+    _assert_close(load_all(merging.merge(recipe, tmp_path / "ours")), expected, atol=1e-6)
+    if case.method != "graft":  # native only
+        theirs = merging.merge({**recipe, "engine": "mergekit"}, tmp_path / "theirs")
+        _assert_close(load_all(theirs), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -8,7 +8,7 @@ import torch
 from mergekit.merge_methods import merge_tensors
 from peft.utils import merge_utils
 
-from merging.methods import get_method, merge_method, native_methods, unregister
+from merging.methods import PerModel, get_method, merge_method, native_methods, unregister
 from merging.methods.sparsify import bernoulli, magnitude
 
 
@@ -33,6 +33,124 @@ def test_registry_lists_native_methods():
         "task_arithmetic",
         "ties",
     ]
+
+
+SPECS = {
+    # name: (base, min and max models, elementwise, random, array kernel, {param: default})
+    "dare_linear": (
+        "required",
+        1,
+        None,
+        False,
+        True,
+        False,
+        {
+            "weight": 1.0,
+            "density": 1.0,
+            "normalize": False,
+            "rescale": True,
+            "int8_mask": False,
+            "lambda": 1.0,
+        },
+    ),
+    "dare_ties": (
+        "required",
+        1,
+        None,
+        False,
+        True,
+        False,
+        {
+            "weight": 1.0,
+            "density": 1.0,
+            "normalize": False,
+            "rescale": True,
+            "int8_mask": False,
+            "lambda": 1.0,
+        },
+    ),
+    "graft": ("required", 1, None, False, False, False, {"density": 0.1, "weight": 1.0}),
+    "linear": ("ignored", 1, None, True, False, True, {"weight": 1.0, "normalize": True}),
+    "slerp": ("required", 1, 1, False, False, False, {}),
+    "task_arithmetic": (
+        "required",
+        1,
+        None,
+        True,
+        False,
+        False,
+        {"weight": 1.0, "normalize": False, "lambda": 1.0},
+    ),
+    "ties": (
+        "required",
+        1,
+        None,
+        False,
+        False,
+        False,
+        {
+            "weight": 1.0,
+            "density": 1.0,
+            "normalize": True,
+            "rescale": False,
+            "int8_mask": False,
+            "lambda": 1.0,
+        },
+    ),
+}
+
+
+def test_builtin_methods_declare_their_scope_and_parameters():
+    """Read from each function's signature when its module is imported (first use)."""
+    for name, (base, least, most, elementwise, random, kernel, defaults) in SPECS.items():
+        spec = get_method(name)
+        assert spec.name == name and spec.base == base, name
+        assert (spec.min_models, spec.max_models) == (least, most), name
+        assert spec.elementwise is elementwise and spec.random is random, name
+        assert (spec.array_fn is not None) is kernel, name
+        assert spec.defaults() == defaults, name
+        assert spec.summary and spec.summary == spec.fn.__doc__.strip().split("\n")[0], name
+        per_model = {p.name for p in spec.params if p.per_model}
+        assert per_model == {"weight", "density"} & set(defaults), name
+        kinds = {p.name: p.kind for p in spec.params}
+        assert all(kinds[k] is type(v) for k, v in defaults.items()), name
+    assert [p.arg for p in get_method("ties").params][-1] == "lambda_"
+    assert get_method("slerp").param("t").required and get_method("ties").param("t") is None
+    linear = get_method("linear")
+    assert linear.accepts_arrays({"weight": 1.0}, 3)
+    assert linear.accepts_arrays({"weight": [1.0, 0.0]}, 2)
+    assert not linear.accepts_arrays({"weight": [0.5, 0.5]}, 2)
+    assert not get_method("ties").accepts_arrays({}, 2)
+
+
+def test_a_registered_method_gets_what_its_signature_declares():
+    seen = {}
+
+    @merge_method("_probe", base="ignored", min_models=2, max_models=3, elementwise=True)
+    def probe(models, *, generator=None, scale, count: PerModel[int] = 2, if_: bool = False):
+        """First line.
+
+        More text."""
+        seen.update(generator=generator, scale=scale, count=count, if_=if_)
+        return models[0]
+
+    try:
+        spec = get_method("_probe")
+        assert (spec.min_models, spec.max_models, spec.elementwise) == (2, 3, True)
+        assert spec.random and spec.summary == "First line." and spec.base == "ignored"
+        params = {p.name: (p.arg, p.per_model, p.kind, p.required) for p in spec.params}
+        assert params == {
+            "scale": ("scale", False, float, True),  # no annotation: a float
+            "count": ("count", True, int, False),
+            "if": ("if_", False, bool, False),
+        }
+        generator = torch.Generator()
+        spec([], [torch.ones(1)] * 2, {"scale": 2.0, "count": 5, "if": True}, generator)
+        assert seen == {"generator": generator, "scale": 2.0, "count": [5, 5], "if_": True}
+    finally:
+        unregister("_probe")
+    with pytest.raises(ValueError, match="unknown merge method '_probe'"):
+        get_method("_probe")
 
 
 def test_duplicate_names_are_rejected():
@@ -187,3 +305,95 @@ def test_magnitude_edge_densities():
     assert torch.equal(magnitude(delta, 1.0), delta)
     assert not magnitude(delta, 0.0).any()
     assert int((magnitude(delta, 0.001) != 0).sum()) == 1
+
+
+def _opposed(seed=5, shape=(32, 24)):
+    """base, and two models whose task vectors d and e differ in sign and size: e = -2 d at
+    even flat positions and d / 2 at odd ones."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    d = 0.1 * torch.randn(shape, generator=g)
+    even = (torch.arange(d.numel()) % 2 == 0).reshape(shape)
+    return base, d, even, [base + d, base + torch.where(even, -2 * d, d / 2)]
+
+
+@pytest.mark.parametrize(
+    "name, params, at_even, at_odd",
+    [
+        # merged task vector at even and at odd positions, as multiples of d (by hand)
+        ("task_arithmetic", {"weight": [1.0, 1.0]}, -1.0, 1.5),
+        ("task_arithmetic", {"weight": [1.0, 0.5], "lambda": 2.0}, 0.0, 2.5),
+        ("task_arithmetic", {"weight": [1.0, 1.0], "normalize": True}, -0.5, 0.75),
+        ("ties", {"weight": [1.0, 1.0]}, -2.0, 0.75),  # sign of d + e: only e at even
+        ("ties", {"weight": [1.0, 1.0], "normalize": False}, -2.0, 1.5),
+        ("ties", {"weight": [0.5, 1.0], "lambda": 0.5}, -1.0, 1 / 3),  # odd: d / 1.5 / 2
+        ("dare_ties", {"weight": [1.0, 1.0]}, -2.0, 1.5),  # density 1: no drop
+        ("dare_ties", {"weight": [1.0, 1.0], "normalize": True}, -2.0, 0.75),
+        ("dare_linear", {"weight": [1.0, 1.0]}, -1.0, 1.5),
+        ("dare_linear", {"weight": [2.0, 1.0], "normalize": True, "lambda": 3.0}, 0.0, 2.5),
+        ("graft", {"weight": [1.0, 1.0], "density": [1.0, 1.0]}, -1.0, 1.5),
+    ],
+)
+def test_task_vectors_of_opposite_signs_merge_as_computed_by_hand(name, params, at_even, at_odd):
+    base, d, even, models = _opposed()
+    merged = run(name, base, models, **params)
+    expected = base + torch.where(even, at_even * d, at_odd * d)
+    assert torch.allclose(merged, expected, atol=1e-6)
+
+
+def test_ties_trims_each_task_vector_before_the_sign_election():
+    """density 0.5 keeps each model's larger half; an entry only one model keeps is its own."""
+    base = torch.zeros(4)
+    models = [torch.tensor([4.0, -3.0, 0.1, 0.2]), torch.tensor([-1.0, -2.0, 5.0, -0.1])]
+    merged = run("ties", base, models, weight=[1.0, 1.0], density=[0.5, 0.5])
+    # kept: model 0 -> [4, -3, 0, 0]; model 1 -> [0, -2, 5, 0]; signs agree everywhere kept
+    assert torch.allclose(merged, torch.tensor([4.0, -2.5, 5.0, 0.0]))
+    rescaled = run("ties", base, models, weight=[1.0, 1.0], density=[0.5, 0.5], rescale=True)
+    # L1 restored per model: model 0 by 7.3 / 7, model 1 by 8.1 / 7
+    expected = torch.tensor([4.0 * 7.3 / 7, (-3.0 * 7.3 / 7 - 2.0 * 8.1 / 7) / 2, 5 * 8.1 / 7, 0])
+    assert torch.allclose(rescaled, expected, atol=1e-5)
+
+
+def test_an_election_tie_keeps_the_positive_entries():
+    """Where the task vectors sum to exactly zero, the elected sign is +."""
+    base, d = torch.zeros(6), torch.tensor([1.0, -2.0, 3.0, -0.5, 0.25, -4.0])
+    for name in ("ties", "dare_ties"):
+        merged = run(name, base, [base + d, base - d], weight=[1.0, 1.0])
+        assert torch.equal(merged, d.abs()), name
+
+
+def test_rescaling_restores_the_l1_norm_of_each_pruned_task_vector():
+    """Also across blocks of a tensor larger than one block, and for small task vectors."""
+    from merging.methods.sparsify import BLOCK, magnitude_cutoff
+
+    g = torch.Generator().manual_seed(9)
+    for n, size in ((3 * BLOCK + 5, 1.0), (64, 1e-3)):
+        base = torch.randn(n, generator=g)
+        delta = size * torch.randn(n, generator=g)
+        cutoff = magnitude_cutoff(base, base + delta, 0.3, rescale=True)
+        kept = cutoff.prune(delta.clone(), 0)
+        assert cutoff.scale == pytest.approx(float(delta.abs().sum() / kept.abs().sum()), rel=1e-5)
+    d = 1e-4 * torch.randn(64, 32, generator=g)  # an L1 norm below 1
+    for name in ("dare_linear", "dare_ties"):
+        merged = run(name, torch.zeros_like(d), [d], weight=[1.0], density=[0.4])
+        assert (merged == 0).float().mean() == pytest.approx(0.6, abs=0.1), name
+        assert float(merged.abs().sum()) == pytest.approx(float(d.abs().sum()), rel=1e-5), name
+        plain = run(name, torch.zeros_like(d), [d], weight=[1.0], density=[0.4], rescale=False)
+        assert torch.equal(plain[plain != 0], d[plain != 0]), name  # dropped, not rescaled
+
+
+def test_normalised_sums_divide_by_the_weights_that_count():
+    base, d, even, models = _opposed()
+    e = models[1] - base
+    # Weights summing to 0 divide by 1; summing to 0.5 divide by 0.5.
+    merged = run("task_arithmetic", base, models, weight=[1.0, -1.0], normalize=True)
+    assert torch.allclose(merged, base + d - e, atol=1e-6)
+    merged = run("task_arithmetic", base, models, weight=[0.25, 0.25], normalize=True)
+    assert torch.allclose(merged, base + (d + e) / 2, atol=1e-6)
+    # Where every task vector is zero no model counts: the base stays, never 0 / 0.
+    still = run("dare_ties", base, [base.clone(), base.clone()], weight=[1.0, 1.0], normalize=True)
+    assert torch.equal(still, base)
+    b, wide_models = base.double(), [m.double() for m in models]
+    wide = run("task_arithmetic", b, wide_models, weight=[1.0, 1.0])  # float64 stays float64
+    expected = b + sum(m - b for m in wide_models)
+    assert wide.dtype == torch.float64 and torch.allclose(wide, expected, atol=1e-12, rtol=0)
