@@ -1,7 +1,8 @@
 """Shared test set-up: markers, the demo data, and one Ray session per module that asks for it.
 
 A test that uses the `ray_local` fixture (directly, through another fixture or a module's
-`pytestmark`) is marked `ray`, so `-m "not ray"` runs the tests that need no Ray cluster."""
+`pytestmark`) is marked `ray`, so `-m "not ray"` runs the tests that need no Ray cluster. A test
+marked `slow` (the long fault-injection loops) is skipped unless `--runslow` is given."""
 
 from __future__ import annotations
 
@@ -20,16 +21,23 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config, items):
     import torch
 
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
         if "ray_local" in item.fixturenames:
             item.add_marker(pytest.mark.ray)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not config.getoption("--runslow"):
+            item.add_marker(skip_slow)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from tests.faults.helpers import (
     stage_of,
 )
 
+pytestmark = pytest.mark.ray  # Ray runs in the `raysoup` processes the tests start
 TRIALS, STEPS = 3, 8
 
 

@@ -17,6 +17,8 @@ from sweeps import parse_sweep
 from tests.faults.conftest import small_sweep
 from tests.faults.helpers import wait
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def two_nodes():

@@ -41,6 +41,7 @@ from tests.faults.helpers import (
     wait,
 )
 
+pytestmark = pytest.mark.ray  # Ray runs in the `raysoup` processes the tests start
 SECRETS = {
     "WANDB_API_KEY": f"wandb{secrets.token_hex(16)}",
     "HF_TOKEN": f"hf_{secrets.token_hex(16)}",

@@ -74,6 +74,7 @@ def test_damaged_state_with_trials_stops_and_without_them_starts_again(tmp_path,
     tally.bad_input("damaged Tune state", 3)
 
 
+@pytest.mark.ray
 @pytest.mark.slow  # its short version is in test_one_sweep_many_faults.py
 def test_a_second_driver_is_refused_and_a_damaged_state_is_rebuilt(tmp_path, tally):
     """One sweep, three faults: a second `raysoup run` while the first trains; the first
