@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pool_bench import agreement, peer_process, pool_figures  # noqa: E402
+from benchmarks.pool_bench import agreement, peer_process, pool_figures, start_ray  # noqa: E402
 
 SETS = ("add", "reverse")
 
@@ -241,14 +241,7 @@ def run_all(paths: list[str], args) -> dict:
             f"{res['imports']:.1f} s)",
             flush=True,
         )
-    started = time.perf_counter()
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
-    ray_start = time.perf_counter() - started
+    ray_start = start_ray()
     pools = {k: ours(paths, args.limit, args.batch, args.new, k) for k in (1, 2)}
     ray.shutdown()
     for k, res in pools.items():

@@ -33,7 +33,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "benchmarks":
     sys.path.pop(0)
 sys.path.insert(0, str(REPO))
 
-from benchmarks.pool_bench import agreement, peer_process, pool_figures  # noqa: E402
+from benchmarks.pool_bench import agreement, peer_process, pool_figures, start_ray  # noqa: E402
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -175,14 +175,7 @@ def run_all(paths: list[str], tasks: str, args) -> dict:
         f"{theirs['peak_rss_mb']:.0f} MB (its imports, not timed: {theirs['imports']:.1f} s)",
         flush=True,
     )
-    started = time.perf_counter()
-    ray.init(
-        num_cpus=os.cpu_count(),
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
-    ray_start = time.perf_counter() - started
+    ray_start = start_ray()
     mine = ours(paths, tasks, args.batch, args.actors)
     ray.shutdown()
     gap = agreement(theirs["results"], mine["results"])
