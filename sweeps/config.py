@@ -6,6 +6,7 @@ Every field carries a description; `docs/sweeps.md` is generated from these mode
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -231,6 +232,79 @@ class ResourcesConfig(Strict):
         description="How many times a failed trial is started again (its process died, its "
         "node was lost, it raised), each time from its newest complete checkpoint; 0: never.",
     )
+    workers: PositiveInt = Field(
+        1,
+        description="Training processes per trial. 1: the trial trains in its own process; "
+        "more (or a `deepspeed` section): the trial starts a Ray Train worker group, data "
+        "parallel (DDP, or DeepSpeed ZeRO), each worker taking its share of every batch.",
+    )
+    cpus_per_worker: PositiveFloat | None = Field(
+        None, description="CPUs of each worker of a worker group (null: `cpus_per_trial`)."
+    )
+    gpus_per_worker: NonNegFloat | None = Field(
+        None, description="GPUs of each worker of a worker group (null: `gpus_per_trial`)."
+    )
+    placement: Literal["pack", "spread"] = Field(
+        "pack",
+        description="Where a worker group's workers go: `pack` on as few nodes as possible, "
+        "`spread` over as many.",
+    )
+
+    def worker_cpus(self) -> float:
+        return self.cpus_per_trial if self.cpus_per_worker is None else self.cpus_per_worker
+
+    def worker_gpus(self) -> float:
+        return self.gpus_per_trial if self.gpus_per_worker is None else self.gpus_per_worker
+
+
+class DeepSpeedConfig(Strict):
+    """DeepSpeed ZeRO inside each trial's worker group (`resources.workers` workers).
+
+    Precision is `train.precision` and gradient clipping `train.max_grad_norm`; `config`
+    adds or overrides any other key of DeepSpeed's own configuration.
+    """
+
+    stage: Literal[0, 1, 2, 3] = Field(
+        2,
+        description="ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also the "
+        "parameters (gathered one by one when a checkpoint is saved).",
+    )
+    offload_optimizer: bool = Field(
+        False, description="Keep optimizer states in CPU memory (DeepSpeed's CPU Adam)."
+    )
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (stage 3).")
+    config: dict[str, Any] | str | None = Field(
+        None,
+        description="Raw DeepSpeed configuration (a dict, or the path of a JSON file) merged "
+        "over the one these fields make; the batch sizes are raysoup's (`train.batch_size`, "
+        "`train.grad_accum`) and may not differ.",
+    )
+
+    @model_validator(mode="after")
+    def _offload_params_needs_stage_3(self):
+        if self.offload_params and self.stage != 3:
+            raise ValueError(
+                f"offload_params needs stage 3 (it is {self.stage}): only ZeRO-3 partitions "
+                "parameters"
+            )
+        return self
+
+    def inlined(self, base: Path) -> DeepSpeedConfig:
+        """`config` read from its JSON file (relative to `base`) into a dict, so the sweep a
+        run saves is complete on any node."""
+        if not isinstance(self.config, str):
+            return self
+        path = Path(self.config).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"deepspeed.config: cannot read {path} as JSON ({err})") from err
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"deepspeed.config: {path} holds a JSON {type(raw).__name__}, not an object"
+            )
+        return self.model_copy(update={"config": raw})
 
 
 class Sweep(Strict):
@@ -290,6 +364,11 @@ class Sweep(Strict):
     resources: ResourcesConfig = Field(
         default_factory=ResourcesConfig, description="Trial resources."
     )
+    deepspeed: DeepSpeedConfig | None = Field(
+        None,
+        description="DeepSpeed ZeRO for each trial (runs the trial as a Ray Train worker "
+        "group; null: plain PyTorch, DDP when `resources.workers` > 1).",
+    )
     scaling: ScalingConfig = Field(
         default_factory=ScalingConfig, description="Scaling-law fit over the data-scale axis."
     )
@@ -348,6 +427,34 @@ class Sweep(Strict):
                     "digits, '.', '_' and '-'"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _worker_group_fits(self):
+        if self.deepspeed is None:
+            return self
+        method = self.finetune.method
+        methods = method.values() if isinstance(method, Space) else [method]
+        if self.deepspeed.stage == 3 and "lora" in (methods or []):
+            raise ValueError(
+                "deepspeed.stage: 3 with finetune.method lora is not supported: ZeRO-3 shards "
+                "the frozen base too; use stage 2 (LoRA's optimizer states are small)"
+            )
+        if isinstance(self.deepspeed.config, dict):
+            for key, ours in (
+                ("train_micro_batch_size_per_gpu", self.train.batch_size),
+                ("gradient_accumulation_steps", self.train.grad_accum),
+            ):
+                theirs = self.deepspeed.config.get(key)
+                if theirs is not None and (isinstance(ours, Space) or theirs != ours):
+                    raise ValueError(
+                        f"deepspeed.config.{key}: {theirs} differs from the train section's "
+                        f"{ours}; set batch sizes in `train` (batch_size, grad_accum)"
+                    )
+        return self
+
+    def uses_worker_group(self) -> bool:
+        """Trials run as a Ray Train worker group (several workers, or DeepSpeed)."""
+        return self.resources.workers > 1 or self.deepspeed is not None
 
     @model_validator(mode="after")
     def _mode_fits_metric(self):
@@ -426,6 +533,7 @@ class Sweep(Strict):
                 "tasks": tasks,
                 "model": model,
                 "evaluate": evaluate,
+                "deepspeed": self.deepspeed and self.deepspeed.inlined(base),
             }
         )
 

@@ -27,7 +27,10 @@ def load_sweep(path: str | Path) -> Sweep:
         sweep = parse_sweep(_read_yaml(path), source=str(path))
     else:
         raise SweepError(f"{path}: a sweep file is .yaml, .yml or .py, not '{path.suffix}'")
-    return sweep.resolve_paths(path.resolve().parent)
+    try:
+        return sweep.resolve_paths(path.resolve().parent)
+    except ValueError as err:
+        raise SweepError(f"{path}: {err}") from None
 
 
 def parse_sweep(data: Any, source: str = "sweep") -> Sweep:

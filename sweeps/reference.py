@@ -55,7 +55,7 @@ def render() -> str:
 def _models(model: type[BaseModel], title: str):
     yield title, model
     for name, field in model.model_fields.items():
-        sub = _submodel(field.annotation)
+        sub = _submodel(_unoptional(field.annotation))
         if sub is not None:
             yield from _models(sub, f"`{_prefix(title)}{name}`")
         for suffix, item in _items(field.annotation):
@@ -90,6 +90,12 @@ def _items(annotation):
 
 def _prefix(title: str) -> str:
     return "" if title.startswith("Sweep") else title.strip("`") + "."
+
+
+def _unoptional(annotation):
+    """`X` of an `X | None` field (an optional section); anything else unchanged."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if _is_union(annotation) and len(args) == 1 else annotation
 
 
 def _submodel(annotation) -> type[BaseModel] | None:

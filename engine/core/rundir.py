@@ -76,6 +76,11 @@ class RunDir:
         return self.root / "tune"
 
     @property
+    def worker_groups(self) -> Path:
+        """Ray Train's own folders of the trials that train on worker groups."""
+        return self.root / "worker_groups"
+
+    @property
     def trials(self) -> Path:
         return self.root / "trials.parquet"
 

@@ -189,12 +189,43 @@ def precision_problems(sweep: Sweep) -> list[str]:
     """fp16 asked for without a GPU."""
     precision = sweep.train.precision
     values = precision.values() if hasattr(precision, "values") else [precision]
-    if "fp16" in values and sweep.resources.gpus_per_trial == 0:
+    res = sweep.resources
+    gpus = res.worker_gpus() if sweep.uses_worker_group() else res.gpus_per_trial
+    if "fp16" in values and gpus == 0:
+        field = "gpus_per_worker" if sweep.uses_worker_group() else "gpus_per_trial"
         return [
-            "train.precision: fp16 needs a GPU (set resources.gpus_per_trial); on CPU use "
-            "fp32 or bf16"
+            f"train.precision: fp16 needs a GPU (set resources.{field}); on CPU use fp32 or bf16"
         ]
     return []
+
+
+def deepspeed_problems(sweep: Sweep) -> list[str]:
+    """The DeepSpeed configuration raysoup would start trials with, checked by DeepSpeed's own
+    rules for its `zero_optimization` section, and the settings DeepSpeed refuses on CPU."""
+    if sweep.deepspeed is None:
+        return []
+    try:
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    except ImportError as err:
+        return [f"deepspeed: DeepSpeed is not installed or does not import ({err})"]
+    from pydantic import ValidationError
+
+    from engine.train.parallel import deepspeed_config
+
+    problems = []
+    config = deepspeed_config(sweep)
+    try:
+        DeepSpeedZeroConfig(**config.get("zero_optimization", {}))
+    except ValidationError as err:
+        for e in err.errors():
+            where = ".".join(str(x) for x in e["loc"])
+            problems.append(f"deepspeed.config.zero_optimization.{where}: {e['msg']}")
+    if sweep.deepspeed.offload_optimizer and sweep.resources.worker_gpus() == 0:
+        problems.append(
+            "deepspeed.offload_optimizer: needs GPUs (resources.gpus_per_worker); on CPU the "
+            "optimizer states are in CPU memory already"
+        )
+    return problems
 
 
 def metric_problems(sweep: Sweep) -> list[str]:

@@ -65,7 +65,13 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
         data_size=trial.data_size,
         name=trial.name,
     )
-    train(spec, TuneSession(here, checkpoints_to_keep(sweep), latest))
+    keep = checkpoints_to_keep(sweep)
+    if sweep.uses_worker_group():
+        from engine.train.workers import run_workers
+
+        run_workers(spec, here, keep, latest, run.worker_groups)
+    else:
+        train(spec, TuneSession(here, keep, latest))
 
 
 def param_space(sweep: Sweep) -> dict:
@@ -84,6 +90,10 @@ def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes):
         sizes=sizes,
     )
     res = sweep.resources
+    if sweep.uses_worker_group():  # the worker group reserves the resources itself
+        from engine.train.workers import DRIVER_CPUS
+
+        return tune.with_resources(fn, {"cpu": DRIVER_CPUS, "gpu": 0})
     return tune.with_resources(fn, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
 
 
@@ -173,11 +183,23 @@ def _new_tuner(
         # returns without reporting anything again.
         num_samples=1,
         reuse_actors=True,
-        max_concurrent_trials=sweep.resources.max_concurrent,
+        max_concurrent_trials=max_concurrent(sweep),
         trial_dirname_creator=functools.partial(trial_folder, sweep=sweep, sizes=sizes),
     )
     space = param_space(sweep) if todo is None else {"trial": tune.grid_search(todo)}
     return tune.Tuner(fn, param_space=space, tune_config=tune_config, run_config=run_config)
+
+
+def max_concurrent(sweep: Sweep) -> int | None:
+    """`resources.max_concurrent`; for worker-group trials at most as many as the cluster
+    holds groups, or trials' own processes would take the CPUs their groups wait for."""
+    cap = sweep.resources.max_concurrent
+    if not sweep.uses_worker_group():
+        return cap
+    from engine.train.workers import group_capacity
+
+    fits = group_capacity(sweep)
+    return fits if cap is None else min(cap, fits)
 
 
 def trial_folder(trial, sweep: Sweep, sizes: Sizes) -> str:

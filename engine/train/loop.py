@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import random
 import resource
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,12 @@ import numpy as np
 import torch
 
 from engine.core import models
-from engine.core.batches import autocast, collate, mean_loss
+from engine.core.batches import collate, mean_loss
+from engine.core.encode import IGNORE
 from engine.evaluate.local import LocalScorer
 from engine.evaluate.sets import sweep_sets
 from engine.prepare.splits import load_split
+from engine.train.parallel import Single
 from sweeps import Sweep
 from sweeps.config import DEFAULT_TASK
 
@@ -54,9 +55,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(spec: TrialSpec, session: Session) -> dict:
-    """Fine-tune, evaluate every `eval_every` steps, checkpoint every `checkpoint.every` steps."""
+def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> dict:
+    """Fine-tune, evaluate every `eval_every` steps, checkpoint every `checkpoint.every` steps.
+
+    `parallel` says how this process trains: alone (the default), or as one rank of a worker
+    group that splits every step's examples between its ranks (`engine.train.parallel`).
+    """
     cfg, trust = spec.sweep.train, spec.sweep.model.trust_remote_code
+    par = parallel or Single(spec.sweep)
     seed_everything(spec.seed)
     data = load_split(spec.data_dir, "train", spec.data_size)
     evals = load_split(spec.data_dir, "eval")
@@ -67,58 +73,81 @@ def train(spec: TrialSpec, session: Session) -> dict:
         spec.sweep.finetune.lora,
         spec.sweep.model.trust_remote_code,
     )
-    device = _device(spec.sweep)
+    device = par.device()
     model.to(device)
-    score = selection_scorer(spec, device)
+    score = selection_scorer(spec, device) if par.evaluates else None
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     n = len(data["input_ids"])
-    per_step = cfg.batch_size * cfg.grad_accum
+    per_step = cfg.batch_size * cfg.grad_accum * par.world
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * n / per_step))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total))
-    step, tokens = _restore(session, model, optimizer, scheduler)
+    forward = par.prepare(model, optimizer, scheduler)
+    step, tokens = _restore(session, par)
     batches = _batch_order(n, per_step, spec.seed)
     pad = tokenizer.pad_token_id
     started, losses, last = time.time(), [], {}
     while step < total:
-        model.train()
-        for micro in np.array_split(batches(step), cfg.grad_accum):
-            batch = collate(data, micro, cfg.seq_len, pad, device, cfg.truncation == "left")
-            tokens += int(batch["attention_mask"].sum())  # real tokens, padding excluded
-            with autocast(cfg.precision, device):
-                loss = model(**batch).loss
-            (loss / cfg.grad_accum).backward()
-            losses.append(loss.item())
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        forward.train()
+        mine = np.array_split(batches(step), par.world)[par.rank]
+        micro = [
+            collate(data, idx, cfg.seq_len, pad, device, cfg.truncation == "left")
+            for idx in np.array_split(mine, cfg.grad_accum)
+        ]
+        counts = [int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro]
+        labelled, real = par.total(sum(counts), sum(int(b["attention_mask"].sum()) for b in micro))
+        summed = 0.0
+        for batch in micro:
+            with par.autocast(cfg.precision, device):
+                loss = summed_loss(forward, batch)
+            # The step's gradient is that of the mean over every labelled token of the step
+            # (on every rank); DDP averages the ranks' gradients, so each adds world times.
+            par.backward(loss * (par.world / max(labelled, 1)))
+            summed += loss.item()
+        tokens += int(real)  # real tokens, padding excluded
+        losses.append(par.total(summed)[0] / max(labelled, 1))
+        par.step(cfg.max_grad_norm)
         step += 1
         save = step % spec.sweep.checkpoint.every == 0 or step == total
         if save or step % cfg.eval_every == 0:
-            last = {
-                "name": spec.name,
-                "step": step,
-                "total_steps": total,
-                "train_loss": float(np.mean(losses)),
-                "eval_loss": mean_loss(model, evals, cfg, pad, device),
-                "examples_seen": step * per_step,
-                "tokens_seen": tokens,
-                "data_size": n,
-                "epoch": step * per_step / n,
-                "seconds": round(time.time() - started, 2),
-            }
-            last["eval_ppl"] = math.exp(min(last["eval_loss"], 50.0))
-            if score is not None:
-                scored = time.time()
-                last[spec.sweep.metric] = score(model, spec.model_path, trust)
-                last["metric_seconds"] = round(time.time() - scored, 2)
-            last["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            last = {}
+            if par.evaluates:
+                last = {
+                    "name": spec.name,
+                    "step": step,
+                    "total_steps": total,
+                    "train_loss": float(np.mean(losses)),
+                    "eval_loss": mean_loss(par.module, evals, cfg, pad, device),
+                    "examples_seen": step * per_step,
+                    "tokens_seen": tokens,
+                    "data_size": n,
+                    "epoch": step * per_step / n,
+                    "seconds": round(time.time() - started, 2),
+                    "workers": par.world,
+                }
+                last["eval_ppl"] = math.exp(min(last["eval_loss"], 50.0))
+                if score is not None:
+                    scored = time.time()
+                    last[spec.sweep.metric] = score(par.module, spec.model_path, trust)
+                    last["metric_seconds"] = round(time.time() - scored, 2)
+                last["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            if par.rank != 0:
+                last = {}
             losses = []
-            _report(session, last, model, tokenizer, optimizer, scheduler, save)
+            _report(session, par, last, step, tokens, tokenizer, save)
     return last
+
+
+def summed_loss(model, batch: dict) -> torch.Tensor:
+    """The summed next-token loss of the batch's labelled tokens (0 when it has none)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2),
+        batch["labels"][:, 1:],
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
 
 
 def selection_scorer(spec: TrialSpec, device: torch.device) -> LocalScorer | None:
@@ -129,13 +158,6 @@ def selection_scorer(spec: TrialSpec, device: torch.device) -> LocalScorer | Non
         return None
     sets = [s for s in sweep_sets(sweep) if s.name == spec.task and s.split == "selection"]
     return LocalScorer(sets, sweep.metric, device, sweep.train.precision, sweep.evaluate.batch_size)
-
-
-def _device(sweep: Sweep) -> torch.device:
-    if sweep.resources.gpus_per_trial > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    torch.set_num_threads(max(1, int(sweep.resources.cpus_per_trial)))
-    return torch.device("cpu")
 
 
 def _schedule(cfg, total: int):
@@ -175,31 +197,22 @@ def _batch_order(n: int, per_step: int, seed: int):
 
 
 def _report(
-    session: Session, metrics: dict, model, tokenizer, optimizer, scheduler, save: bool
+    session: Session, par: Single, metrics: dict, step: int, tokens: int, tokenizer, save: bool
 ) -> None:
     if not save:
         session.report(metrics)
         return
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": metrics["step"],
-        "tokens_seen": metrics["tokens_seen"],
-    }
-    with tempfile.TemporaryDirectory(prefix="raysoup-ckpt-") as tmp:
-        # A folder inside the temporary one: the session may move it away (to publish it).
-        folder = Path(tmp) / "checkpoint"
-        models.save_checkpoint(model, tokenizer, folder, state, metrics)
-        session.report(metrics, checkpoint=folder)
+    state = {"step": step, "tokens_seen": tokens}
+    with par.staging(step) as folder:
+        par.save(folder, tokenizer, state, metrics)
+        par.barrier()  # every rank's part is written
+        session.report(metrics, checkpoint=folder if par.rank == 0 else None)
 
 
-def _restore(session: Session, model, optimizer, scheduler) -> tuple[int, int]:
+def _restore(session: Session, par: Single) -> tuple[int, int]:
     """The step and the tokens seen so far: (0, 0), or those of the checkpoint resumed from."""
     folder = session.restore_dir()
     if folder is None:
         return 0, 0
-    models.load_checkpoint_weights(model, folder)
-    state = models.load_trainer_state(folder)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    state = par.restore(folder)
     return int(state["step"]), int(state.get("tokens_seen", 0))

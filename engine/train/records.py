@@ -72,11 +72,16 @@ def publish(source: Path, trial_dir: Path, step: int) -> Path:
     """Move the checkpoint folder `source` into `trial_dir` as `checkpoint_<step>`, complete:
     the files are moved first, the marker written last, then the folder renamed into place."""
     final = trial_dir / f"{PREFIX}{step:06d}"
-    partial = trial_dir / f".{final.name}{PARTIAL}{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = staging_folder(trial_dir, step, os.getpid())
     try:
-        _move(source, partial)
-        files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
+        if source != partial:  # not staged in place by a worker group
+            shutil.rmtree(partial, ignore_errors=True)
+            _move(source, partial)
+        files = {
+            str(p.relative_to(partial)): p.stat().st_size
+            for p in sorted(partial.rglob("*"))
+            if p.is_file()
+        }
         marker = {"step": step, "saved_at": time.time(), "files": files}
         write_atomic(partial / MARKER, json.dumps(marker, indent=2))
         if final.exists():  # an earlier attempt saved this step: the same state, made again
@@ -94,17 +99,21 @@ def publish(source: Path, trial_dir: Path, step: int) -> Path:
     return final
 
 
+def staging_folder(trial_dir: Path, step: int, owner: int) -> Path:
+    """Where process `owner` assembles the checkpoint of `step` before `publish` renames it
+    into place; a worker group's ranks all write into their rank 0's."""
+    return trial_dir / f".{PREFIX}{step:06d}{PARTIAL}{owner}"
+
+
 def _move(source: Path, target: Path) -> None:
-    """Rename a (flat) checkpoint folder, or copy it file by file onto another filesystem."""
+    """Rename a checkpoint folder, or copy it onto another filesystem."""
     try:
         os.rename(source, target)
         return
     except OSError as err:
         if err.errno != errno.EXDEV:
             raise
-    target.mkdir()
-    for path in source.iterdir():
-        shutil.copy2(path, target / path.name)
+    shutil.copytree(source, target)
 
 
 def marker(checkpoint: Path) -> dict | None:
