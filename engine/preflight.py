@@ -16,6 +16,7 @@ from engine.merge.checks import task_merge_problems
 from engine.prepare.checks import data_problems
 from engine.prepare.inspect import inspect_data
 from engine.train.checks import (
+    attention_problems,
     deepspeed_problems,
     lora_problems,
     metric_problems,
@@ -32,7 +33,8 @@ def check(sweep: Sweep) -> Findings:
     """Raise `SweepError` naming the field for every problem found in files and settings;
     return what to tell the user (row counts, lengths, warnings)."""
     found = Findings(problems=data_problems(sweep) + model_problems(sweep))
-    found.problems += precision_problems(sweep) + deepspeed_problems(sweep) + check_plans(sweep)
+    found.problems += precision_problems(sweep) + attention_problems(sweep)
+    found.problems += deepspeed_problems(sweep) + check_plans(sweep)
     found += storage_findings(sweep)
     if not found.problems:
         found.problems += lora_problems(sweep)

@@ -55,6 +55,11 @@ class ModelConfig(Strict):
         description="Allow the model's own Python code to run. Off by default: only turn it "
         "on for repositories you trust.",
     )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa",
+        description="Attention kernel trials train with: `sdpa` (PyTorch's fused attention), "
+        "`eager`, or `flash_attention_2` (needs the flash-attn package and a GPU).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -207,6 +212,11 @@ class TrainConfig(Strict):
     )
     eval_every: PositiveInt = Field(
         50, description="Evaluate (and report) every N optimizer steps, and at the end."
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass instead of "
+        "keeping them: much less activation memory for one more forward pass.",
     )
 
 

@@ -70,6 +70,11 @@ PREFLIGHT = [
         "deepspeed.config.zero_optimization.reduce_bucket_size",
     ),
     (
+        "flash attention without its package",
+        {"model": {"preset": "tiny-random", "attn_implementation": "flash_attention_2"}},
+        "model.attn_implementation: flash_attention_2 needs the flash-attn package",
+    ),
+    (
         "optimizer offload without gpus",
         {"deepspeed": {"offload_optimizer": True}},
         "deepspeed.offload_optimizer: needs GPUs",

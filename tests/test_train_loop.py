@@ -165,3 +165,60 @@ def test_a_resumed_trial_reports_the_same_tokens_seen(model_path, data_dir, tmp_
     halfway = next(c for c in straight.checkpoints if c.name == "step3")
     again = train(_spec(model_path, data_dir), RecordingSession(tmp_path / "b", restore=halfway))
     assert again["tokens_seen"] == final["tokens_seen"] > 0
+
+
+def test_gradient_checkpointing_and_eager_attention_train_the_same_weights(
+    model_path, data_dir, tmp_path
+):
+    """Recomputing activations, or another attention kernel, changes memory and speed only."""
+    plain = train(_spec(model_path, data_dir), RecordingSession(tmp_path / "a"))
+    recomputed = train(
+        _spec(model_path, data_dir, gradient_checkpointing=True), RecordingSession(tmp_path / "b")
+    )
+    sweep = _sweep_dict()
+    sweep["model"] = {"preset": "tiny-random", "attn_implementation": "eager"}
+    spec = _spec(model_path, data_dir)
+    eager = train(
+        TrialSpec(
+            sweep=parse_sweep(sweep),
+            model_path=model_path,
+            data_dir=data_dir,
+            data_size=None,
+            seed=0,
+        ),
+        RecordingSession(tmp_path / "c"),
+    )
+    assert recomputed["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-5)
+    assert eager["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-4)
+    assert spec.sweep.model.attn_implementation == "sdpa"
+    assert plain["tokens_per_s"] > 0 and "gpu_peak_mb" not in plain  # no GPU here
+
+
+def test_fp16_loss_scaling_is_saved_and_resumed(model_path, data_dir, tmp_path):
+    """fp16 (a GPU setting: validate refuses it on CPU) trains through the loss scaler, whose
+    state is part of the checkpoint, so a resumed trial ends where an uninterrupted one does.
+    The loop is driven directly here so the scaler's path runs without a GPU."""
+    import torch
+
+    straight = RecordingSession(tmp_path / "a")
+    final = train(_spec(model_path, data_dir, precision="fp16"), straight)
+    halfway = next(c for c in straight.checkpoints if c.name == "step3")
+    state = torch.load(halfway / "trainer_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0
+    again = train(
+        _spec(model_path, data_dir, precision="fp16"),
+        RecordingSession(tmp_path / "b", restore=halfway),
+    )
+    assert again["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+    assert final["eval_loss"] < 20  # finite and trained, not overflowed
+
+
+def test_the_model_loads_with_the_kernel_and_checkpointing_asked_for(model_path):
+    from engine.core.models import load_for_training
+
+    lora = parse_sweep(_sweep_dict()).finetune.lora
+    model = load_for_training(model_path, "lora", lora, False, "eager", True)
+    assert model.config._attn_implementation == "eager"
+    assert model.base_model.model.is_activation_checkpointing and not model.config.use_cache
+    plain = load_for_training(model_path, "full", lora)
+    assert plain.config._attn_implementation == "sdpa" and not plain.is_activation_checkpointing

@@ -39,12 +39,26 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_for_training(path: str, method: str, lora: LoraConfig, trust_remote_code: bool = False):
+def load_for_training(
+    path: str,
+    method: str,
+    lora: LoraConfig,
+    trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
+):
     """The base model in float32, wrapped in LoRA adapters when `method` is `lora`. Weights
     load from safetensors only: a pickle is never unpickled."""
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
+        path,
+        dtype=torch.float32,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        attn_implementation=attn_implementation,
     )
+    if gradient_checkpointing:
+        model.config.use_cache = False  # a cache is of no use in training, and conflicts
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if method == "lora":
         import peft
 

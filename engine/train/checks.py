@@ -199,6 +199,21 @@ def precision_problems(sweep: Sweep) -> list[str]:
     return []
 
 
+def attention_problems(sweep: Sweep) -> list[str]:
+    """flash-attention-2 asked for without its package or without a GPU."""
+    if sweep.model.attn_implementation != "flash_attention_2":
+        return []
+    import importlib.util
+
+    res = sweep.resources
+    gpus = res.worker_gpus() if sweep.uses_worker_group() else res.gpus_per_trial
+    if importlib.util.find_spec("flash_attn") is None:
+        return ["model.attn_implementation: flash_attention_2 needs the flash-attn package"]
+    if gpus == 0:
+        return ["model.attn_implementation: flash_attention_2 needs a GPU; on CPU use sdpa"]
+    return []
+
+
 def deepspeed_problems(sweep: Sweep) -> list[str]:
     """The DeepSpeed configuration raysoup would start trials with, checked by DeepSpeed's own
     rules for its `zero_optimization` section, and the settings DeepSpeed refuses on CPU."""

@@ -72,12 +72,14 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
         spec.sweep.finetune.method,
         spec.sweep.finetune.lora,
         spec.sweep.model.trust_remote_code,
+        spec.sweep.model.attn_implementation,
+        cfg.gradient_checkpointing,
     )
     device = par.device()
     model.to(device)
     score = selection_scorer(spec, device) if par.evaluates else None
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    optimizer = par.make_optimizer(
+        [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay
     )
     n = len(data["input_ids"])
     per_step = cfg.batch_size * cfg.grad_accum * par.world
@@ -88,7 +90,9 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
     batches = _batch_order(n, per_step, spec.seed)
     pad = tokenizer.pad_token_id
     started, losses, last = time.time(), [], {}
+    trained_s, trained_tokens = 0.0, 0  # time in training steps (not evaluating), and tokens
     while step < total:
+        tick = time.perf_counter()
         forward.train()
         mine = np.array_split(batches(step), par.world)[par.rank]
         micro = [
@@ -108,6 +112,8 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
         tokens += int(real)  # real tokens, padding excluded
         losses.append(par.total(summed)[0] / max(labelled, 1))
         par.step(cfg.max_grad_norm)
+        trained_s += time.perf_counter() - tick
+        trained_tokens += int(real)
         step += 1
         save = step % spec.sweep.checkpoint.every == 0 or step == total
         if save or step % cfg.eval_every == 0:
@@ -125,7 +131,11 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
                     "epoch": step * per_step / n,
                     "seconds": round(time.time() - started, 2),
                     "workers": par.world,
+                    # the worker group's throughput: every rank's real tokens per second
+                    "tokens_per_s": round(trained_tokens / max(trained_s, 1e-9), 1),
                 }
+                if device.type == "cuda":
+                    last["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                 last["eval_ppl"] = math.exp(min(last["eval_loss"], 50.0))
                 if score is not None:
                     scored = time.time()

@@ -38,6 +38,8 @@ class Single:
     def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
         self.model = self.module = self.optimizer = self.scheduler = None
+        self._device = torch.device("cpu")
+        self.scaler = None  # fp16's loss scaler
 
     @property
     def evaluates(self) -> bool:
@@ -48,15 +50,24 @@ class Single:
         res = self.sweep.resources
         gpus = res.worker_gpus() if self.sweep.uses_worker_group() else res.gpus_per_trial
         if gpus > 0 and torch.cuda.is_available():
-            return torch.device("cuda")
-        cpus = res.worker_cpus() if self.sweep.uses_worker_group() else res.cpus_per_trial
-        torch.set_num_threads(max(1, int(cpus)))
-        return torch.device("cpu")
+            self._device = torch.device("cuda")
+        else:
+            cpus = res.worker_cpus() if self.sweep.uses_worker_group() else res.cpus_per_trial
+            torch.set_num_threads(max(1, int(cpus)))
+            self._device = torch.device("cpu")
+        return self._device
+
+    def make_optimizer(self, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """AdamW over `params` (on the device already): the fused kernel on a GPU."""
+        fused = self._device.type == "cuda"
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
     def prepare(self, model, optimizer, scheduler):
         """Wrap the model (on its device) for training; returns what the forward pass calls."""
         self.module = self.model = model
         self.optimizer, self.scheduler = optimizer, scheduler
+        if self.sweep.train.precision == "fp16":  # fp16 needs a GPU (checked at validate)
+            self.scaler = torch.amp.GradScaler(self._device.type)
         return self.model
 
     def autocast(self, precision: str, device: torch.device):
@@ -67,13 +78,20 @@ class Single:
         return list(values)
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def step(self, max_grad_norm: float | None) -> None:
-        """One optimizer step over the gradients the backward passes accumulated."""
+        """One optimizer step over the gradients the backward passes accumulated (under fp16,
+        skipped by the loss scaler when they overflowed, as it lowers its scale)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_grad_norm)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -94,6 +112,7 @@ class Single:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             **state,
         }
         models.save_checkpoint(self.module, tokenizer, folder, state, info)
@@ -104,6 +123,8 @@ class Single:
         state = models.load_trainer_state(folder)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         return state
 
 
@@ -122,7 +143,6 @@ class DDP(Single):
         owner = [os.getpid()]
         dist.broadcast_object_list(owner, src=0)
         self.owner = owner[0]
-        self._device = None
 
     def device(self) -> torch.device:
         self._device = super().device()
@@ -176,6 +196,15 @@ class DeepSpeed(DDP):
     def evaluates(self) -> bool:
         # Under ZeRO-3 a forward pass gathers parameters from every rank.
         return self.stage == 3 or self.rank == 0
+
+    def make_optimizer(self, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """AdamW; DeepSpeed's CPU Adam (in AdamW mode) when optimizer states are offloaded,
+        as DeepSpeed requires."""
+        if self.sweep.deepspeed.offload_optimizer:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(params, lr=lr, weight_decay=weight_decay, adamw_mode=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
     def prepare(self, model, optimizer, scheduler):
         import deepspeed
