@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# The GPU check: the GPU tests and the GPU path of a trial, on one CUDA machine, in a few minutes.
-#   benchmarks/gpu_check.sh            (sets up .venv with scripts/setup when it is missing)
-# Prints the device, then the GPU tests' results with their durations; exits non-zero when any
-# fails. Record what it prints in docs/benchmarks.md with the machine it ran on.
-set -euo pipefail
+# The GPU check, on one CUDA machine, in a few minutes: every test marked gpu (the GPU path of a
+# trial, the evaluation pool and lm-eval on CUDA against CPU values), then the training
+# throughput and MFU of benchmarks/gpu_check.py. The last line is gpu_check.py's JSON object.
+#   benchmarks/gpu_check.sh                       (.venv, made by scripts/setup if missing)
+#   PYTHON=python3 benchmarks/gpu_check.sh        (a Python that has a CUDA build of torch)
+# scripts/setup installs torch's CPU build; a GPU machine needs an environment with a CUDA
+# build and raysoup's other requirements (ray, deepspeed, peft, mergekit, ...).
+# Exits non-zero when a test fails (the throughput part still runs). Record what it prints in
+# docs/benchmarks.md with the machine it ran on.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || scripts/setup
+PYTHON=${PYTHON:-.venv/bin/python}
+[ -x "$PYTHON" ] || command -v "$PYTHON" >/dev/null || scripts/setup
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-.venv/bin/python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "devices", torch.cuda.device_count())'
-# Every test marked gpu (they skip without CUDA, so a skip here means the GPU was not seen).
-.venv/bin/python -m pytest -m gpu -q -rs --durations=0 tests/
+"$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "devices", torch.cuda.device_count())'
+"$PYTHON" -m pytest -m gpu -q -rs --durations=0 tests/
+tests=$?
+"$PYTHON" benchmarks/gpu_check.py || exit $?
+exit $tests

@@ -1,0 +1,58 @@
+"""Worker groups across nodes (`ray.cluster_utils.Cluster`, two nodes of one CPU each): a
+two-worker trial with `placement: spread` puts one worker on each node, and a sweep of more
+group trials than the cluster holds at once queues them and finishes every one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+import engine
+from engine.train.experiment import max_concurrent
+from engine.train.workers import WORKERS_FILE
+from sweeps import parse_sweep
+from tests.test_scale_out import group_sweep
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    cluster = Cluster(
+        initialize_head=True,
+        connect=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_spread_workers_land_on_both_nodes_and_queued_trials_finish(two_nodes, tmp_path):
+    sweep = group_sweep(
+        "nodes",
+        seeds=[0, 1],
+        # 0.9 CPU a worker: one group (1.81 CPUs with its trial's share) fits the two nodes
+        resources={"workers": 2, "cpus_per_worker": 0.9, "placement": "spread", "max_failures": 0},
+        checkpoint={"every": 2},
+    )
+    sweep["train"].update(max_steps=2, eval_every=2)
+    del sweep["evaluate"], sweep["data"]["eval"]  # training only: no evaluation stage
+    parsed = parse_sweep(sweep)
+    assert max_concurrent(parsed) == 1  # two trials for a cluster of one group
+    result = engine.run(parsed, storage=str(tmp_path), progress=False)
+    trials = result.trials
+    assert list(trials["status"]) == ["done", "done"], trials["error"].tolist()
+    nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    for path in trials["path"]:
+        placed = json.loads((Path(path) / WORKERS_FILE).read_text())
+        assert [w["rank"] for w in placed] == [0, 1]
+        assert {w["node_id"] for w in placed} == nodes  # one worker on each node
+    states = {pg["state"] for pg in ray.util.placement_group_table().values()}
+    assert states == {"REMOVED"}
