@@ -5,7 +5,11 @@ single-process trial on the same global batch, exact resume, failures, placement
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -236,3 +240,61 @@ class Kept:
 
     def restore_dir(self) -> Path | None:
         return None
+
+
+@pytest.mark.slow  # about 100 s on 2 cores: a ten-step group trial, its retry, and a reference
+def test_a_killed_worker_fails_its_group_and_the_trial_resumes_exactly(storage, tmp_path):
+    """SIGKILL one rank of a ZeRO-2 group once a checkpoint exists: the group fails, Tune
+    retries the trial from its newest complete checkpoint (DeepSpeed's state restored), and
+    it ends with the weights of the same trial run without a fault."""
+    sweep = group_sweep(
+        "killed",
+        deepspeed={"stage": 2},
+        checkpoint={"every": 2, "keep": 2},
+    )
+    sweep["resources"]["max_failures"] = 1
+    sweep["train"].update(max_steps=10, eval_every=2)
+    del sweep["evaluate"], sweep["data"]["eval"]  # training only: no evaluation stage
+    tune_dir = storage / "killed" / "tune"
+    killed: dict = {}
+
+    def killer() -> None:
+        def progressed():
+            for folder in tune_dir.glob("*/attempts.jsonl"):
+                done = records.complete_checkpoints([folder.parent])
+                if done and (folder.parent / WORKERS_FILE).is_file():
+                    return folder.parent, records.checkpoint_info(done[-1])["step"]
+            return None
+
+        folder, at = wait_for(progressed)
+        placed = json.loads((folder / WORKERS_FILE).read_text())
+        os.kill(placed[1]["pid"], signal.SIGKILL)
+        killed.update(pid=placed[1]["pid"], at=at)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = engine.run(parse_sweep(sweep), storage=str(storage), progress=False)
+    thread.join(timeout=5)
+    assert killed, "the trial ended before a worker could be killed"
+    row = result.trials.iloc[0]
+    assert row["status"] == "done" and row["attempts"] == 2, row.to_dict()
+    attempts = records.read_attempts(Path(row["path"]))
+    # rank 0 may publish the checkpoint whose barrier the killed rank had passed
+    assert attempts[1]["resumed_from"] in (killed["at"], killed["at"] + 2)
+
+    run = RunDir(Path(result.run_dir))
+    alone = tmp_path / "alone"
+    run_workers(trial_spec(run, run.load_sweep(), row), alone, None, None, tmp_path / "g", False)
+    reference = records.complete_checkpoints([alone])[-1]
+    assert_close(weights(Path(row["checkpoint"])), weights(reference), atol=1e-5)
+    info = records.checkpoint_info(Path(row["checkpoint"]))
+    assert info["tokens_seen"] == records.checkpoint_info(reference)["tokens_seen"]
+
+
+def wait_for(found, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := found():
+            return result
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing happened within {timeout} s")
