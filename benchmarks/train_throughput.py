@@ -68,7 +68,7 @@ def build(work: Path, hidden: int, layers: int) -> tuple[str, Path]:
     return str(model_dir), data
 
 
-def _sweep(model_path: str, steps: int, batch: int):
+def _sweep(model_path: str, steps: int, batch: int, method: str = "full"):
     from engine.demo import DATA_DIR
     from sweeps import parse_sweep
 
@@ -76,6 +76,7 @@ def _sweep(model_path: str, steps: int, batch: int):
         {
             "name": "throughput",
             "model": {"path": model_path},
+            "finetune": {"method": method},
             "data": {"train": str(DATA_DIR / "add" / "train.jsonl"), "format": "prompt_completion"},
             "train": {
                 "lr": LR,
@@ -99,11 +100,11 @@ class _Discard:
         return None
 
 
-def ours(model_path: str, data: str, steps: int, batch: int) -> dict:
+def ours(model_path: str, data: str, steps: int, batch: int, method: str = "full") -> dict:
     from engine.train.loop import TrialSpec, train
 
     spec = TrialSpec(
-        sweep=_sweep(model_path, steps, batch),
+        sweep=_sweep(model_path, steps, batch, method),
         model_path=model_path,
         data_dir=Path(data),
         data_size=None,
@@ -170,14 +171,19 @@ def measure(name: str, *args) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The options of the trial-loop benchmarks (this one and `methods.py`)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__)
     work = Path(tempfile.mkdtemp(prefix="raysoup-throughput-"))
     try:
         model_path, data = build(work, args.hidden, args.layers)

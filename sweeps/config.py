@@ -32,7 +32,8 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
-Method = Literal["full", "lora"]
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+Method = Literal["full", "lora", "hft"]
 Schedule = Literal["constant", "linear", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -85,15 +86,36 @@ class LoraConfig(Strict):
     )
 
 
+class HftConfig(Strict):
+    """Half fine-tuning, used when `finetune.method` is `hft` (see docs/methods.md)."""
+
+    fraction: searchable(OpenFraction) = Field(
+        0.5, description="Share of each transformer block's parameters trained in a round."
+    )
+    strategy: Literal["matrices", "layers"] = Field(
+        "matrices",
+        description="`matrices`: in every block, a random set of its weight tensors holding "
+        "about `fraction` of its parameters trains; `layers`: a random `fraction` of the blocks "
+        "trains whole. Everything outside the blocks (embeddings, final norm, output head) is "
+        "frozen.",
+    )
+    rounds: PositiveInt = Field(
+        1,
+        description="Times the trained half is drawn afresh over the trial, at evenly spaced "
+        "steps (1: one draw for the whole trial).",
+    )
+
+
 class FinetuneConfig(Strict):
     """How the base model is fine-tuned."""
 
     method: searchable(Method, "categorical") = Field(
         "full",
-        description="`full` (every weight) or `lora` (low-rank adapters; checkpoints hold "
-        "only the adapter).",
+        description="`full` (every weight), `lora` (low-rank adapters; checkpoints hold "
+        "only the adapter) or `hft` (half fine-tuning: part of the weights frozen each round).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="Settings for `lora`.")
+    hft: HftConfig = Field(default_factory=HftConfig, description="Settings for `hft`.")
 
 
 class DataConfig(Strict):
@@ -440,11 +462,17 @@ class Sweep(Strict):
 
     @model_validator(mode="after")
     def _worker_group_fits(self):
-        if self.deepspeed is None:
-            return self
         method = self.finetune.method
         methods = method.values() if isinstance(method, Space) else [method]
-        if self.deepspeed.stage == 3 and "lora" in (methods or []):
+        if self.uses_worker_group() and "hft" in methods:
+            raise ValueError(
+                "finetune.method: hft trains in one process; with resources.workers > 1 or "
+                "deepspeed, each round's frozen half would have to be set on every rank "
+                "(not supported yet)"
+            )
+        if self.deepspeed is None:
+            return self
+        if self.deepspeed.stage == 3 and "lora" in methods:
             raise ValueError(
                 "deepspeed.stage: 3 with finetune.method lora is not supported: ZeRO-3 shards "
                 "the frozen base too; use stage 2 (LoRA's optimizer states are small)"

@@ -66,7 +66,7 @@ BAD = [
     (
         "unknown method",
         {"finetune__method": "qlora"},
-        "finetune.method: Input should be 'full' or 'lora'",
+        "finetune.method: Input should be 'full', 'lora' or 'hft'",
     ),
     (
         "unknown distribution",

@@ -23,6 +23,7 @@ from engine.core.encode import IGNORE
 from engine.evaluate.local import LocalScorer
 from engine.evaluate.sets import sweep_sets
 from engine.prepare.splits import load_split
+from engine.train.hft import HalfTuning
 from engine.train.parallel import Single
 from sweeps import Sweep
 from sweeps.config import DEFAULT_TASK
@@ -87,12 +88,17 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total))
     forward = par.prepare(model, optimizer, scheduler)
     step, tokens = _restore(session, par)
+    half = None
+    if spec.sweep.finetune.method == "hft":
+        half = HalfTuning(model, spec.sweep.finetune.hft, spec.seed, total)
     batches = _batch_order(n, per_step, spec.seed)
     pad = tokenizer.pad_token_id
     started, losses, last = time.time(), [], {}
     trained_s, trained_tokens = 0.0, 0  # time in training steps (not evaluating), and tokens
     while step < total:
         tick = time.perf_counter()
+        if half is not None:
+            half.apply(step)
         forward.train()
         mine = np.array_split(batches(step), par.world)[par.rank]
         micro = [
@@ -136,6 +142,8 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
                 }
                 if device.type == "cuda":
                     last["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                if half is not None:
+                    last["trainable_share"] = round(half.share, 4)
                 last["eval_ppl"] = math.exp(min(last["eval_loss"], 50.0))
                 if score is not None:
                     scored = time.time()
