@@ -1,6 +1,7 @@
 """Training throughput on a GPU through raysoup's own trial loop: a bf16 full fine-tune of a
 random-init Llama of about 1B parameters (tokens/s and model FLOPs utilisation against the GPU's
-dense bf16 peak), LoRA on the same model, and DeepSpeed ZeRO-2 on one GPU as a worker group.
+dense bf16 peak), LoRA and QLoRA (NF4) on the same model (their peak GPU memory side by side),
+and DeepSpeed ZeRO-2 on one GPU as a worker group.
 
     .venv/bin/python benchmarks/gpu_check.py [--steps 20] [--peak-tflops 989]
     .venv/bin/python benchmarks/gpu_check.py --smoke     # a tiny model on CPU: checks the script
@@ -166,6 +167,7 @@ def main() -> None:
     for name, run in (
         ("full_bf16", lambda: one_process(model_path, data, "full", args, device)),
         ("lora_bf16", lambda: one_process(model_path, data, "lora", args, device)),
+        ("qlora_nf4", lambda: one_process(model_path, data, "qlora", args, device)),
         ("zero2_1gpu", lambda: zero2(model_path, data, args, device, work)),
     ):
         last = run()

@@ -1,10 +1,10 @@
-"""Tokens per second and peak memory of full, LoRA and half fine-tuning (HFT) trials of raysoup's
-trial loop on the same model and data; HFT's training time against full fine-tuning.
+"""Tokens per second and peak memory of full, LoRA, QLoRA and half fine-tuning (HFT) trials of
+raysoup's trial loop on the same model and data; HFT's training time against full fine-tuning.
 
 Same set-up as `benchmarks/train_throughput.py` (a small random Llama built here, the bundled
 `add` task, fp32 on 2 threads, each run a fresh process, time inside training steps only),
-alternating full, LoRA, HFT in each repeat. HFT trains half of each block (`fraction: 0.5`,
-`strategy: matrices`, one round).
+alternating full, LoRA, QLoRA, HFT in each repeat (QLoRA on bitsandbytes' CPU backend). HFT
+trains half of each block (`fraction: 0.5`, `strategy: matrices`, one round).
 
     .venv/bin/python benchmarks/methods.py [--steps 40] [--batch 8] [--repeats 2]
 
@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.train_throughput import arguments, build, measure  # noqa: E402
 
-METHODS = ("full", "lora", "hft")
+METHODS = ("full", "lora", "qlora", "hft")
 
 
 def main() -> None:

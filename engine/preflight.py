@@ -22,6 +22,7 @@ from engine.train.checks import (
     metric_problems,
     model_problems,
     precision_problems,
+    qlora_problems,
     storage_findings,
 )
 from sweeps import Sweep, SweepError
@@ -34,7 +35,7 @@ def check(sweep: Sweep) -> Findings:
     return what to tell the user (row counts, lengths, warnings)."""
     found = Findings(problems=data_problems(sweep) + model_problems(sweep))
     found.problems += precision_problems(sweep) + attention_problems(sweep)
-    found.problems += deepspeed_problems(sweep) + check_plans(sweep)
+    found.problems += deepspeed_problems(sweep) + qlora_problems(sweep) + check_plans(sweep)
     found += storage_findings(sweep)
     if not found.problems:
         found.problems += lora_problems(sweep)

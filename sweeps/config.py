@@ -33,7 +33,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]
-Method = Literal["full", "lora", "hft"]
+Method = Literal["full", "lora", "qlora", "hft"]
 Schedule = Literal["constant", "linear", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -72,7 +72,7 @@ class ModelConfig(Strict):
 
 
 class LoraConfig(Strict):
-    """Low-rank adapter settings, used when `finetune.method` is `lora`."""
+    """Low-rank adapter settings, used when `finetune.method` is `lora` or `qlora`."""
 
     r: searchable(PositiveInt, "int") = Field(8, description="Adapter rank.")
     alpha: searchable(PositiveFloat) = Field(
@@ -83,6 +83,20 @@ class LoraConfig(Strict):
         "all-linear",
         description="Module names to adapt (for example [q_proj, v_proj]), or "
         "`all-linear` for every linear layer but the output head.",
+    )
+
+
+class QloraConfig(Strict):
+    """The quantised base of `finetune.method: qlora` (the adapters are `finetune.lora`)."""
+
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type of the base's weights: NormalFloat4 or FP4."
+    )
+    double_quant: bool = Field(
+        True, description="Quantise the quantisation constants too (about 0.4 bits a weight less)."
+    )
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="Type the 4-bit weights are dequantised to for each matrix product."
     )
 
 
@@ -112,9 +126,15 @@ class FinetuneConfig(Strict):
     method: searchable(Method, "categorical") = Field(
         "full",
         description="`full` (every weight), `lora` (low-rank adapters; checkpoints hold "
-        "only the adapter) or `hft` (half fine-tuning: part of the weights frozen each round).",
+        "only the adapter), `qlora` (LoRA over a base quantised to 4 bits) or `hft` (half "
+        "fine-tuning: part of the weights frozen each round).",
     )
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="Settings for `lora`.")
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="Adapter settings for `lora` and `qlora`."
+    )
+    qlora: QloraConfig = Field(
+        default_factory=QloraConfig, description="The quantised base for `qlora`."
+    )
     hft: HftConfig = Field(default_factory=HftConfig, description="Settings for `hft`.")
 
 
@@ -469,6 +489,11 @@ class Sweep(Strict):
                 "finetune.method: hft trains in one process; with resources.workers > 1 or "
                 "deepspeed, each round's frozen half would have to be set on every rank "
                 "(not supported yet)"
+            )
+        if self.uses_worker_group() and "qlora" in methods:
+            raise ValueError(
+                "finetune.method: qlora trains in one process; 4-bit bases on worker groups "
+                "(resources.workers > 1 or deepspeed) are not supported yet"
             )
         if self.deepspeed is None:
             return self

@@ -1,6 +1,6 @@
 """The GPU path, on one CUDA GPU (skipped without one): a one-process bf16 trial and an fp16
-trial with loss scaling, a one-worker DeepSpeed ZeRO-2 bf16 group with optimizer offload, each
-through the whole pipeline, reporting throughput and GPU memory."""
+trial with loss scaling, a QLoRA trial, a one-worker DeepSpeed ZeRO-2 bf16 group with optimizer
+offload, each through the whole pipeline, reporting throughput and GPU memory."""
 
 from __future__ import annotations
 
@@ -46,6 +46,15 @@ def test_one_process_trial_on_the_gpu(precision, tmp_path):
     sweep = gpu_sweep(
         f"gpu-{precision}",
         train={**gpu_sweep("x")["train"], "precision": precision, "gradient_checkpointing": True},
+    )
+    check_trials(engine.run(parse_sweep(sweep), storage=str(tmp_path), progress=False))
+
+
+def test_qlora_on_the_gpu(tmp_path):
+    sweep = gpu_sweep(
+        "gpu-qlora",
+        finetune={"method": "qlora", "lora": {"r": 8, "alpha": 16}},
+        train={**gpu_sweep("x")["train"], "precision": "bf16"},
     )
     check_trials(engine.run(parse_sweep(sweep), storage=str(tmp_path), progress=False))
 

@@ -214,11 +214,14 @@ def test_fp16_loss_scaling_is_saved_and_resumed(model_path, data_dir, tmp_path):
 
 
 def test_the_model_loads_with_the_kernel_and_checkpointing_asked_for(model_path):
+    import torch
+
     from engine.core.models import load_for_training
 
-    lora = parse_sweep(_sweep_dict()).finetune.lora
-    model = load_for_training(model_path, "lora", lora, False, "eager", True)
+    cpu = torch.device("cpu")
+    finetune = parse_sweep({**_sweep_dict(), "finetune": {"method": "lora"}}).finetune
+    model = load_for_training(model_path, finetune, cpu, False, "eager", True)
     assert model.config._attn_implementation == "eager"
     assert model.base_model.model.is_activation_checkpointing and not model.config.use_cache
-    plain = load_for_training(model_path, "full", lora)
+    plain = load_for_training(model_path, finetune.model_copy(update={"method": "full"}), cpu)
     assert plain.config._attn_implementation == "sdpa" and not plain.is_activation_checkpointing

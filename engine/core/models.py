@@ -15,7 +15,7 @@ from merging.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:  # an evaluation actor imports this module; the sweep models are not needed
     from sweeps import Sweep
-    from sweeps.config import LoraConfig
+    from sweeps.config import FinetuneConfig, QloraConfig
 
 TRAINER_STATE = "trainer_state.pt"
 TRIAL_INFO = "trial.json"
@@ -41,27 +41,45 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def load_for_training(
     path: str,
-    method: str,
-    lora: LoraConfig,
+    finetune: FinetuneConfig,
+    device: torch.device,
     trust_remote_code: bool = False,
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
 ):
-    """The base model in float32, wrapped in LoRA adapters when `method` is `lora`. Weights
-    load from safetensors only: a pickle is never unpickled."""
+    """The base model in float32 on `device`, wrapped in LoRA adapters for `lora` and `qlora`
+    (whose base is loaded quantised to 4 bits). Weights load from safetensors only: a pickle is
+    never unpickled."""
+    quantized = finetune.method == "qlora"
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=torch.float32,
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
         attn_implementation=attn_implementation,
+        **(_quantized(finetune.qlora, device) if quantized else {}),
     )
-    if gradient_checkpointing:
-        model.config.use_cache = False  # a cache is of no use in training, and conflicts
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    if method == "lora":
+    if quantized:
         import peft
 
+        if device.type == "cpu":
+            _no_cpu_repacking(model)
+        # norms in float32, input gradients on (the adapters' only path through frozen
+        # 4-bit layers), and activation checkpointing when asked for
+        model = peft.prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    else:
+        model.to(device)
+        if gradient_checkpointing:
+            model.config.use_cache = False  # a cache is of no use in training, and conflicts
+            model.activation_checkpointing_enable({"use_reentrant": False})
+    if finetune.method in ("lora", "qlora"):
+        import peft
+
+        lora = finetune.lora
         config = peft.LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
@@ -71,6 +89,32 @@ def load_for_training(
         )
         model = peft.get_peft_model(model, config)
     return model
+
+
+def _no_cpu_repacking(model) -> None:
+    """Keep bitsandbytes' 4-bit layers in one layout on CPU. In eval mode they would repack
+    their weights in place for an AVX512-BF16 kernel, which fails on matrices narrower than a
+    quantisation block and leaves a layout the training path does not read back; evaluating
+    through the same dequantising path as training also keeps the trial's metrics consistent."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _quantized(qlora: QloraConfig, device: torch.device) -> dict:
+    """`from_pretrained`'s arguments for a base quantised by bitsandbytes, on `device`."""
+    from transformers import BitsAndBytesConfig
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=qlora.quant_type,
+        bnb_4bit_use_double_quant=qlora.double_quant,
+        bnb_4bit_compute_dtype=dtypes[qlora.compute_dtype],
+    )
+    return {"quantization_config": config, "device_map": {"": str(device)}}
 
 
 def save_checkpoint(model, tokenizer, folder: Path, optimizer_state: dict, info: dict) -> None:

@@ -65,9 +65,27 @@ def lora_problems(sweep: Sweep) -> list[str]:
     ]
 
 
-def _uses_lora(sweep: Sweep) -> bool:
+def _methods(sweep: Sweep) -> list[str]:
     method = sweep.finetune.method
-    return "lora" in (method.values() if hasattr(method, "values") else [method])
+    return method.values() if hasattr(method, "values") else [method]
+
+
+def _uses_lora(sweep: Sweep) -> bool:
+    return bool({"lora", "qlora"} & set(_methods(sweep)))
+
+
+def qlora_problems(sweep: Sweep) -> list[str]:
+    """`qlora` without bitsandbytes, the package that quantises its base."""
+    if "qlora" not in _methods(sweep):
+        return []
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        return [
+            "finetune.method: qlora needs the bitsandbytes package (pip install "
+            f"'raysoup[qlora]'); it does not import here ({err})"
+        ]
+    return []
 
 
 def meta_modules(sweep: Sweep) -> dict[str, str] | str:

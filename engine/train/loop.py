@@ -68,16 +68,15 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
     data = load_split(spec.data_dir, "train", spec.data_size)
     evals = load_split(spec.data_dir, "eval")
     tokenizer = models.load_tokenizer(spec.model_path, spec.sweep.model.trust_remote_code)
+    device = par.device()
     model = models.load_for_training(
         spec.model_path,
-        spec.sweep.finetune.method,
-        spec.sweep.finetune.lora,
+        spec.sweep.finetune,
+        device,
         spec.sweep.model.trust_remote_code,
         spec.sweep.model.attn_implementation,
         cfg.gradient_checkpointing,
     )
-    device = par.device()
-    model.to(device)
     score = selection_scorer(spec, device) if par.evaluates else None
     optimizer = par.make_optimizer(
         [p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay
