@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ from engine.train.workers import WORKERS_FILE, run_workers
 from sweeps import parse_sweep
 from tests.conftest import DEMO_DATA
 from tests.failing import FAILS_ON_WORDS
+from tests.test_train_loop import RecordingSession
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -155,12 +155,12 @@ def test_two_workers_reach_the_loss_of_one_process_on_the_same_global_batch(ddp,
         }
     )
     spec = trial_spec(run, one, row)
-    session = Kept(tmp_path)
+    session = RecordingSession(tmp_path)
     last = train(spec, session)
     assert last["examples_seen"] == row["examples_seen"] == STEPS * 2 * BATCH
     assert last["eval_loss"] == pytest.approx(row["eval_loss"], abs=1e-4)
     assert last["train_loss"] == pytest.approx(row["train_loss"], abs=1e-4)
-    assert_close(weights(session.checkpoint), weights(Path(row["checkpoint"])), atol=1e-4)
+    assert_close(weights(session.checkpoints[-1]), weights(Path(row["checkpoint"])), atol=1e-4)
 
 
 def test_zero2_checkpoints_read_like_any_other_and_match_ddp(ddp, zero2):
@@ -225,21 +225,6 @@ def test_a_failed_worker_group_fails_its_trial_only_and_frees_its_workers(storag
     assert "fails on word answers" in result.trials.set_index("task").loc["reverse", "error"]
     states = {pg["state"] for pg in ray.util.placement_group_table().values()}
     assert states == {"REMOVED"}
-
-
-class Kept:
-    """A `Session` that keeps the last checkpoint."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.checkpoint = root, None
-
-    def report(self, metrics: dict, checkpoint: Path | None = None) -> None:
-        if checkpoint is not None:
-            self.checkpoint = self.root / f"step{metrics['step']}"
-            shutil.copytree(checkpoint, self.checkpoint)
-
-    def restore_dir(self) -> Path | None:
-        return None
 
 
 @pytest.mark.slow  # about 100 s on 2 cores: a ten-step group trial, its retry, and a reference

@@ -65,8 +65,8 @@ BAD = [
     ("negative lr in grid", {"train__lr": {"grid": [0.1, -1]}}, "train.lr.grid[1]"),
     (
         "unknown method",
-        {"finetune__method": "qlora"},
-        "finetune.method: Input should be 'full', 'lora' or 'hft'",
+        {"finetune__method": "prefix_tuning"},
+        "finetune.method: Input should be 'full', 'lora', 'qlora' or 'hft'",
     ),
     (
         "unknown distribution",
