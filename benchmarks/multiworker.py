@@ -30,10 +30,9 @@ sys.path.insert(0, str(REPO))
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-import engine  # noqa: E402
-from benchmarks.trial_overhead import BATCH, EVAL, SEQ_LEN, TRAIN, _batch, _examples, _peak_mb  # noqa: E402
+from benchmarks import trial_overhead  # noqa: E402
+from benchmarks.trial_overhead import BATCH, EVAL, TRAIN, _batch, _examples, _peak_mb  # noqa: E402
 from engine.demo.tiny import save_tiny_model  # noqa: E402
-from sweeps import parse_sweep  # noqa: E402
 
 WORKERS, CPUS_PER_WORKER = 2, 0.5
 
@@ -113,28 +112,8 @@ def run_peer(model_path: str, lrs: list[float], seeds: list[int], steps: int, st
 
 
 def run_ours(model_path: str, lrs: list[float], seeds: list[int], steps: int, storage: str):
-    sweep = parse_sweep(
-        {
-            "name": "ours",
-            "model": {"path": model_path},
-            "data": {"train": str(TRAIN), "eval": str(EVAL), "format": "prompt_completion"},
-            "train": {
-                "lr": {"grid": lrs},
-                "max_steps": steps,
-                "batch_size": BATCH,
-                "seq_len": SEQ_LEN,
-                "eval_every": steps,
-                "schedule": "constant",
-            },
-            "seeds": seeds,
-            "checkpoint": {"every": steps, "keep": 1},
-            "resources": {"workers": WORKERS, "cpus_per_worker": CPUS_PER_WORKER},
-        }
-    )
-    result = engine.run(sweep, storage=storage, progress=False)
-    failed = result.trials[result.trials["status"] != "done"]
-    assert failed.empty, failed["error"].tolist()
-    return result.trials.to_dict("records")
+    resources = {"workers": WORKERS, "cpus_per_worker": CPUS_PER_WORKER}
+    return trial_overhead.run_ours(model_path, lrs, seeds, steps, storage, resources)
 
 
 def main() -> None:

@@ -102,7 +102,15 @@ def run_bare(model_path: str, lrs: list[float], seeds: list[int], steps: int, st
     return [r.metrics for r in grid]
 
 
-def run_ours(model_path: str, lrs: list[float], seeds: list[int], steps: int, storage: str):
+def run_ours(
+    model_path: str,
+    lrs: list[float],
+    seeds: list[int],
+    steps: int,
+    storage: str,
+    resources: dict | None = None,
+):
+    """raysoup's sweep of the same trials (`resources`: the sweep's resources section)."""
     sweep = parse_sweep(
         {
             "name": "ours",
@@ -118,9 +126,12 @@ def run_ours(model_path: str, lrs: list[float], seeds: list[int], steps: int, st
             },
             "seeds": seeds,
             "checkpoint": {"every": steps, "keep": 1},
+            **({"resources": resources} if resources else {}),
         }
     )
     result = engine.run(sweep, storage=storage, progress=False)
+    failed = result.trials[result.trials["status"] != "done"]
+    assert failed.empty, failed["error"].tolist()
     return result.trials.to_dict("records")
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 import engine
 from engine.train.experiment import max_concurrent
@@ -20,21 +19,8 @@ from tests.test_scale_out import group_sweep
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    cluster = Cluster(
-        initialize_head=True,
-        connect=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False},
-    )
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
-
-
-def test_spread_workers_land_on_both_nodes_and_queued_trials_finish(two_nodes, tmp_path):
+@pytest.mark.usefixtures("two_nodes")
+def test_spread_workers_land_on_both_nodes_and_queued_trials_finish(tmp_path):
     sweep = group_sweep(
         "nodes",
         seeds=[0, 1],

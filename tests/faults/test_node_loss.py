@@ -9,7 +9,6 @@ from pathlib import Path
 import psutil
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 import engine
 from engine.train import records
@@ -18,20 +17,6 @@ from tests.faults.conftest import small_sweep
 from tests.faults.helpers import wait
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    cluster = Cluster(
-        initialize_head=True,
-        connect=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False},
-    )
-    worker = cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster, worker
-    ray.shutdown()
-    cluster.shutdown()
 
 
 class _Running:
