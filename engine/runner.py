@@ -27,6 +27,7 @@ from engine.train.experiment import fit, start_mode, tuner
 from engine.train.progress import TrialProgress
 from engine.train.table import trials_table, write_results
 from sweeps import Sweep
+from sweeps.trials import RESULT_STATUSES
 
 __all__ = ["Interrupted", "SweepResult", "load_result", "resume", "run"]
 
@@ -143,7 +144,7 @@ def _train(
     write_results(table, sweep, run)
     if outcome.interrupted:
         raise Interrupted(run.root)
-    unfinished = sweep.trial_count() - int(table["status"].isin(["done", "error"]).sum())
+    unfinished = sweep.trial_count() - int(table["status"].isin([*RESULT_STATUSES, "error"]).sum())
     if outcome.error and unfinished:
         raise RunError(
             f"training stopped with {unfinished} trial(s) unfinished: {outcome.error}; "

@@ -24,6 +24,7 @@ from sweeps.evaluation import (
 )
 from sweeps.plans import MergePlan
 from sweeps.scale import DataScale, ScalingConfig
+from sweeps.schedulers import Fifo, Scheduler, check_grace, check_scheduler_type
 from sweeps.selection import Stage, check_stage_types
 from sweeps.space import Space, grid_size, searchable
 
@@ -410,6 +411,11 @@ class Sweep(Strict):
         description="Whether lower or higher `metric` wins; null: lower for losses and "
         "perplexities, higher for every other metric.",
     )
+    scheduler: Scheduler = Field(
+        default_factory=lambda: Fifo(type="fifo"),
+        description="Early stopping of trials that fall behind by `metric`: `fifo` (none), "
+        "`asha`, `median` (see docs/search.md).",
+    )
     checkpoint: CheckpointConfig = Field(
         default_factory=CheckpointConfig, description="Checkpoint schedule."
     )
@@ -443,7 +449,7 @@ class Sweep(Strict):
     def _safe_name(cls, value: str) -> str:
         if not NAME_PATTERN.match(value):
             raise ValueError(
-                f"'{value}' is not a usable folder name; use letters, digits, '.', '_' and '-'"
+                f"{value!r} is not a usable folder name; use letters, digits, '.', '_' and '-'"
             )
         return value
 
@@ -457,6 +463,11 @@ class Sweep(Strict):
                 "`module:function`)"
             )
         return value
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _known_scheduler(cls, value):
+        return check_scheduler_type(value)
 
     @field_validator("seeds")
     @classmethod
@@ -475,7 +486,7 @@ class Sweep(Strict):
             bad = [name for name in self.tasks if not NAME_PATTERN.match(name)]
             if bad:
                 raise ValueError(
-                    f"task name '{bad[0]}' is not a usable folder name; use letters, "
+                    f"task name {bad[0]!r} is not a usable folder name; use letters, "
                     "digits, '.', '_' and '-'"
                 )
         return self
@@ -513,6 +524,17 @@ class Sweep(Strict):
                         f"deepspeed.config.{key}: {theirs} differs from the train section's "
                         f"{ours}; set batch sizes in `train` (batch_size, grad_accum)"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _scheduler_fits(self):
+        check_grace(self)
+        if self.scheduler.stops_trials() and self.uses_worker_group():
+            raise ValueError(
+                f"scheduler.type: {self.scheduler.type} stops trials early, which is not "
+                "supported yet for worker-group trials (resources.workers > 1 or deepspeed): "
+                "stopping one must also stop its Ray Train workers; use fifo"
+            )
         return self
 
     def uses_worker_group(self) -> bool:

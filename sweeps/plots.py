@@ -171,6 +171,20 @@ def plot_curves(curves: pd.DataFrame, metric: str):
     return fig
 
 
+def plot_progress(progress: pd.DataFrame, metric: str):
+    """The best `metric` so far against the optimizer steps spent so far, one point per trial
+    as it ended (`sweeps.trials.search_progress`)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    ax.step(progress["compute"], progress["best"], where="post", color="C0")
+    ax.plot(progress["compute"], progress["best"], "o", markersize=3, color="C0")
+    ax.set_xlabel("optimizer steps spent, summed over trials (in the order trials ended)")
+    ax.set_ylabel(f"best {metric} so far")
+    ax.set_title(f"Best {metric} against compute spent")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
 def plot_against(points: pd.DataFrame, column: str, ranking: Ranking, label: str, log=None):
     """Each trial's selection score against one of its values (a searched field, the data
     size), with its 95% interval; one colour per task, each task's points nudged sideways so

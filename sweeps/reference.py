@@ -63,8 +63,8 @@ def _models(model: type[BaseModel], title: str):
 
 
 def _items(annotation):
-    """Models inside a container field: `tasks.<name>` of a dict, `merge[]` of a list (one per
-    `type` of a union)."""
+    """Models inside a container field: `tasks.<name>` of a dict, `merge[]` of a list, and
+    `scheduler` of a union chosen by `type` (one per `type`)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if _is_union(annotation) and len(args) == 1:
         return _items(args[0])
@@ -72,20 +72,32 @@ def _items(annotation):
     if origin is dict and _submodel(args[1]):
         return [(".<name>`", args[1])]
     if origin is list and args:
-        inner = args[0]
-        if typing.get_origin(inner) is typing.Annotated:
-            inner = typing.get_args(inner)[0]
-        models = [m for m in typing.get_args(inner) or (inner,) if _submodel(m)]
-        return [
-            (
-                f"[]` with type {_type(m.model_fields['type'].annotation)}"
-                if "type" in m.model_fields
-                else "[]`",
-                m,
-            )
-            for m in models
-        ]
+        return _variants(args[0], "[]`")
+    if origin is typing.Annotated or _by_type(annotation):
+        return _variants(annotation, "`")
     return []
+
+
+def _by_type(annotation) -> bool:
+    """A union of sections told apart by their `type` (`scheduler`)."""
+    args = typing.get_args(annotation) if _is_union(annotation) else ()
+    return len(args) > 1 and all(_submodel(a) and "type" in a.model_fields for a in args)
+
+
+def _variants(annotation, suffix: str):
+    """The models of a field (or list item) that is one model or a union of them by `type`."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    models = [m for m in typing.get_args(annotation) or (annotation,) if _submodel(m)]
+    return [
+        (
+            f"{suffix} with type {_type(m.model_fields['type'].annotation)}"
+            if "type" in m.model_fields
+            else suffix,
+            m,
+        )
+        for m in models
+    ]
 
 
 def _prefix(title: str) -> str:
@@ -141,6 +153,8 @@ def _type(annotation) -> str:
         return " / ".join(f"`{a}`" for a in typing.get_args(annotation))
     if _submodel(annotation):
         return "section"
+    if _by_type(annotation):
+        return "section, by `type`"
     if args and _is_union(annotation):
         return " or ".join(_type(a) for a in args)
     return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")

@@ -21,6 +21,27 @@ import numpy as np
 from sweeps.space import Choice, LogUniform, RandInt, Space, Uniform
 
 SIGNIFICANT = 3  # digits of a float in a name, raised where that is needed to tell two apart
+# The statuses of trials that leave a result: trained to the end, or stopped early by the
+# sweep's scheduler (their newest checkpoint is then the result).
+RESULT_STATUSES = ("done", "stopped")
+
+
+def with_result(trials):
+    """The rows of a trial table whose trials left a model: done or stopped, with a checkpoint."""
+    return trials[trials["status"].isin(RESULT_STATUSES) & trials["checkpoint"].notna()]
+
+
+def search_progress(trials, metric: str, mode: str):
+    """The sweep's best `metric` as its trials ended, in the order they ended: one row per
+    trial with a result, with `finished` (trials so far), `compute` (optimizer steps run so
+    far, a stopped trial counting the steps up to its stop) and `best` (best so far)."""
+    ended = with_result(trials).dropna(subset=["finished_at", metric]).sort_values("finished_at")
+    stopped = ended["stopped_at"] if "stopped_at" in ended else ended["steps"] * float("nan")
+    ran = stopped.where(ended["status"] == "stopped", ended["steps"]).fillna(ended["steps"])
+    best = ended[metric].cummin() if mode == "min" else ended[metric].cummax()
+    return ended[["name"]].assign(
+        finished=range(1, len(ended) + 1), compute=ran.cumsum().to_numpy(), best=best.to_numpy()
+    )
 
 
 @dataclass(frozen=True)

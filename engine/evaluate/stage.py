@@ -18,14 +18,16 @@ from engine.evaluate.pool import COLUMNS, Candidate, evaluate_candidates
 from engine.evaluate.sets import sweep_sets
 from sweeps import Sweep
 from sweeps.evaluation import EvalSetConfig, HarnessSetConfig
+from sweeps.trials import with_result
 
 
 def sweep_candidates(
     trials: pd.DataFrame, merges: pd.DataFrame | None, base: str
 ) -> list[Candidate]:
-    """The base model, every finished trial's final checkpoint, and every merge that ran."""
+    """The base model, every trial's result (its final checkpoint, or the newest one of a
+    trial the scheduler stopped), and every merge that ran."""
     found = [Candidate("base", "base", base)]
-    for row in trials[trials["status"] == "done"].itertuples():
+    for row in with_result(trials).itertuples():
         found.append(Candidate(row.name, "trial", row.checkpoint, base=base))
     if merges is not None:
         for row in merges[merges["status"] == "done"].itertuples():

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from merging.soups import select_checkpoints
 from sweeps import Sweep
 from sweeps.plans import AXES, plan_names
-from sweeps.trials import group_label, value_label
+from sweeps.trials import group_label, value_label, with_result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +58,7 @@ def plan_jobs(sweep: Sweep, trials: pd.DataFrame) -> list[MergeJob]:
     for name, plan in zip(plan_names(sweep.merge), sweep.merge):
         chosen = _where(trials, plan.where)
         if plan.type == "checkpoint_average":
-            jobs += _checkpoint_averages(name, plan, chosen[chosen["status"] == "done"], sweep)
+            jobs += _checkpoint_averages(name, plan, with_result(chosen), sweep)
         elif plan.type == "soup":
             jobs += _soups(name, plan, chosen, sweep)
         else:
@@ -95,7 +95,7 @@ def _soups(name: str, plan, trials: pd.DataFrame, sweep: Sweep) -> list[MergeJob
     keys = [] if plan.across == "all" else [a for a in axes if a not in plan.across]
     jobs = []
     for group, rows in _groups(trials, keys):
-        members = rows[rows["status"] == "done"]
+        members = with_result(rows)
         best = members.sort_values(
             sweep.metric, ascending=sweep.direction() == "min", kind="stable"
         )
@@ -125,7 +125,7 @@ def _task_merges(name: str, plan, trials: pd.DataFrame, sweep: Sweep) -> list[Me
     grid = plan.grid()
     jobs = []
     for group, rows in _groups(trials, keys):
-        members = rows[rows["status"] == "done"].sort_values("task")
+        members = with_result(rows).sort_values("task")
         missing = sorted(set(tasks) - set(members["task"]))
         skipped = f"no finished trial for task(s) {', '.join(missing)}" if missing else None
         for parameters in grid:

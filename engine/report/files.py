@@ -29,8 +29,16 @@ from sweeps.leaderboard import (
     sets_markdown,
     winners_markdown,
 )
-from sweeps.plots import plot_against, plot_by_kind, plot_curves, plot_gains, save_plots
+from sweeps.plots import (
+    plot_against,
+    plot_by_kind,
+    plot_curves,
+    plot_gains,
+    plot_progress,
+    save_plots,
+)
 from sweeps.report import figure_html, render_html, table_html
+from sweeps.trials import search_progress
 
 
 def write_report(
@@ -84,6 +92,12 @@ def _figures(sweep: Sweep, trials: pd.DataFrame, board, ranking: Ranking) -> dic
             f"Learning curves: {metric} of each trial at every report",
             plot_curves(curves, metric),
         )
+    progress = search_progress(trials, metric, sweep.direction())
+    if sweep.scheduler.stops_trials() and len(progress) > 1:
+        figures["search_progress"] = (
+            f"The best {metric} so far against the optimizer steps spent, as trials ended",
+            plot_progress(progress, metric),
+        )
     if board is None:
         return figures
     points = board[board["kind"] == "trial"].dropna(subset=["selection"])
@@ -126,6 +140,7 @@ def _sections(
     searched = "".join(v for k, v in figures.items() if k.startswith("by_"))
     for heading, content in (
         ("How the trials trained", figures.get("learning_curves", "")),
+        ("How the search spent its compute", figures.get("search_progress", "")),
         ("Scores against what the sweep varied", searched),
         ("Every candidate by kind", figures.get("metric_by_kind", "")),
         ("Scaling", figures.get("scaling", "")),
@@ -136,6 +151,13 @@ def _sections(
         sections += _merge_sections(board, merges, figures)
         sections.append(("Each evaluation set", table_html(scores, list(scores.columns))))
         sections.append(("Every metric", table_html(metrics, list(metrics.columns))))
+    stopped = trials[trials["status"] == "stopped"]
+    if len(stopped):
+        columns = ["name", "task", *sweep.search_space(), "stopped_by", "stopped_at", "steps",
+                   sweep.metric, "checkpoint"]  # fmt: skip
+        heading = f"Trials stopped early ({len(stopped)} of {len(trials)})"
+        content = STOPPED_NOTE + table_html(stopped, list(dict.fromkeys(columns)))
+        sections.append((heading, content))
     columns = ["name", "task", *sweep.search_space(), "data_size", "seed", "status",
                sweep.metric, "eval_loss", "steps", "flag", "error"]  # fmt: skip
     sections.append(("Trials", table_html(trials, list(dict.fromkeys(columns)))))
@@ -169,4 +191,10 @@ LEADERBOARD_NOTE = (
     "choose. Scores show their 95% interval (±); <em>tied</em>: the interval overlaps the "
     "leader's. Gains are on test, positive when a merge beats its ingredients. Click a "
     "column's header to sort by it.</p>"
+)
+
+STOPPED_NOTE = (
+    "<p class='note'>The scheduler stopped these trials at the step in <em>stopped_at</em>; "
+    "each keeps its newest checkpoint (<em>steps</em>) as its result, a candidate like any "
+    "other.</p>"
 )

@@ -14,6 +14,7 @@ from sweeps import Sweep
 from sweeps.config import DEFAULT_TASK
 from sweeps.leaderboard import format_cell as cell
 from sweeps.leaderboard import interval_cell, recommendation
+from sweeps.trials import RESULT_STATUSES
 
 
 def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = None) -> Table:
@@ -41,7 +42,8 @@ def leaderboard_table(table: pd.DataFrame, sweep: Sweep, limit: int | None = Non
             min_width=len(header),
         )
     for rank, (_, row) in enumerate(board.head(limit).iterrows(), start=1):
-        style = "red" if row["status"] != "done" else ("bold green" if rank == 1 else None)
+        finished = row["status"] in RESULT_STATUSES
+        style = "red" if not finished else ("bold green" if rank == 1 else None)
         out.add_row(str(rank), *(cell(row[c]) for c in columns), style=style)
     return out
 
@@ -77,6 +79,14 @@ def print_result(result, console: Console | None = None) -> None:
         console.print(f"[red bold]{len(failures)} failure(s):")
         for line in failures:
             console.print(f"[red]  {line}", highlight=False)
+    stopped = table[table["status"] == "stopped"]
+    if len(stopped):
+        console.print(
+            f"{len(stopped)} of {len(table)} trials stopped early by the scheduler "
+            f"({', '.join(sorted(set(stopped['stopped_by'].dropna())))}); each keeps its newest "
+            "checkpoint as its result.",
+            highlight=False,
+        )
     if (table["status"] == "incomplete").any():
         console.print(
             f"[yellow]Some trials did not finish; continue with `raysoup resume {run_dir}`."

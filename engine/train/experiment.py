@@ -12,7 +12,7 @@ from ray import tune
 
 from engine.core.errors import RunError
 from engine.core.rundir import RunDir
-from engine.train import records, state
+from engine.train import records, schedulers, state
 from engine.train.axes import Sizes, cells, identify
 from engine.train.loop import TrialSpec, train
 from sweeps import Sweep
@@ -44,16 +44,18 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
     """A Tune function trainable: one trial of the sweep, its cell in `config["trial"]`.
 
     `sizes` turns the data-size axis value (a count or a fraction) into the task's exact count.
-    A trial whose folders already hold its last checkpoint (it finished before Tune's state
-    said so) returns at once: nothing is trained or reported again.
+    A trial whose folders already hold its last checkpoint, or say that the scheduler stopped
+    it (it ended before Tune's state said so), returns at once: nothing is trained or reported
+    again.
     """
     sweep, run = Sweep.model_validate_json(sweep_json), RunDir(Path(run_root))
     trial = identify(sweep, config["trial"], sizes)
     here = run.tune / records.folder_name(tune.get_context().get_trial_id(), trial.name)
-    done = records.complete_checkpoints(records.trial_folders(run.tune, trial.name))
-    latest = done[-1] if done else None
-    if latest is not None and records.is_final(latest):
+    folders = records.trial_folders(run.tune, trial.name)
+    if records.is_finished(folders):
         return
+    done = records.complete_checkpoints(folders)
+    latest = done[-1] if done else None
     resumed_from = records.checkpoint_info(latest).get("step") if latest else None
     records.record_attempt(here, trial.name, resumed_from)
     spec = TrialSpec(
@@ -154,19 +156,22 @@ def tuner(
 
 
 def unfinished(sweep: Sweep, run: RunDir, sizes: Sizes) -> list[dict]:
-    """The cells of the trials whose folders do not hold their last checkpoint."""
-    todo = []
-    for cell in cells(sweep):
-        name = identify(sweep, cell, sizes).name
-        done = records.complete_checkpoints(records.trial_folders(run.tune, name))
-        if not (done and records.is_final(done[-1])):
-            todo.append(cell)
-    return todo
+    """The cells of the trials that are neither done nor stopped by the scheduler."""
+    return [
+        cell
+        for cell in cells(sweep)
+        if not records.is_finished(
+            records.trial_folders(run.tune, identify(sweep, cell, sizes).name)
+        )
+    ]
 
 
 def _new_tuner(
     fn, sweep: Sweep, run: RunDir, sizes: Sizes, callbacks: list, todo: list[dict] | None
 ) -> tune.Tuner:
+    if sweep.scheduler.stops_trials():
+        # first, so the other callbacks read the stopped trial's folder as stopped
+        callbacks = [schedulers.StopRecorder(run.tune, sweep.scheduler.type), *callbacks]
     run_config = tune.RunConfig(
         name=run.tune.name,
         storage_path=str(run.root),
@@ -178,10 +183,10 @@ def _new_tuner(
     # Reusing trial processes saves each trial the start of a Ray worker and the import of
     # torch and transformers; every trial seeds everything it uses, so results do not change.
     tune_config = tune.TuneConfig(
-        # The samples are drawn before training: the cells hold them. No metric for Tune:
-        # raysoup ranks trials itself, and a trial that finished before Tune's state said so
-        # returns without reporting anything again.
+        # The samples are drawn before training: the cells hold them. Tune knows the metric
+        # only for the scheduler; raysoup ranks trials itself.
         num_samples=1,
+        scheduler=schedulers.build(sweep),
         reuse_actors=True,
         max_concurrent_trials=max_concurrent(sweep),
         trial_dirname_creator=functools.partial(trial_folder, sweep=sweep, sizes=sizes),

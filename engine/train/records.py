@@ -6,8 +6,11 @@ without Ray or Tune.
   so a folder of that name is complete or absent. A checkpoint without a valid marker (or whose
   files no longer match it) never counts: not to resume from, not to merge, not to evaluate.
 - `attempts.jsonl`: one line per start of the trial (when, where, from which step).
+- `stopped.json`: written by the driver when the sweep's scheduler stopped the trial before
+  its last step (at which step, by which scheduler, the metric then).
 
-A trial is *done* when its newest complete checkpoint is at its last step. A trial that Tune
+A trial is *done* when its newest complete checkpoint is at its last step, and *stopped* when
+the scheduler ended it before (its newest complete checkpoint is then its result). A trial that Tune
 starts again under a new id (a rebuilt experiment, or a state saved before the trial was
 created) finds its checkpoints by its name in the other folders, so no finished work is lost.
 """
@@ -29,6 +32,7 @@ from engine.core.rundir import write_atomic
 PREFIX = "checkpoint_"
 MARKER = "complete.json"
 ATTEMPTS = "attempts.jsonl"
+STOPPED = "stopped.json"
 PARTIAL = ".partial-"
 
 
@@ -204,6 +208,33 @@ def read_attempts(folder: Path) -> list[dict]:
     return found
 
 
+# -- early stops -------------------------------------------------------------------------
+
+
+def record_stop(trial_dir: Path, step: int, by: str, metrics: dict) -> None:
+    """Write the trial's `stopped.json`: the scheduler `by` stopped it after `step` (an
+    earlier record of the same stop is kept)."""
+    if (trial_dir / STOPPED).is_file():
+        return
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    line = {"step": step, "by": by, "at": time.time(), "metrics": metrics}
+    write_atomic(trial_dir / STOPPED, json.dumps(line, indent=2))
+
+
+def read_stop(folders: list[Path]) -> dict | None:
+    """The early stop recorded in the trial's newest folder; None when there is none."""
+    try:
+        return json.loads((folders[-1] / STOPPED).read_text()) if folders else None
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(folders: list[Path]) -> bool:
+    """Whether the trial needs no more training: done, or stopped by the scheduler."""
+    done = complete_checkpoints(folders)
+    return bool(done and is_final(done[-1])) or read_stop(folders) is not None
+
+
 # -- a trial as its folders tell it --------------------------------------------------------
 
 
@@ -218,6 +249,7 @@ class TrialRecord:
     error: str | None = None
     attempts: int = 0
     finished_at: float | None = None
+    stop: dict | None = None  # the scheduler's early stop (`stopped.json`)
 
     @property
     def trial_id(self) -> str:
@@ -230,7 +262,9 @@ class TrialRecord:
 
 def read_trial(folders: list[Path]) -> TrialRecord:
     """A trial's record from its folders: `done` when its newest complete checkpoint is its
-    last step, `error` when the newest attempt failed, `incomplete` otherwise (stopped)."""
+    last step, `stopped` when the scheduler ended it before (its metrics are then those of
+    its newest complete checkpoint, the model it leaves), `error` when the newest attempt
+    failed, `incomplete` otherwise (interrupted)."""
     checkpoints = complete_checkpoints(folders)
     latest = checkpoints[-1] if checkpoints else None
     path = latest.parent if latest is not None else folders[-1]
@@ -239,6 +273,10 @@ def read_trial(folders: list[Path]) -> TrialRecord:
     if latest is not None and is_final(latest):
         found = marker(latest) or {}
         return TrialRecord(path, "done", metrics, checkpoints, None, attempts, found["saved_at"])
+    stop = read_stop(folders)
+    if stop is not None:
+        metrics = checkpoint_info(latest) if latest is not None else {}
+        return TrialRecord(path, "stopped", metrics, checkpoints, None, attempts, stop["at"], stop)
     error = _error(folders)
     status = "error" if error is not None else "incomplete"
     return TrialRecord(path, status, metrics, checkpoints, error, attempts)

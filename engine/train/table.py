@@ -12,6 +12,7 @@ from engine.train import records
 from engine.train.axes import Sizes, TrialIdentity, identities
 from sweeps import Sweep
 from sweeps.leaderboard import format_cell as cell
+from sweeps.trials import RESULT_STATUSES
 
 FIXED = [
     "name",
@@ -37,6 +38,8 @@ EXTRA = [
     "trainable_share",
     "workers",
     "attempts",
+    "stopped_at",
+    "stopped_by",
     "finished_at",
     "error",
     "path",
@@ -81,6 +84,8 @@ def _row(record: records.TrialRecord, trial: TrialIdentity, metric: str) -> dict
         "trainable_share": metrics.get("trainable_share"),
         "workers": metrics.get("workers", 1),
         "attempts": record.attempts,
+        "stopped_at": record.stop["step"] if record.stop else None,
+        "stopped_by": record.stop["by"] if record.stop else None,
         "finished_at": record.finished_at,
         "error": record.error,
         "path": str(record.path),
@@ -102,10 +107,10 @@ def _finite(value) -> bool:
 
 
 def ranked(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame:
-    """Trials that finished, best first by the sweep's metric; flagged ones after them (a NaN
-    loss never ranks first), failed ones last."""
+    """Trials with a result (done, or stopped early by the scheduler), best first by the
+    sweep's metric; flagged ones after them (a NaN loss never ranks first), failed ones last."""
     key = sweep.metric if sweep.metric in table.columns else "eval_loss"
-    done = table["status"] == "done"
+    done = table["status"].isin(RESULT_STATUSES)
     flagged = table["flag"].notna() if "flag" in table else pd.Series(False, index=table.index)
     best = table[done & ~flagged].sort_values(key, ascending=sweep.direction() == "min")
     return pd.concat([best, table[done & flagged], table[~done]], ignore_index=True)
