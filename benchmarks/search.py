@@ -70,17 +70,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--reduction-factor", type=float, default=3.0)
+    parser.add_argument("--grace", type=int, default=None, help="default: --eval-every")
     args = parser.parse_args()
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     asha = {
         "type": "asha",
-        "grace_period": args.eval_every,
+        "grace_period": args.grace or args.eval_every,
         "reduction_factor": args.reduction_factor,
     }
     with tempfile.TemporaryDirectory() as storage:
         grid, grid_s = run("grid", storage, args.steps, args.eval_every, {"type": "fifo"})
         early, early_s = run("asha", storage, args.steps, args.eval_every, asha)
     best_grid, best_asha = grid["eval_loss"].min(), early["eval_loss"].min()
+    winner = grid.loc[grid["eval_loss"].idxmin(), "name"]
+    fate = early.set_index("name").loc[winner]
+    print(f"the grid's best trial {winner}: under asha {fate['status']} at step {fate['steps']}")
     ours, peer = compute(early), compute(grid)
     within = bool(best_asha <= best_grid * 1.01)
     stopped = int((early["status"] == "stopped").sum())
@@ -100,6 +104,8 @@ def main() -> None:
         "best_eval_loss": {"asha": round(best_asha, 5), "grid": round(best_grid, 5)},
         "within_1pct": within,
         "stopped": stopped,
+        "grace_period": asha["grace_period"],
+        "reduction_factor": asha["reduction_factor"],
         "trials": len(grid),
         "seconds": {"asha": round(early_s, 1), "grid": round(grid_s, 1)},
     }

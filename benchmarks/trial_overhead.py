@@ -3,7 +3,8 @@
 Both sweeps train the same tiny Llama on the same bundled data, the same number of trials and
 steps, in the same Ray session, alternating (bare, raysoup, bare, raysoup) so neither gets the
 warm workers alone. raysoup's time includes its prepare stage (Ray Data tokenization, once);
-the bare trials tokenize their own data, as a plain Tune script would.
+the bare trials tokenize their own data, as a plain Tune script would. Both reuse trial
+processes (`reuse_actors=True`), as raysoup does.
 
     .venv/bin/python benchmarks/trial_overhead.py [--trials 8] [--steps 30] [--repeats 2]
 
@@ -97,6 +98,8 @@ def run_bare(model_path: str, lrs: list[float], seeds: list[int], steps: int, st
     grid = tune.Tuner(
         fn,
         param_space={"lr": tune.grid_search(lrs), "seed": tune.grid_search(seeds)},
+        # like raysoup: a finished trial's process takes the next trial
+        tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(storage_path=storage, name="bare", verbose=0),
     ).fit()
     return [r.metrics for r in grid]
