@@ -33,11 +33,13 @@ def with_result(trials):
 
 def search_progress(trials, metric: str, mode: str):
     """The sweep's best `metric` as its trials ended, in the order they ended: one row per
-    trial with a result, with `finished` (trials so far), `compute` (optimizer steps run so
-    far, a stopped trial counting the steps up to its stop) and `best` (best so far)."""
+    trial with a result, with `finished` (trials so far), `compute` (the optimizer steps of
+    the trials ended so far, a stopped trial counting the steps up to its stop; trials still
+    running then are not counted) and `best` (best so far)."""
     ended = with_result(trials).dropna(subset=["finished_at", metric]).sort_values("finished_at")
-    stopped = ended["stopped_at"] if "stopped_at" in ended else ended["steps"] * float("nan")
-    ran = stopped.where(ended["status"] == "stopped", ended["steps"]).fillna(ended["steps"])
+    ran = ended["steps"]
+    if "stopped_at" in ended:  # tables written before schedulers existed have no such column
+        ran = ended["stopped_at"].where(ended["status"] == "stopped", ran).fillna(ran)
     best = ended[metric].cummin() if mode == "min" else ended[metric].cummax()
     return ended[["name"]].assign(
         finished=range(1, len(ended) + 1), compute=ran.cumsum().to_numpy(), best=best.to_numpy()

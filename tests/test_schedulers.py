@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 import engine
@@ -155,3 +156,23 @@ def test_early_stopping_of_worker_group_trials_is_refused():
     with pytest.raises(SweepError) as err:
         parse_sweep(sweep_dict(scheduler={"type": "asha"}, resources={"workers": 2}))
     assert "scheduler.type: asha stops trials early" in str(err.value)
+
+
+def test_search_progress_counts_a_stopped_trial_up_to_its_stop():
+    trials = pd.DataFrame(
+        {
+            "name": ["a", "b", "c", "d"],
+            "status": ["done", "stopped", "done", "error"],
+            "checkpoint": ["a/c", "b/c", "c/c", None],
+            "finished_at": [3.0, 1.0, 2.0, 0.5],
+            "accuracy": [0.6, 0.2, 0.7, None],
+            "steps": [10, 4, 10, 2],
+            "stopped_at": [None, 6, None, None],
+        }
+    )
+    progress = search_progress(trials, "accuracy", "max")
+    assert list(progress["name"]) == ["b", "c", "a"]  # in the order they ended; no failed one
+    assert list(progress["compute"]) == [6, 16, 26]
+    assert list(progress["best"]) == [0.2, 0.7, 0.7]
+    old = search_progress(trials.drop(columns="stopped_at"), "accuracy", "max")
+    assert list(old["compute"]) == [4, 14, 24]
