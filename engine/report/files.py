@@ -92,8 +92,10 @@ def _figures(sweep: Sweep, trials: pd.DataFrame, board, ranking: Ranking) -> dic
             f"Learning curves: {metric} of each trial at every report",
             plot_curves(curves, metric),
         )
-    progress = search_progress(trials, metric, sweep.direction())
-    if sweep.scheduler.stops_trials() and len(progress) > 1:
+    progress = (
+        search_progress(trials, metric, sweep.direction()) if sweep.scheduler.stops_trials() else []
+    )
+    if len(progress) > 1:
         figures["search_progress"] = (
             f"The best {metric} so far against the optimizer steps spent, as trials ended",
             plot_progress(progress, metric),
