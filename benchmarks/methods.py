@@ -1,10 +1,13 @@
-"""Tokens per second and peak memory of full, LoRA, QLoRA and half fine-tuning (HFT) trials of
-raysoup's trial loop on the same model and data; HFT's training time against full fine-tuning.
+"""Tokens per second and peak memory of full, LoRA, QLoRA, half fine-tuning (HFT) and DPO trials
+of raysoup's trial loop on the same model and data; HFT's training time against full
+fine-tuning.
 
 Same set-up as `benchmarks/train_throughput.py` (a small random Llama built here, the bundled
 `add` task, fp32 on 2 threads, each run a fresh process, time inside training steps only),
 alternating full, LoRA, QLoRA, HFT in each repeat (QLoRA on bitsandbytes' CPU backend). HFT
-trains half of each block (`fraction: 0.5`, `strategy: matrices`, one round).
+trains half of each block (`fraction: 0.5`, `strategy: matrices`, one round). DPO fine-tunes
+every weight on the task's preference pairs (`pairs_train.jsonl`, beta 0.1, reference computed
+beforehand as prepare does, `benchmarks/preference.py`); its tokens are both sequences of a pair.
 
     .venv/bin/python benchmarks/methods.py [--steps 40] [--batch 8] [--repeats 2]
 
@@ -23,9 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks import preference  # noqa: E402
 from benchmarks.train_throughput import arguments, build, measure  # noqa: E402
 
-METHODS = ("full", "lora", "qlora", "hft")
+METHODS = ("full", "lora", "qlora", "hft", "dpo")
 
 
 def main() -> None:
@@ -34,9 +38,13 @@ def main() -> None:
     runs: dict[str, list[dict]] = {m: [] for m in METHODS}
     try:
         model_path, data = build(work, args.hidden, args.layers)
+        pairs = preference.prepare(work, model_path)
         for repeat in range(args.repeats):
             for method in METHODS:
-                r = measure("ours", model_path, str(data), args.steps, args.batch, method)
+                if method == "dpo":  # full fine-tuning with DPO on the task's pairs
+                    r = measure(preference.ours, model_path, str(pairs), args.steps, args.batch)
+                else:
+                    r = measure("ours", model_path, str(data), args.steps, args.batch, method)
                 runs[method].append(r)
                 print(
                     f"{method:>4} run {repeat}: {r['tokens_per_s']:8.0f} tokens/s, "

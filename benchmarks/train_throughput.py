@@ -101,14 +101,15 @@ class _Discard:
 
 
 def ours(model_path: str, data: str, steps: int, batch: int, method: str = "full") -> dict:
+    return run_loop(_sweep(model_path, steps, batch, method), model_path, data)
+
+
+def run_loop(sweep, model_path: str, data: str) -> dict:
+    """One trial of raysoup's loop (no Ray): its tokens per second and tokens."""
     from engine.train.loop import TrialSpec, train
 
     spec = TrialSpec(
-        sweep=_sweep(model_path, steps, batch, method),
-        model_path=model_path,
-        data_dir=Path(data),
-        data_size=None,
-        seed=0,
+        sweep=sweep, model_path=model_path, data_dir=Path(data), data_size=None, seed=0
     )
     last = train(spec, _Discard())
     return {"tokens_per_s": last["tokens_per_s"], "tokens": last["tokens_seen"]}
@@ -155,13 +156,15 @@ def plain(model_path: str, data: str, steps: int, batch: int) -> dict:
     return {"tokens_per_s": tokens / timed, "tokens": tokens}
 
 
-def _child(name: str, args: tuple, out) -> None:
-    result = {"ours": ours, "plain": plain}[name](*args)
+def _child(name, args: tuple, out) -> None:
+    result = (name if callable(name) else {"ours": ours, "plain": plain}[name])(*args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.put(result)
 
 
-def measure(name: str, *args) -> dict:
+def measure(name, *args) -> dict:
+    """Run `name` (ours, plain, or a module-level function) with `args` in a fresh process;
+    its result with the process's peak RSS."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     proc = ctx.Process(target=_child, args=(name, args, out))

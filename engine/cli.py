@@ -214,11 +214,13 @@ def eval_(
     set_name: list[str] | None = typer.Option(
         None, "--set-name", help="Name of each --data set, in order (default: the file's stem)."
     ),
-    format: str = typer.Option("prompt_completion", "--format", help="prompt_completion or text."),
+    format: str = typer.Option(
+        "prompt_completion", "--format", help="prompt_completion, text or preference."
+    ),
     metric: list[str] | None = typer.Option(
         None,
         "--metric",
-        help="Metric to compute, repeatable: loss, ppl, accuracy, "
+        help="Metric to compute, repeatable: loss, ppl, accuracy, preference_accuracy, "
         "accuracy_norm, exact_match or module:function (default: by the file's fields).",
     ),
     split: str = typer.Option(

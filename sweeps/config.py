@@ -22,6 +22,14 @@ from sweeps.evaluation import (
     known_metrics,
     metric_needs,
 )
+from sweeps.objectives import (
+    PREFERENCE_METRICS,
+    Objective,
+    PreferenceConfig,
+    is_preference,
+    needs_reference,
+    objectives_of,
+)
 from sweeps.plans import MergePlan
 from sweeps.scale import DataScale, ScalingConfig
 from sweeps.schedulers import Fifo, Scheduler, check_grace, check_scheduler_type
@@ -137,6 +145,18 @@ class FinetuneConfig(Strict):
         default_factory=QloraConfig, description="The quantised base for `qlora`."
     )
     hft: HftConfig = Field(default_factory=HftConfig, description="Settings for `hft`.")
+    objective: searchable(Objective, "categorical") = Field(
+        "sft",
+        description="What the trial minimises: `sft` (the causal-LM loss of the completion, "
+        "or of the chosen completion of preference data), or a preference objective over "
+        "pairs of a chosen and a rejected completion (`data.format: preference`): `dpo`, "
+        "`ipo`, `kto` (against the base model as reference), `simpo`, `orpo` "
+        "(reference-free). See docs/methods.md.",
+    )
+    preference: PreferenceConfig = Field(
+        default_factory=PreferenceConfig,
+        description="Settings of the preference objectives (beta and each one's own).",
+    )
 
 
 class DataConfig(Strict):
@@ -162,17 +182,25 @@ class DataConfig(Strict):
     eval_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
         0.1, description="Share of the training file held out for evaluation when `eval` is absent."
     )
-    format: Literal["text", "prompt_completion"] = Field(
+    format: Literal["text", "prompt_completion", "preference"] = Field(
         "text",
         description="`text`: causal-LM loss on every token of `text_field`. "
-        "`prompt_completion`: loss on the completion tokens only.",
+        "`prompt_completion`: loss on the completion tokens only. `preference`: pairs of a "
+        "chosen and a rejected completion of one prompt (`prompt_field`, `chosen_field`, "
+        "`rejected_field`), for the preference objectives of `finetune.objective`.",
     )
     text_field: str = Field("text", description="Field with the text (format `text`).")
     prompt_field: str = Field(
-        "prompt", description="Field with the prompt (format `prompt_completion`)."
+        "prompt", description="Field with the prompt (formats `prompt_completion`, `preference`)."
     )
     completion_field: str = Field(
         "completion", description="Field with the completion (format `prompt_completion`)."
+    )
+    chosen_field: str = Field(
+        "chosen", description="Field with the preferred completion (format `preference`)."
+    )
+    rejected_field: str = Field(
+        "rejected", description="Field with the rejected completion (format `preference`)."
     )
     seed: int = Field(
         0,
@@ -201,6 +229,8 @@ class DataConfig(Strict):
         """The fields each example must have."""
         if self.format == "text":
             return [self.text_field]
+        if self.format == "preference":
+            return [self.prompt_field, self.chosen_field, self.rejected_field]
         return [self.prompt_field, self.completion_field]
 
 
@@ -404,7 +434,9 @@ class Sweep(Strict):
         description="Metric that ranks trials and that `top_k` and greedy soups choose by: one "
         "training reports (" + ", ".join(TRAIN_METRICS) + ") or any evaluation metric of the "
         "selection sets (accuracy, exact_match, loss, a user metric), which each trial then "
-        "computes on its task's selection set at every report.",
+        "computes on its task's selection set at every report. Preference data: trials report "
+        "preference_accuracy themselves, and it is the default when `finetune.objective` can "
+        "be a preference objective.",
     )
     mode: Literal["min", "max"] | None = Field(
         None,
@@ -542,6 +574,34 @@ class Sweep(Strict):
         return self.resources.workers > 1 or self.deepspeed is not None
 
     @model_validator(mode="after")
+    def _objective_fits(self):
+        objective, data_format = self.finetune.objective, self.data.format
+        if is_preference(objective) and data_format != "preference":
+            named = ", ".join(o for o in objectives_of(objective) if o != "sft")
+            raise ValueError(
+                f"finetune.objective: {named} trains on pairs of a chosen and a rejected "
+                "completion; set data.format: preference (fields prompt, chosen, rejected), "
+                f"not {data_format!r}"
+            )
+        if data_format == "preference" and self.uses_worker_group():
+            raise ValueError(
+                "data.format: preference trains in one process; preference objectives on "
+                "worker groups (resources.workers > 1 or deepspeed) are not supported yet"
+            )
+        seq_len = self.train.seq_len
+        if needs_reference(objective) and isinstance(seq_len, Space) and not seq_len.values():
+            raise ValueError(
+                "train.seq_len: the reference model's log-probabilities are computed once per "
+                "sequence length in prepare; give seq_len a value, a grid or a choice"
+            )
+        if is_preference(objective):  # what the objectives optimise ranks, unless told
+            if "metric" not in self.model_fields_set:
+                self.metric = "preference_accuracy"
+            if "rank_by" not in self.evaluate.model_fields_set:
+                self.evaluate.rank_by = "preference_accuracy"
+        return self
+
+    @model_validator(mode="after")
     def _mode_fits_metric(self):
         known = self.metric in TRAIN_METRICS or metric_needs(self.metric) is not None
         if known and self.mode is not None and self.mode != self._natural_mode():
@@ -561,7 +621,8 @@ class Sweep(Strict):
     def metric_is_evaluated(self) -> bool:
         """Whether `metric` is an evaluation metric that trials compute on their selection set
         (not one training reports by itself)."""
-        return self.metric not in TRAIN_METRICS
+        reported = self.data.format == "preference" and self.metric in PREFERENCE_METRICS
+        return self.metric not in TRAIN_METRICS and not reported
 
     def task_names(self) -> list[str]:
         """The task axis: the names in `tasks`, or the one task `default`."""

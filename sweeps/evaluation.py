@@ -27,6 +27,7 @@ _CATALOG: dict[str, str] = {
     "ppl": "tokens",
     "accuracy": "choices",
     "accuracy_norm": "choices",
+    "preference_accuracy": "choices",
     "exact_match": "generation",
 }
 # Metrics where a lower value is better: raysoup's losses (those training reports too) and
@@ -99,10 +100,12 @@ class EvalSetConfig(Strict):
         description="Data file (.jsonl, .json, .parquet or .csv). A relative "
         "path is taken from the sweep file's folder.",
     )
-    format: Literal["text", "prompt_completion"] = Field(
+    format: Literal["text", "prompt_completion", "preference"] = Field(
         "prompt_completion",
         description="`text`: loss on every token of `text_field`. "
-        "`prompt_completion`: loss on the completion tokens only, as in training.",
+        "`prompt_completion`: loss on the completion tokens only, as in training. "
+        "`preference`: pairs of a chosen and a rejected completion; loss metrics score the "
+        "chosen one, `preference_accuracy` the pair.",
     )
     text_field: str = Field(
         "text",
@@ -115,6 +118,12 @@ class EvalSetConfig(Strict):
     completion_field: str = Field(
         "completion",
         description="Field with the reference completion (format `prompt_completion`).",
+    )
+    chosen_field: str = Field(
+        "chosen", description="Field with the preferred completion (format `preference`)."
+    )
+    rejected_field: str = Field(
+        "rejected", description="Field with the rejected completion (format `preference`)."
     )
     choices_field: str | None = Field(
         "choices",
@@ -135,7 +144,8 @@ class EvalSetConfig(Strict):
         None,
         description="Metric names (`raysoup eval --help` lists them) or `module:function` "
         "user metrics. Null: loss and ppl, plus accuracy and accuracy_norm when the file has the "
-        "choices and answer fields, plus exact_match for prompt/completion sets.",
+        "choices and answer fields, plus exact_match for prompt/completion sets; loss, ppl and "
+        "preference_accuracy for preference sets.",
     )
     max_new_tokens: Annotated[int, Field(gt=0)] = Field(
         32,
@@ -179,7 +189,7 @@ class EvalSetConfig(Strict):
 
     def missing_fields(self, needs: str | None) -> list[str]:
         """Config fields a metric with `needs` requires but the set leaves null."""
-        if needs == "choices":
+        if needs == "choices" and self.format != "preference":
             return [f for f in ("choices_field", "answer_field") if getattr(self, f) is None]
         if needs == "generation" and self.format == "text" and self.answer_field is None:
             return ["answer_field"]
@@ -194,6 +204,8 @@ class EvalSetConfig(Strict):
 
     def fields_for(self, needs: str) -> list[str]:
         """The file fields that a metric with `needs` reads."""
+        if self.format == "preference":
+            return [self.prompt_field, self.chosen_field, self.rejected_field]
         if needs == "tokens":
             return (
                 [self.text_field]
@@ -209,6 +221,8 @@ class EvalSetConfig(Strict):
     def default_metrics(self, file_fields: list[str]) -> list[str]:
         """The metrics used when `metrics` is null, by what the file holds."""
         names = list(DEFAULT_METRICS["tokens"])
+        if self.format == "preference":
+            return [*names, "preference_accuracy"]
         for needs in ("choices", "generation"):
             wanted = self.fields_for(needs)
             if None not in wanted and all(f in file_fields for f in wanted):
@@ -293,7 +307,8 @@ class EvaluateConfig(Strict):
         description="The metric that ranks candidates in a sweep's "
         "leaderboard, averaged over the selection sets (loss, ppl and lm-eval's perplexities "
         "and bits_per_byte: lower is better; every other metric: higher is better). An "
-        "lm-eval metric is named as lm-eval names it (`acc`, `exact_match,strict-match`).",
+        "lm-eval metric is named as lm-eval names it (`acc`, `exact_match,strict-match`). "
+        "Default: loss, or preference_accuracy when a preference objective trains.",
     )
     batch_size: Annotated[int, Field(gt=0)] = Field(
         16, description="Examples per model batch (examples of similar length go together)."

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.demo import BASE_DIR, DATA_DIR, TASKS, make_task
 from engine.demo.pool import PLANTED, plant_noise
+from engine.demo.tasks import preference_pairs
 from engine.demo.tiny import TINY_ARCHS, save_tiny_model
 from engine.prepare.selection.features import words
 from engine.prepare.selection.pipeline import select_locally
@@ -90,6 +91,17 @@ def test_bundled_data(task):
     for example in sum(splits, []):
         _check_example(example)
     assert len(set().union(*prompts)) == 2200
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_bundled_preference_pairs_are_the_splits_right_and_wrong_answers(task):
+    for split in ("train", "eval", "test"):
+        examples = _read_jsonl(DATA_DIR / task / f"{split}.jsonl")
+        pairs = _read_jsonl(DATA_DIR / task / f"pairs_{split}.jsonl")
+        assert pairs == preference_pairs(examples)
+        for example, pair in zip(examples, pairs):
+            assert pair["chosen"] == example["completion"] != pair["rejected"]
+            assert pair["rejected"] in example["choices"]
 
 
 def _same_words(example):

@@ -14,6 +14,7 @@ from sweeps.space import Grid, LogUniform
 from tests.conftest import DEMO_DATA, REPO
 
 TRAIN = str(DEMO_DATA / "add" / "train.jsonl")
+PAIRS = str(DEMO_DATA / "add" / "pairs_train.jsonl")
 
 
 def sweep_dict(**overrides) -> dict:
@@ -44,6 +45,15 @@ GOOD = [
     ),
     ("counts", {"data_scale": [100, 10]}, {}),
     ("fractions", {"data_scale": [0.5, 1.0]}, {}),
+    (
+        "objectives on pairs",
+        {
+            "data": {"train": PAIRS, "format": "preference"},
+            "finetune__objective": {"grid": ["sft", "dpo", "simpo"]},
+            "finetune__preference__beta": {"grid": [0.1, 0.5]},
+        },
+        {"finetune.objective": Grid, "finetune.preference.beta": Grid},
+    ),
 ]
 
 
@@ -86,6 +96,36 @@ BAD = [
     ("bad data suffix", {"data__train": "x.txt"}, "data.train: 'x.txt' is not a known data file"),
     ("bad name", {"name": "a b"}, "name: 'a b' is not a usable folder name"),
     ("bad mode", {"mode": "best"}, "mode: Input should be 'min' or 'max'"),
+    (
+        "dpo on text",
+        {"finetune__objective": "dpo"},
+        "finetune.objective: dpo trains on pairs of a chosen and a rejected completion; set "
+        "data.format: preference",
+    ),
+    (
+        "unknown objective",
+        {"finetune__objective": "cpo"},
+        "finetune.objective: Input should be 'sft', 'dpo', 'ipo', 'kto', 'simpo' or 'orpo'",
+    ),
+    (
+        "pairs on a worker group",
+        {"data": {"train": PAIRS, "format": "preference"}, "resources__workers": 2},
+        "data.format: preference trains in one process",
+    ),
+    (
+        "reference over a sampled seq_len",
+        {
+            "data": {"train": PAIRS, "format": "preference"},
+            "finetune__objective": "dpo",
+            "train__seq_len": {"randint": [16, 64]},
+        },
+        "train.seq_len: the reference model's log-probabilities are computed once per sequence",
+    ),
+    (
+        "label smoothing of one half",
+        {"finetune__preference__label_smoothing": 0.5},
+        "less than 0.5",
+    ),
 ]
 
 
@@ -155,6 +195,7 @@ PREFLIGHT = [
         "data.train: ",
     ),
     ("too many examples", {"data_scale": [10, 100000]}, "data_scale: 100000 examples asked"),
+    ("pairs without chosen", {"data__format": "preference"}, "train.jsonl has no field 'chosen'"),
     ("fp16 on cpu", {"train__precision": "fp16"}, "train.precision: fp16 needs a GPU"),
     ("missing model folder", {"model": {"path": "./no-such-model"}}, "model.path: no such model"),
 ]

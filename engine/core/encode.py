@@ -107,3 +107,22 @@ def training_layout(
         [h + t for h, t in zip(heads, tails)],
         [[IGNORE] * len(h) + t for h, t in zip(heads, tails)],
     )
+
+
+def encode_examples(enc: TextEncoder, data_format: str, columns: list[list[str]]) -> dict:
+    """One batch of examples (`columns`: the format's fields, as `DataConfig.fields` orders
+    them) in the training layout: `input_ids` and `labels`; preference data's `input_ids` and
+    `labels` hold the prompt with its chosen completion, and `rejected_ids` and
+    `rejected_labels` the prompt with its rejected one."""
+    if data_format != "preference":
+        ids, labels = training_layout(enc, *columns)
+        return {"input_ids": ids, "labels": labels}
+    prompts, chosen, rejected = columns
+    ids, labels = training_layout(enc, prompts, chosen)
+    rejected_ids, rejected_labels = training_layout(enc, prompts, rejected)
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "rejected_ids": rejected_ids,
+        "rejected_labels": rejected_labels,
+    }

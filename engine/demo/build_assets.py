@@ -25,7 +25,7 @@ from engine.demo.corpus import pretraining_documents
 from engine.demo.paths import PACKAGE_DIR
 from engine.demo.pool import PLANTED, plant_noise
 from engine.demo.pretrain import PretrainConfig, PretrainResult, pretrain
-from engine.demo.tasks import TASKS, make_task
+from engine.demo.tasks import TASKS, make_task, preference_pairs
 from engine.demo.tokenizer import train_tokenizer
 
 SEED = 0
@@ -83,6 +83,9 @@ def write_task_data(data_dir: Path) -> None:
         train = examples[N_EVAL + N_TEST :]
         _write_jsonl(data_dir / name / "train.jsonl", train)
         _write_jsonl(data_dir / name / "pool.jsonl", plant_noise(train, SEED))
+        for split in ("train", "eval", "test"):
+            rows = [json.loads(line) for line in (data_dir / name / f"{split}.jsonl").open()]
+            _write_jsonl(data_dir / name / f"pairs_{split}.jsonl", preference_pairs(rows))
         planted = ", ".join(f"{n} {kind}" for kind, n in PLANTED.items())
         print(
             f"[build] data/{name}: {N_TRAIN} train ({planted} planted in pool), "

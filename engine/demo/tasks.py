@@ -114,3 +114,16 @@ _DRAWERS: dict[str, Callable[[random.Random], dict]] = {
     "add": _draw_add,
     "reverse": _draw_reverse,
 }
+
+
+def preference_pairs(examples: list[dict]) -> list[dict]:
+    """The examples as preference pairs: the right completion is chosen, and the first wrong
+    choice (the choices are in random order: a random distractor) is rejected."""
+    return [
+        {
+            "prompt": e["prompt"],
+            "chosen": e["completion"],
+            "rejected": next(c for c in e["choices"] if c != e["completion"]),
+        }
+        for e in examples
+    ]

@@ -97,6 +97,8 @@ def sweep_sets(sweep: Sweep) -> list[EvalSetConfig]:
             "text_field": data.text_field,
             "prompt_field": data.prompt_field,
             "completion_field": data.completion_field,
+            "chosen_field": data.chosen_field,
+            "rejected_field": data.rejected_field,
         }
         if isinstance(sweep.train.seq_len, int):
             shared["seq_len"] = sweep.train.seq_len
@@ -161,6 +163,8 @@ def read_examples(eval_set: EvalSetConfig, needs: set[str]) -> list[dict]:
 
 
 def _example(eval_set: EvalSetConfig, row: dict, needs: set[str]) -> dict:
+    if eval_set.format == "preference":
+        return _pair(eval_set, row)
     text_format = eval_set.format == "text"
     example = {"prompt": str(_field(row, eval_set.prompt_key()))}
     if not text_format and needs & {"tokens", "generation"}:
@@ -171,6 +175,20 @@ def _example(eval_set: EvalSetConfig, row: dict, needs: set[str]) -> dict:
     if "generation" in needs:
         example["reference"] = _reference(eval_set, row) if text_format else example["completion"]
     return example
+
+
+def _pair(eval_set: EvalSetConfig, row: dict) -> dict:
+    """A preference pair as an example: the chosen completion is the completion (loss metrics)
+    and the reference (generation metrics), and the first of two choices."""
+    chosen = str(_field(row, eval_set.chosen_field))
+    rejected = str(_field(row, eval_set.rejected_field))
+    return {
+        "prompt": str(_field(row, eval_set.prompt_field)),
+        "completion": chosen,
+        "reference": chosen,
+        "choices": [chosen, rejected],
+        "answer": 0,
+    }
 
 
 def _field(row: dict, field: str):

@@ -1,13 +1,14 @@
 """The score of a greedy soup's candidates, on the selection sets only: the sweep's `metric`
-when it is an evaluation metric (accuracy, exact match, ...), else the loss training reports,
-on the prepared selection split."""
+when it is an evaluation metric (accuracy, exact match, ...), else what training reports on the
+prepared selection split (the loss, or the preference accuracy of preference pairs)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine.core.batches import mean_loss
+from engine.core.batches import mean_loss, pair_logps
 from engine.core.models import load_tokenizer
 from engine.core.rundir import RunDir
 from engine.evaluate.local import LocalScorer
@@ -22,7 +23,8 @@ class SelectionScorer:
 
     def __init__(self, sweep: Sweep, run: RunDir, tasks: list[str]):
         self.sweep = sweep
-        self.mode = sweep.direction() if sweep.metric_is_evaluated() else "min"
+        self.pairs = sweep.metric == "preference_accuracy" and not sweep.metric_is_evaluated()
+        self.mode = sweep.direction() if sweep.metric_is_evaluated() or self.pairs else "min"
         if sweep.metric_is_evaluated():
             sets = [s for s in sweep_sets(sweep) if s.name in tasks and s.split == "selection"]
             self.local = LocalScorer(sets, sweep.metric, torch.device("cpu"))
@@ -34,7 +36,12 @@ class SelectionScorer:
         if self.local is not None:
             return self.local(model, str(folder))
         pad = load_tokenizer(str(folder)).pad_token_id
-        losses = [
-            mean_loss(model, data, self.sweep.train, pad, torch.device("cpu")) for data in self.sets
-        ]
-        return sum(losses) / len(losses)
+        scores = [self._score(model, data, pad) for data in self.sets]
+        return sum(scores) / len(scores)
+
+    def _score(self, model, data: dict, pad: int) -> float:
+        cpu = torch.device("cpu")
+        if not self.pairs:
+            return mean_loss(model, data, self.sweep.train, pad, cpu)
+        logps = pair_logps(model, data, self.sweep.train, pad, cpu)
+        return float(np.mean(logps["chosen"] > logps["rejected"]))

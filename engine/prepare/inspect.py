@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.core.encode import IGNORE, text_encoder, training_layout
+from engine.core.encode import IGNORE, encode_examples, text_encoder
 from engine.core.files import count_rows, line_problem, read_rows
 from engine.core.findings import Findings
 from engine.prepare.checks import task_size_problems, where
@@ -130,8 +130,10 @@ def _lengths(sweep: Sweep, task: str, data: DataConfig, sample: list, tokenizer:
     if not sample:
         return Findings()
     enc = text_encoder(tokenizer, sweep.model.trust_remote_code, True)
-    columns = [list(c) for c in zip(*sample)]
-    ids, labels = training_layout(enc, *columns)
+    tokens = encode_examples(enc, data.format, [list(c) for c in zip(*sample)])
+    # A preference pair is two sequences (its prompt with each completion), each cut alike.
+    ids = tokens["input_ids"] + tokens.get("rejected_ids", [])
+    labels = tokens["labels"] + tokens.get("rejected_labels", [])
     total = np.array([len(x) for x in ids])
     trained = np.array([sum(t != IGNORE for t in y) for y in labels])
     seq_len = smallest(sweep.train.seq_len)

@@ -18,9 +18,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.core.encode import fast_path_agrees, text_encoder, training_layout
+from engine.core.encode import encode_examples, fast_path_agrees, text_encoder
 from engine.core.progress import warn
 from engine.core.rundir import RunDir, write_atomic
+from engine.prepare import reference
 from engine.prepare.keys import KEY_BUCKETS, example_keys
 from engine.prepare.manifest import MANIFEST_VERSION, read_manifest
 from engine.prepare.selection import apply_selection
@@ -73,6 +74,7 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
             **entries[task],
         }
     shutil.rmtree(staging, ignore_errors=True)
+    references = reference.compute(sweep, run.data, model_path)
     manifest = {
         "version": MANIFEST_VERSION,
         "cache_key": key,
@@ -81,6 +83,7 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
         "seed": sweep.data.seed,
         "seconds": round(time.time() - started, 2),
         "tasks": tasks,
+        **({"reference": references} if references else {}),
     }
     write_atomic(run.manifest, json.dumps(manifest, indent=2))
     return manifest
@@ -106,7 +109,8 @@ def damaged_split(run: RunDir, manifest: dict) -> str | None:
 
 def cache_key(sweep: Sweep, model_path: str) -> str:
     """A hash of every task's data settings, the files' contents (targets of selection stages
-    included) and the tokenizer."""
+    included) and the tokenizer (and the base model and the settings its reference
+    log-probabilities are computed with, where an objective needs them)."""
     digest = hashlib.sha256()
     for task in sweep.task_names():
         data = sweep.task_data(task)
@@ -115,6 +119,9 @@ def cache_key(sweep: Sweep, model_path: str) -> str:
         for path in (data.train, data.eval, *targets):
             if path:
                 digest.update(_file_digest(Path(path)).encode())
+    wanted = reference.settings(sweep)
+    if wanted is not None:  # the base model's log-probabilities are prepared data too
+        digest.update(f"{model_path}\0{json.dumps(wanted, sort_keys=True)}".encode())
     tokenizer = Path(model_path) / "tokenizer.json"
     digest.update(_file_digest(tokenizer).encode() if tokenizer.is_file() else model_path.encode())
     return digest.hexdigest()[:16]
@@ -202,15 +209,17 @@ def tokenize_batch(
     """
     enc = text_encoder(model_path, trust_remote_code, fast)
     columns = [[str(v) for v in batch.column(f).to_pylist()] for f in data.fields()]
-    ids, labels = training_layout(enc, *columns)
+    tokens = encode_examples(enc, data.format, columns)
     keys = example_keys(["\x1f".join(parts) for parts in zip(*columns)], data.seed)
+    lengths = [len(i) for i in tokens["input_ids"]]
+    if "rejected_ids" in tokens:  # a preference pair trains on both of its sequences
+        lengths = [n + len(r) for n, r in zip(lengths, tokens["rejected_ids"])]
     # The key's low digits pick held-out rows (`bucket`); the order uses the whole key.
     return pa.table(
         {
             "key": keys,
             "bucket": keys % KEY_BUCKETS,
-            "input_ids": pa.array(ids, pa.list_(pa.int32())),
-            "labels": pa.array(labels, pa.list_(pa.int32())),
-            "n_tokens": pa.array([len(i) for i in ids], pa.int32()),
+            **{name: pa.array(column, pa.list_(pa.int32())) for name, column in tokens.items()},
+            "n_tokens": pa.array(lengths, pa.int32()),
         }
     )

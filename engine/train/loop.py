@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from engine.core import models
-from engine.core.batches import collate, mean_loss
-from engine.core.encode import IGNORE
+from engine.core.batches import mean_loss
 from engine.evaluate.local import LocalScorer
 from engine.evaluate.sets import sweep_sets
 from engine.prepare.splits import load_split
 from engine.train.hft import HalfTuning
+from engine.train.losses import build_loss, preference_metrics
 from engine.train.parallel import Single
 from sweeps import Sweep
 from sweeps.config import DEFAULT_TASK
@@ -92,6 +92,8 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
         half = HalfTuning(model, spec.sweep.finetune.hft, spec.seed, total)
     batches = _batch_order(n, per_step, spec.seed)
     pad = tokenizer.pad_token_id
+    objective = build_loss(spec.sweep, spec.data_dir, n, pad, device)
+    pairs = spec.sweep.data.format == "preference"
     started, losses, last = time.time(), [], {}
     trained_s, trained_tokens = 0.0, 0  # time in training steps (not evaluating), and tokens
     while step < total:
@@ -100,22 +102,19 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
             half.apply(step)
         forward.train()
         mine = np.array_split(batches(step), par.world)[par.rank]
-        micro = [
-            collate(data, idx, cfg.seq_len, pad, device, cfg.truncation == "left")
-            for idx in np.array_split(mine, cfg.grad_accum)
-        ]
-        counts = [int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro]
-        labelled, real = par.total(sum(counts), sum(int(b["attention_mask"].sum()) for b in micro))
+        micro = [objective.batch(data, idx) for idx in np.array_split(mine, cfg.grad_accum)]
+        counts = np.sum([objective.counts(b) for b in micro], axis=0).tolist()
+        *totals, real = par.total(*counts, sum(int(b["attention_mask"].sum()) for b in micro))
         summed = 0.0
         for batch in micro:
             with par.autocast(cfg.precision, device):
-                loss = summed_loss(forward, batch)
-            # The step's gradient is that of the mean over every labelled token of the step
-            # (on every rank); DDP averages the ranks' gradients, so each adds world times.
-            par.backward(loss * (par.world / max(labelled, 1)))
+                loss = objective.loss(forward, batch, totals)
+            # The step's gradient is that of its mean over every rank's rows (tokens or
+            # pairs); DDP averages the ranks' gradients, so each adds world times.
+            par.backward(loss * par.world)
             summed += loss.item()
         tokens += int(real)  # real tokens, padding excluded
-        losses.append(par.total(summed)[0] / max(labelled, 1))
+        losses.append(par.total(summed)[0])
         par.step(cfg.max_grad_norm)
         trained_s += time.perf_counter() - tick
         trained_tokens += int(real)
@@ -144,6 +143,12 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
                 if half is not None:
                     last["trainable_share"] = round(half.share, 4)
                 last["eval_ppl"] = math.exp(min(last["eval_loss"], 50.0))
+                if pairs:
+                    last.update(
+                        preference_metrics(
+                            par.module, evals, spec.sweep, spec.data_dir, pad, device
+                        )
+                    )
                 if score is not None:
                     scored = time.time()
                     last[spec.sweep.metric] = score(par.module, spec.model_path, trust)
@@ -154,17 +159,6 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
             losses = []
             _report(session, par, last, step, tokens, tokenizer, save)
     return last
-
-
-def summed_loss(model, batch: dict) -> torch.Tensor:
-    """The summed next-token loss of the batch's labelled tokens (0 when it has none)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2),
-        batch["labels"][:, 1:],
-        ignore_index=IGNORE,
-        reduction="sum",
-    )
 
 
 def selection_scorer(spec: TrialSpec, device: torch.device) -> LocalScorer | None:

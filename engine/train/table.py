@@ -12,6 +12,7 @@ from engine.train import records
 from engine.train.axes import Sizes, TrialIdentity, identities
 from sweeps import Sweep
 from sweeps.leaderboard import format_cell as cell
+from sweeps.objectives import PREFERENCE_METRICS
 from sweeps.trials import RESULT_STATUSES
 
 FIXED = [
@@ -36,6 +37,7 @@ EXTRA = [
     "gpu_peak_mb",
     "tokens_per_s",
     "trainable_share",
+    *PREFERENCE_METRICS,
     "workers",
     "attempts",
     "stopped_at",
@@ -82,6 +84,7 @@ def _row(record: records.TrialRecord, trial: TrialIdentity, metric: str) -> dict
         "gpu_peak_mb": metrics.get("gpu_peak_mb"),
         "tokens_per_s": metrics.get("tokens_per_s"),
         "trainable_share": metrics.get("trainable_share"),
+        **{name: metrics.get(name) for name in PREFERENCE_METRICS},
         "workers": metrics.get("workers", 1),
         "attempts": record.attempts,
         "stopped_at": record.stop["step"] if record.stop else None,

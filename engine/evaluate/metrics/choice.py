@@ -5,6 +5,11 @@ Each choice is scored as the completion of the prompt, in the training layout
 choice's tokens and the end-of-sequence token. The eos makes " 13" and " 137" comparable: a
 choice that is a prefix of another is not favoured for being shorter. `accuracy` picks the
 highest sum; `accuracy_norm` the highest sum per scored token (length-normalised).
+
+`preference_accuracy` scores a preference pair, whose choices are the chosen and the rejected
+completion: 1 when the chosen one's log-likelihood is strictly higher (a tie is not a
+preference). Training reports the same number on the prepared selection split
+(`engine.train.preference`).
 """
 
 from __future__ import annotations
@@ -26,3 +31,9 @@ def accuracy(logprobs: list[float], lengths: list[int], answer: int) -> float:
 @metric("accuracy_norm", needs="choices")
 def accuracy_norm(logprobs: list[float], lengths: list[int], answer: int) -> float:
     return float(pick(logprobs, lengths, normalise=True) == answer)
+
+
+@metric("preference_accuracy", needs="choices")
+def preference_accuracy(logprobs: list[float], lengths: list[int], answer: int) -> float:
+    chosen, rejected = logprobs[answer], logprobs[1 - answer]
+    return float(chosen > rejected)
