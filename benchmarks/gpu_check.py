@@ -1,7 +1,8 @@
 """Training throughput on a GPU through raysoup's own trial loop: a bf16 full fine-tune of a
 random-init Llama of about 1B parameters (tokens/s and model FLOPs utilisation against the GPU's
 dense bf16 peak), LoRA and QLoRA (NF4) on the same model (their peak GPU memory side by side),
-and DeepSpeed ZeRO-2 on one GPU as a worker group.
+a DPO full fine-tune on preference pairs of the same text (its reference computed first, as
+prepare does), and DeepSpeed ZeRO-2 on one GPU as a worker group.
 
     .venv/bin/python benchmarks/gpu_check.py [--steps 20] [--peak-tflops 989]
     .venv/bin/python benchmarks/gpu_check.py --smoke     # a tiny model on CPU: checks the script
@@ -66,6 +67,60 @@ def build(work: Path, hidden: int, layers: int, seq: int, rows: int) -> tuple[st
             tokenize_batch(table, sweep.data, str(model_dir), False), data / split / "p.parquet"
         )
     return str(model_dir), data
+
+
+def build_pairs(work: Path, model_path: str, seq: int, rows: int, device) -> Path:
+    """Preference pairs of the same synthetic text: a prompt of half a sequence and two
+    continuations of half a sequence each, prepared with the base model's reference."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.prepare.reference import score_task, settings
+    from engine.prepare.stage import tokenize_batch
+
+    words = ["apple", "river", "stone", "seven", "blue", "42", "open", "north", "tree", "sum"]
+    rng = random.Random(1)
+    half = seq // 4  # a word is about two tokens: prompt and each completion ~ seq / 2 tokens
+    rows_ = [
+        {k: " ".join(rng.choices(words, k=half)) for k in ("prompt", "chosen", "rejected")}
+        for _ in range(rows)
+    ]
+    sweep = dpo_sweep(model_path, seq, 1, 1, device)
+    data = work / "pairs"
+    for split, n in (("train", rows), ("eval", 8)):
+        (data / split).mkdir(parents=True)
+        table = tokenize_batch(pa.Table.from_pylist(rows_[:n]), sweep.data, model_path, False)
+        pq.write_table(table, data / split / "p.parquet")
+    score_task(str(data), model_path, settings(sweep), False)
+    return data
+
+
+def dpo_sweep(model_path: str, seq: int, batch: int, steps: int, device):
+    """A bf16 full fine-tune with DPO (beta 0.1) on the pairs of `build_pairs`."""
+    sweep = trial_sweep(model_path, "full", seq, batch, steps, device)
+    return sweep.model_copy(
+        update={
+            "data": sweep.data.model_copy(
+                update={
+                    "train": str(REPO / "engine/demo/data/add/pairs_train.jsonl"),
+                    "format": "preference",
+                }
+            ),
+            "finetune": sweep.finetune.model_copy(update={"objective": "dpo"}),
+        }
+    )
+
+
+def dpo(model_path: str, work: Path, args, device) -> dict:
+    """A DPO trial: batches of half as many pairs as the others' sequences, so a step trains on
+    as many tokens."""
+    from engine.train.loop import TrialSpec, train
+
+    pairs_batch = max(1, args.batch // 2)
+    data = build_pairs(work, model_path, args.seq, pairs_batch * args.steps, device)
+    sweep = dpo_sweep(model_path, args.seq, pairs_batch, args.steps, device)
+    spec = TrialSpec(sweep=sweep, model_path=model_path, data_dir=data, data_size=None, seed=0)
+    return train(spec, _Discard())
 
 
 def trial_sweep(model_path: str, method: str, seq: int, batch: int, steps: int, device, **extra):
@@ -168,6 +223,7 @@ def main() -> None:
         ("full_bf16", lambda: one_process(model_path, data, "full", args, device)),
         ("lora_bf16", lambda: one_process(model_path, data, "lora", args, device)),
         ("qlora_nf4", lambda: one_process(model_path, data, "qlora", args, device)),
+        ("dpo_full_bf16", lambda: dpo(model_path, work, args, device)),
         ("zero2_1gpu", lambda: zero2(model_path, data, args, device, work)),
     ):
         last = run()

@@ -597,8 +597,9 @@ class Sweep(Strict):
         if is_preference(objective):  # what the objectives optimise ranks, unless told
             if "metric" not in self.model_fields_set:
                 self.metric = "preference_accuracy"
-            if "rank_by" not in self.evaluate.model_fields_set:
-                self.evaluate.rank_by = "preference_accuracy"
+            if "rank_by" not in self.evaluate.model_fields_set:  # a copy: never the caller's
+                rank_by = {"rank_by": "preference_accuracy"}
+                self.evaluate = self.evaluate.model_copy(update=rank_by)
         return self
 
     @model_validator(mode="after")

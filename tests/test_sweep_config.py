@@ -246,3 +246,18 @@ def test_reference_docs_match_the_config_models():
     assert (REPO / "docs" / "sweeps.md").read_text() == render(), (
         "docs/sweeps.md is stale: run `python -m sweeps.reference > docs/sweeps.md`"
     )
+
+
+def test_preference_objectives_rank_by_preference_accuracy_unless_told():
+    pairs = {"data": {"train": PAIRS, "format": "preference"}, "finetune__objective": "dpo"}
+    chosen = parse_sweep(sweep_dict(**pairs))
+    assert (chosen.metric, chosen.evaluate.rank_by, chosen.direction()) == (
+        "preference_accuracy",
+        "preference_accuracy",
+        "max",
+    )
+    told = parse_sweep(sweep_dict(**pairs, metric="eval_loss", evaluate={"rank_by": "ppl"}))
+    assert (told.metric, told.evaluate.rank_by) == ("eval_loss", "ppl")
+    sft = parse_sweep(sweep_dict(data={"train": PAIRS, "format": "preference"}))
+    assert (sft.metric, sft.evaluate.rank_by) == ("eval_loss", "loss")
+    assert not chosen.metric_is_evaluated()  # trials report it themselves
