@@ -275,6 +275,67 @@ def demo(storage: str | None = StorageOption) -> None:
     _run(load_sweep(DEMO_SWEEP), storage)
 
 
+k8s = typer.Typer(help="Kubernetes manifests (KubeRay) for sweeps.", no_args_is_help=True)
+app.add_typer(k8s, name="k8s")
+
+
+@k8s.command("rayjob")
+@user_errors
+def k8s_rayjob(
+    sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."),
+    image: str = typer.Option(
+        ..., "--image", help="Container image that holds raysoup and Ray 2.60.0."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="File to write the manifests to (default: standard output)."
+    ),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Run directories' folder in the pods (default: /mnt/runs "
+        "with --runs-claim, else the sweep's `storage`).",
+    ),
+    runs_claim: str | None = typer.Option(
+        None,
+        "--runs-claim",
+        help="ReadWriteMany PersistentVolumeClaim mounted at /mnt/runs "
+        "in every pod (the nodes of a sweep must share its run directory).",
+    ),
+    namespace: str | None = typer.Option(None, "--namespace", help="Kubernetes namespace."),
+    gpu_workers: int = typer.Option(1, "--gpu-workers", help="GPU worker pods."),
+    gpus_per_worker: int = typer.Option(1, "--gpus-per-worker", help="GPUs in each worker pod."),
+    ttl: int = typer.Option(
+        600, "--ttl", help="Seconds the cluster is kept after the sweep ends (then deleted)."
+    ),
+    pip: list[str] | None = typer.Option(
+        None, "--pip", help="Extra pip package for the job's runtime environment (repeatable)."
+    ),
+) -> None:
+    """Write a KubeRay RayJob (and the ConfigMap holding the sweep file) that runs a sweep on a
+    cluster made for it; apply it with `kubectl apply -f`."""
+    from engine.submit.k8s import rayjob_yaml
+
+    try:
+        text = rayjob_yaml(
+            sweep,
+            image=image,
+            storage=storage,
+            namespace=namespace,
+            ttl_seconds=ttl,
+            gpu_workers=gpu_workers,
+            gpus_per_worker=gpus_per_worker,
+            pip=pip or None,
+            runs_claim=runs_claim,
+        )
+    except ValueError as err:
+        raise SweepError(str(err)) from None
+    if out is None:
+        sys.stdout.write(text)
+        return
+    out.write_text(text)
+    errors.print(f"wrote {out}; apply it with `kubectl apply -f {out}`", highlight=False)
+
+
 def _run(definition, storage: str | None) -> None:
     from engine.runner import run as run_sweep
 

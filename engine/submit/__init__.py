@@ -1,0 +1,1 @@
+"""Sending a sweep to a cluster: Ray job submission and KubeRay manifests."""
