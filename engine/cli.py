@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -316,19 +317,23 @@ def k8s_rayjob(
     from engine.submit.k8s import rayjob_yaml
 
     try:
-        text = rayjob_yaml(
-            sweep,
-            image=image,
-            storage=storage,
-            namespace=namespace,
-            ttl_seconds=ttl,
-            gpu_workers=gpu_workers,
-            gpus_per_worker=gpus_per_worker,
-            pip=pip or None,
-            runs_claim=runs_claim,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            text = rayjob_yaml(
+                sweep,
+                image=image,
+                storage=storage,
+                namespace=namespace,
+                ttl_seconds=ttl,
+                gpu_workers=gpu_workers,
+                gpus_per_worker=gpus_per_worker,
+                pip=pip or None,
+                runs_claim=runs_claim,
+            )
     except ValueError as err:
         raise SweepError(str(err)) from None
+    for warning in caught:
+        errors.print(f"warning: {warning.message}", style="yellow", highlight=False, markup=False)
     if out is None:
         sys.stdout.write(text)
         return

@@ -410,6 +410,8 @@ def test_cli_writes_a_rayjob_and_names_a_bad_option(tmp_path):
     args = ["k8s", "rayjob", str(DEMO), "--image", "registry.example/raysoup:1", "--out", str(out)]
     done = runner.invoke(app, [*args, "--runs-claim", "runs", "--gpu-workers", "2"])
     assert done.exit_code == 0, done.output
+    # The demo names its data relative to its file: the command says so, as a warning line.
+    assert "warning:" in done.output and "relative to the sweep file" in done.output
     kinds = [doc["kind"] for doc in yaml.safe_load_all(out.read_text())]
     assert kinds == ["ConfigMap", "RayJob"]
     job = list(yaml.safe_load_all(out.read_text()))[1]
