@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 import warnings
 from importlib import metadata
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sweeps import SweepError, load_sweep
 
@@ -39,6 +41,20 @@ StorageOption = typer.Option(
     "--storage",
     help="Folder that holds run directories (default: the sweep's `storage`, `runs`).",
 )
+RayOption = typer.Option(
+    None,
+    "--address",
+    help="Ray cluster to run on: its head's address (host:6379) or `auto` "
+    "(default: RAY_ADDRESS, else a new local Ray).",
+)
+
+
+def _use_cluster(address: str | None) -> None:
+    """Join the cluster at `address` or RAY_ADDRESS, with this machine's token (before Ray
+    is imported: Ray reads its authentication mode then)."""
+    from engine.core.session import use_cluster
+
+    use_cluster(address)
 
 
 @app.callback()
@@ -111,9 +127,23 @@ def validate(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."
 def run(
     sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."),
     storage: str | None = StorageOption,
+    address: str | None = RayOption,
+    stage_inputs: bool = typer.Option(
+        False,
+        "--stage-inputs",
+        help="First copy the files the sweep names relative to itself into the run "
+        "directory's inputs/ and read them there (what `raysoup submit`'s jobs do: their "
+        "working directory is deleted with them).",
+    ),
 ) -> None:
     """Run a sweep: prepare data, train, merge, evaluate every candidate, write the report."""
-    _run(load_sweep(sweep), storage)
+    _use_cluster(address)
+    definition = load_sweep(sweep)
+    if stage_inputs:
+        from engine.submit.inputs import stage_inputs as staged
+
+        definition = staged(sweep, definition, storage)
+    _run(definition, storage)
 
 
 @app.command()
@@ -126,8 +156,10 @@ def resume(
         help="Set Tune's saved state aside and rebuild the experiment from the trial folders "
         "(when resume says it is damaged); finished trials are reused.",
     ),
+    address: str | None = RayOption,
 ) -> None:
     """Finish an interrupted sweep; finished trials, merges and evaluations are reused."""
+    _use_cluster(address)  # before Ray is imported
     from engine.runner import resume as resume_sweep
 
     _finish(resume_sweep(run_dir, rebuild_state=rebuild_state))
@@ -273,6 +305,7 @@ def eval_(
 def demo(storage: str | None = StorageOption) -> None:
     """Run the built-in demo: the whole pipeline on two bundled tasks, a small model, local Ray."""
     console.print(f"Demo sweep: {DEMO_SWEEP}")
+    _use_cluster(None)
     _run(load_sweep(DEMO_SWEEP), storage)
 
 
@@ -339,6 +372,187 @@ def k8s_rayjob(
         return
     out.write_text(text)
     errors.print(f"wrote {out}; apply it with `kubectl apply -f {out}`", highlight=False)
+
+
+AddressOption = typer.Option(
+    None,
+    "--address",
+    help="The cluster's Jobs API (its dashboard), e.g. http://head:8265 (default: "
+    "RAY_API_SERVER_ADDRESS, RAY_ADDRESS, then http://127.0.0.1:8265).",
+)
+
+
+@app.command()
+@user_errors
+def submit(
+    sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py), inside --working-dir."),
+    address: str | None = AddressOption,
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Absolute folder on the cluster for the run directory, shared by its nodes "
+        "(default: the sweep's `storage`, which must then be absolute).",
+    ),
+    working_dir: Path | None = typer.Option(
+        None,
+        "--working-dir",
+        help="Folder sent with the job (default: the current one); the sweep file and the "
+        "files it names relatively must be inside it.",
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", help="Stream the job's log and exit with the sweep's exit code."
+    ),
+    runtime_env: Path | None = typer.Option(
+        None, "--runtime-env", help="YAML or JSON file of Ray runtime_env fields to add."
+    ),
+    pip: list[str] | None = typer.Option(
+        None, "--pip", help="Package to pip-install for the job (repeatable)."
+    ),
+    image: str | None = typer.Option(
+        None, "--image", help="Container image to run the job in (Ray's image_uri)."
+    ),
+    shared: list[Path] | None = typer.Option(
+        None,
+        "--shared",
+        help="Folder every node mounts at the same path: absolute paths under it are "
+        "allowed in the sweep (repeatable).",
+    ),
+    exclude: list[str] | None = typer.Option(
+        None, "--exclude", help="Gitignore-style pattern of files not to send (repeatable)."
+    ),
+) -> None:
+    """Submit a sweep to a Ray cluster as a job (`raysoup run` on the cluster); prints its id."""
+    from engine.submit import jobs
+
+    job = jobs.submit(
+        sweep,
+        address=address,
+        working_dir=working_dir,
+        storage=storage,
+        runtime_env_file=runtime_env,
+        pip=pip or None,
+        image=image,
+        shared=shared or None,
+        excludes=exclude or None,
+    )
+    sent = job.package
+    errors.print(
+        f"submitted {job.job_id} to {job.address} ({sent.files} files, "
+        f"{sent.size / 2**20:.1f} MiB from {sent.working_dir}); run directory {job.run_dir}",
+        highlight=False,
+        markup=False,
+    )
+    sys.stdout.write(job.job_id + "\n")
+    if follow:
+        _follow(jobs, jobs.client(address), job.job_id)
+    else:
+        errors.print(
+            f"follow it with `raysoup jobs logs {job.job_id} --follow --address {job.address}`",
+            highlight=False,
+            markup=False,
+        )
+
+
+jobs_app = typer.Typer(
+    help="Jobs on a Ray cluster: list, status, logs, stop.", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
+JobArgument = typer.Argument(..., help="Job id (as `raysoup submit` printed it).")
+
+
+@jobs_app.command("list")
+@user_errors
+def jobs_list(address: str | None = AddressOption) -> None:
+    """List the cluster's jobs, oldest first, with the sweep each one runs."""
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    from engine.submit import jobs
+
+    table = Table(Column("job", no_wrap=True), "status", "sweep", "started", "took", "entrypoint")
+    for info in jobs.list_jobs(jobs.client(address)):
+        cells = (
+            info.submission_id or info.job_id or "-",
+            jobs.status(info),
+            (info.metadata or {}).get("raysoup_sweep", "-"),
+            _when(info.start_time),
+            _took(info.start_time, info.end_time),
+            info.entrypoint,
+        )
+        table.add_row(*(Text(str(cell)) for cell in cells))  # their text, never markup
+    console.print(table)
+
+
+@jobs_app.command("status")
+@user_errors
+def jobs_status(job: str = JobArgument, address: str | None = AddressOption) -> None:
+    """A job's status, its sweep and run directory, and why it failed when it did."""
+    from engine.submit import jobs
+
+    info = jobs.wait(jobs.client(address), job, timeout=0.01)
+    metadata = info.metadata or {}
+    console.print(f"{escape(job)}: [bold]{jobs.status(info)}[/]", highlight=False)
+    for label, value in (
+        ("sweep", metadata.get("raysoup_sweep")),
+        ("run directory", metadata.get("raysoup_run_dir")),
+        ("started", _when(info.start_time)),
+        ("took", _took(info.start_time, info.end_time)),
+        ("exit code", info.driver_exit_code),
+        ("message", info.message),
+    ):
+        if value not in (None, "", "-"):
+            console.print(f"  {label}: {value}", highlight=False, markup=False)
+
+
+@jobs_app.command("logs")
+@user_errors
+def jobs_logs(
+    job: str = JobArgument,
+    address: str | None = AddressOption,
+    follow: bool = typer.Option(
+        False, "--follow", help="Keep streaming until the job ends; exit with its exit code."
+    ),
+) -> None:
+    """Print a job's log (the sweep's output on the cluster)."""
+    from engine.submit import jobs
+
+    client = jobs.client(address)
+    if follow:
+        _follow(jobs, client, job)
+    else:
+        sys.stdout.write(jobs.logs(client, job))
+
+
+@jobs_app.command("stop")
+@user_errors
+def jobs_stop(job: str = JobArgument, address: str | None = AddressOption) -> None:
+    """Stop a job; `raysoup resume` on its run directory finishes the sweep later."""
+    from engine.submit import jobs
+
+    info = jobs.stop(jobs.client(address), job)
+    console.print(f"{escape(job)}: [bold]{jobs.status(info)}[/]", highlight=False)
+
+
+def _follow(jobs, client, job: str) -> None:
+    info = jobs.follow(client, job)
+    code = jobs.exit_code(info)
+    style = "green" if code == 0 else "red"
+    errors.print(f"job {escape(job)}: [{style}]{jobs.status(info)}[/]", highlight=False)
+    if code:
+        raise typer.Exit(code)
+
+
+def _when(timestamp_ms: int | None) -> str:
+    if not timestamp_ms:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp_ms / 1000))
+
+
+def _took(start_ms: int | None, end_ms: int | None) -> str:
+    if not start_ms:
+        return "-"
+    seconds = ((end_ms or time.time() * 1000) - start_ms) / 1000
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _run(definition, storage: str | None) -> None:

@@ -12,6 +12,8 @@ import os
 import signal
 from pathlib import Path
 
+from engine.core.errors import RunError
+
 AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 # raysoup shows its own progress; Ray's per-stage banners and snapshot advice would bury it.
@@ -73,17 +75,59 @@ def ray_session():
         # A new local cluster keeps Ray's default, token authentication (the token is in
         # ~/.ray/auth_token); Ray's warning that it chose that mode is not for raysoup's users.
         logging.getLogger(AUTH_LOGGER).setLevel(logging.ERROR)
-    ray.init(
-        address=os.environ.get("RAY_ADDRESS") or None,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-    )
+    address = os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(
+            address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING"
+        )
+    except ConnectionError as err:
+        raise RunError(
+            f"cannot reach the Ray cluster at {address} ({str(err).splitlines()[0]}); if it "
+            "uses token authentication, set RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN, "
+            "or RAY_AUTH_TOKEN_PATH to its file) before Python starts (raysoup's commands do "
+            "so when they find a token)"
+        ) from None
     started = _started_here()
     try:
         yield started
     finally:
         ray.shutdown()
+
+
+def auth_token() -> tuple[str | None, str | None]:
+    """The Ray token on this machine and where it came from, looked for as Ray does:
+    `RAY_AUTH_TOKEN`, the file in `RAY_AUTH_TOKEN_PATH`, then `~/.ray/auth_token`."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    candidates = []
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        candidates.append((Path(os.environ["RAY_AUTH_TOKEN_PATH"]), "RAY_AUTH_TOKEN_PATH"))
+    candidates.append((Path.home() / ".ray" / "auth_token", "~/.ray/auth_token"))
+    for path, source in candidates:
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            continue
+        if token:
+            return token, source
+    return None, None
+
+
+def use_cluster(address: str | None = None) -> None:
+    """Make this process's Ray join the cluster at `address` (else `RAY_ADDRESS`'s), sending
+    this machine's token when it has one.
+
+    Ray's client sends a token only in token mode, and reads the mode once, when Ray is
+    imported: without it, joining a cluster with token authentication (Ray 2.60's default)
+    fails as "Failed to connect". A client in token mode joins a cluster without
+    authentication as well, so the mode is set whenever a token is found. Call it before
+    Ray is imported.
+    """
+    if address:
+        os.environ["RAY_ADDRESS"] = address
+    if os.environ.get("RAY_ADDRESS") and not os.environ.get("RAY_AUTH_MODE"):
+        if auth_token()[0] is not None:
+            os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def _started_here() -> str | None:

@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from sweeps import Sweep, SweepError, dump_sweep, load_sweep, parse_sweep
+from engine.submit.paths import local_paths
+from sweeps import Sweep, SweepError, dump_sweep, load_sweep
 
 RAY_VERSION = "2.60.0"  # the Ray raysoup pins; the image must hold the same
 SWEEP_DIR = "/etc/raysoup"
@@ -76,7 +77,7 @@ def rayjob_manifest(
     _check_process_fits(sweep, gpus_per_worker)
     _check_group_fits(sweep, gpu_workers, gpus_per_worker)
     text = _sweep_text(sweep_file, sweep)
-    _warn_relative_paths(sweep_file, text, sweep)
+    _warn_relative_paths(sweep_file, sweep)
     sweep_map = f"{name}-sweep"
     cluster = _cluster_spec(image, gpu_workers, gpus_per_worker, runs_claim, sweep_map)
     entrypoint = _entrypoint(storage or (RUNS_DIR if runs_claim else None))
@@ -190,11 +191,13 @@ def _sweep_text(sweep_file: Path, sweep: Sweep) -> str:
     return dump_sweep(sweep) if sweep_file.suffix == ".py" else sweep_file.read_text()
 
 
-def _warn_relative_paths(sweep_file: Path, text: str, sweep: Sweep) -> None:
-    """Warn about values that the sweep file's folder changed on loading (relative data
-    paths, a DeepSpeed JSON file): in the pod the file is alone in /etc/raysoup/."""
-    written = parse_sweep(yaml.safe_load(text), str(sweep_file)).model_dump(mode="json")
-    fields = _changed(written, sweep.model_dump(mode="json"))
+def _warn_relative_paths(sweep_file: Path, sweep: Sweep) -> None:
+    """Warn about paths written relative to the sweep file (data files, a DeepSpeed JSON
+    file): in the pod the file is alone in /etc/raysoup/. (A Python sweep file goes into the
+    ConfigMap dumped, its paths already absolute.)"""
+    if sweep_file.suffix == ".py":
+        return
+    fields = [found.field for found in local_paths(sweep_file, sweep) if found.relative]
     if fields:
         warnings.warn(
             f"{sweep_file}: {', '.join(fields)}: relative to the sweep file, but in the pod the "
@@ -203,23 +206,6 @@ def _warn_relative_paths(sweep_file: Path, text: str, sweep: Sweep) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _changed(written: Any, loaded: Any, path: str = "") -> list[str]:
-    """The field paths at which two dumps of a sweep differ."""
-    if isinstance(written, dict) and isinstance(loaded, dict):
-        return [
-            found
-            for key, value in written.items()
-            for found in _changed(value, loaded.get(key), f"{path}.{key}" if path else key)
-        ]
-    if isinstance(written, list) and isinstance(loaded, list) and len(written) == len(loaded):
-        return [
-            found
-            for i, pair in enumerate(zip(written, loaded))
-            for found in _changed(*pair, f"{path}[{i}]")
-        ]
-    return [] if written == loaded else [path]
 
 
 def _entrypoint(storage: str | None) -> str:

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,11 +187,20 @@ def record_attempt(trial_dir: Path, name: str, resumed_from: int | None) -> None
         "name": name,
         "started_at": time.time(),
         "host": socket.gethostname(),
+        "node_id": _node_id(),
         "pid": os.getpid(),
         "resumed_from": resumed_from,
     }
     with open(trial_dir / ATTEMPTS, "a") as handle:
         handle.write(json.dumps(line) + "\n")
+
+
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside a Ray worker)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def read_attempts(folder: Path) -> list[dict]:
@@ -250,6 +260,7 @@ class TrialRecord:
     attempts: int = 0
     finished_at: float | None = None
     stop: dict | None = None  # the scheduler's early stop (`stopped.json`)
+    where: dict = field(default_factory=dict)  # the newest attempt's host and Ray node id
 
     @property
     def trial_id(self) -> str:
@@ -270,16 +281,21 @@ def read_trial(folders: list[Path]) -> TrialRecord:
     path = latest.parent if latest is not None else folders[-1]
     metrics = _latest_metrics(path, latest)
     attempts = sum(len(read_attempts(f)) for f in folders)
+    newest = (read_attempts(folders[-1]) or [{}])[-1]
+    where = {"host": newest.get("host"), "node_id": newest.get("node_id")}
     if latest is not None and is_final(latest):
         found = marker(latest) or {}
-        return TrialRecord(path, "done", metrics, checkpoints, None, attempts, found["saved_at"])
+        saved = found["saved_at"]
+        return TrialRecord(path, "done", metrics, checkpoints, None, attempts, saved, None, where)
     stop = read_stop(folders)
     if stop is not None:
         metrics = checkpoint_info(latest) if latest is not None else {}
-        return TrialRecord(path, "stopped", metrics, checkpoints, None, attempts, stop["at"], stop)
+        return TrialRecord(
+            path, "stopped", metrics, checkpoints, None, attempts, stop["at"], stop, where
+        )
     error = _error(folders)
     status = "error" if error is not None else "incomplete"
-    return TrialRecord(path, status, metrics, checkpoints, error, attempts)
+    return TrialRecord(path, status, metrics, checkpoints, error, attempts, where=where)
 
 
 def _latest_metrics(folder: Path, checkpoint: Path | None) -> dict:
