@@ -116,6 +116,10 @@ def test_files_the_cluster_cannot_read_are_refused_naming_the_field(tmp_path):
     jobs.package(sweep_file, load_sweep(sweep_file), root, shared=[elsewhere])
     with pytest.raises(SweepError, match="outside the working directory"):
         jobs.package(sweep_file, load_sweep(sweep_file), root / "data")
+    raw["data"]["eval"] = "data/missing.jsonl"
+    sweep_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SweepError, match=r"data\.eval: 'data/missing\.jsonl': no such file"):
+        jobs.package(sweep_file, load_sweep(sweep_file), root)
 
 
 def test_storage_must_be_absolute_and_the_runtime_env_holds_no_secret(tmp_path):
@@ -356,6 +360,17 @@ def test_a_submitted_sweep_runs_on_both_nodes_and_jobs_lists_logs_and_stops(clus
     again = pd.read_parquet(storage / "remote" / "trials.parquet")
     assert list(again["attempts"]) == [1, 1]  # nothing trained again
 
+    # A sweep that fails on the cluster: `--follow` exits with its exit code (2: a record
+    # lacks its completion, found by the job's checks before any training).
+    broken = project(tmp_path / "broken", name="broken")
+    (broken.parent / "data" / "train.jsonl").write_text('{"prompt": "1+1="}\n' * 50)
+    done = raysoup(
+        "submit", "sweep.yaml", "--address", url, "--storage", str(storage), "--follow",
+        env=env, cwd=broken.parent,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "completion" in done.stdout and "FAILED" in done.stderr
+    failed = done.stdout.splitlines()[0]
     train = {"lr": 3e-3, "max_steps": 100_000, "batch_size": 8, "seq_len": 24, "eval_every": 1000}
     longer = project(tmp_path / "long", name="long", train=train, checkpoint={"every": 1000})
     done = raysoup(
@@ -374,6 +389,7 @@ def test_a_submitted_sweep_runs_on_both_nodes_and_jobs_lists_logs_and_stops(clus
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[1]: line for line in listed.stdout.splitlines() if "raysoup-" in line}
     assert "SUCCEEDED" in rows[job] and "remote" in rows[job]
+    assert "FAILED" in rows[failed] and "broken" in rows[failed]
     assert second in rows and "long" in rows[second]
     logs = raysoup("jobs", "logs", job, "--address", url, env=env)
     assert logs.returncode == 0 and "remote" in logs.stdout

@@ -132,6 +132,8 @@ def _check_paths(sweep_file: Path, sweep: Sweep, root: Path, shared: list[Path])
         if any(found.path.is_relative_to(folder) for folder in shared):
             continue
         if found.relative and found.path.is_relative_to(root):
+            if not found.path.exists():
+                problems.append(f"{found.field}: {found.written!r}: no such file ({found.path})")
             continue
         if found.relative:
             problems.append(
