@@ -302,6 +302,39 @@ class CheckpointConfig(Strict):
     )
 
 
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+"""Names of environment variables that hold secrets."""
+
+
+class SubmitConfig(Strict):
+    """The runtime environment of a job from `raysoup submit` (its command-line options add
+    to it)."""
+
+    pip: list[str] = Field(
+        default_factory=list, description="Packages the job pip-installs on the cluster."
+    )
+    image: str | None = Field(
+        None, description="Container image the job runs in (Ray's `image_uri`)."
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables of the job. No secrets: Ray shows a job's runtime "
+        "environment on its dashboard, so a name that looks like one (TOKEN, KEY, SECRET, "
+        "PASSWORD, CREDENTIAL) is refused; set those on the cluster's nodes.",
+    )
+
+    @field_validator("env_vars")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        secret = [name for name in value if SECRET_NAME.search(name)]
+        if secret:
+            raise ValueError(
+                f"{', '.join(secret)}: looks like a secret, and Ray shows a job's runtime "
+                "environment on its dashboard; set it in the environment of the cluster's nodes"
+            )
+        return value
+
+
 class ResourcesConfig(Strict):
     """What each trial needs, and how many run at once."""
 
@@ -464,6 +497,11 @@ class Sweep(Strict):
     )
     storage: str = Field(
         "runs", description="Folder that holds run directories (relative to the working directory)."
+    )
+    submit: SubmitConfig | None = Field(
+        None,
+        description="Runtime environment of the job when the sweep is sent with "
+        "`raysoup submit` (see clusters/README.md).",
     )
     evaluate: EvaluateConfig = Field(
         default_factory=EvaluateConfig,

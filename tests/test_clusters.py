@@ -227,6 +227,15 @@ OPTIONS = {
 }
 
 
+def test_the_sweeps_submit_section_reaches_the_rayjobs_runtime_env(tmp_path):
+    submit = {"pip": ["rich>=14"], "env_vars": {"HF_HOME": "/mnt/runs/hf"}}
+    sweep_file = write_sweep(tmp_path, submit=submit)
+    job = manifest(sweep_file, pip=["lm-eval==0.4.13"])[1]
+    check_kuberay(job)
+    runtime = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert runtime == {"pip": ["rich>=14", "lm-eval==0.4.13"], "env_vars": submit["env_vars"]}
+
+
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
 def test_generated_rayjob_for_the_demo_validates(options):
     config_map, job = manifest(DEMO, **options)

@@ -131,15 +131,27 @@ def test_storage_must_be_absolute_and_the_runtime_env_holds_no_secret(tmp_path):
         jobs.job_storage(sweep, "s3://b/p")
     assert jobs.job_storage(sweep, "/shared/runs") == "/shared/runs"
     pack = jobs.package(sweep_file, sweep, tmp_path)
-    env = jobs.runtime_env(
-        pack, extra={"pip": ["a"], "env_vars": {"HF_HOME": "/x"}}, pip=["b"], image="img:1"
-    )
+    extra = {"pip": ["a"], "env_vars": {"HF_HOME": "/x"}}
+    env = jobs.runtime_env(pack, sweep, extra=extra, pip=["b"], image="img:1")
     assert env["working_dir"] == str(tmp_path) and env["pip"] == ["a", "b"]
     assert env["image_uri"] == "img:1" and env["excludes"] == pack.excludes
+    # The sweep's own `submit` section comes first; the file and the command line add to it.
+    raw = yaml.safe_load(sweep_file.read_text())
+    raw["submit"] = {"pip": ["s"], "image": "sweep:1", "env_vars": {"HF_HOME": "/s", "A": "1"}}
+    sweep_file.write_text(yaml.safe_dump(raw))
+    named = load_sweep(sweep_file)
+    env = jobs.runtime_env(pack, named, extra=extra, pip=["b"])
+    assert env["pip"] == ["s", "a", "b"] and env["image_uri"] == "sweep:1"
+    assert env["env_vars"] == {"HF_HOME": "/x", "A": "1"}
+    assert jobs.runtime_env(pack, named, image="cli:2")["image_uri"] == "cli:2"
+    raw["submit"]["env_vars"] = {"HF_TOKEN": "hf_x"}
+    sweep_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SweepError, match=r"submit\.env_vars: .*HF_TOKEN: looks like a secret"):
+        load_sweep(sweep_file)
     with pytest.raises(SweepError, match=r"env_vars\.WANDB_API_KEY: looks like a secret"):
-        jobs.runtime_env(pack, extra={"env_vars": {"WANDB_API_KEY": "k"}})
+        jobs.runtime_env(pack, sweep, extra={"env_vars": {"WANDB_API_KEY": "k"}})
     with pytest.raises(SweepError, match="working_dir: set by raysoup submit"):
-        jobs.runtime_env(pack, extra={"working_dir": "."})
+        jobs.runtime_env(pack, sweep, extra={"working_dir": "."})
     command = jobs.entrypoint(pack, "/shared/my runs")
     assert command == "raysoup run sweep.yaml --storage '/shared/my runs' --stage-inputs"
 

@@ -81,6 +81,8 @@ def ray_session():
             address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING"
         )
     except ConnectionError as err:
+        if address is None:
+            raise
         raise RunError(
             f"cannot reach the Ray cluster at {address} ({str(err).splitlines()[0]}); if it "
             "uses token authentication, set RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN, "

@@ -34,6 +34,7 @@ from engine.core.errors import RunError
 from engine.core.session import auth_token
 from engine.submit.paths import local_paths
 from sweeps import Sweep, SweepError, load_sweep
+from sweeps.config import SECRET_NAME
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Ray's documentation keeps a job's local working directory to 100 MiB (the hard cap is the
@@ -52,9 +53,6 @@ EXCLUDES = [
     "wandb/",
     "checkpoint_*/",
 ]
-# Names of environment variables that hold secrets; a runtime environment is stored in the
-# job's record, which anyone who can reach the dashboard can read.
-SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 DONE = ("SUCCEEDED", "FAILED", "STOPPED")
 NO_AGENT = "No available agent to submit job"
 AGENT_WAIT_S = 60.0
@@ -228,17 +226,20 @@ def job_storage(sweep: Sweep, storage: str | None) -> str:
 
 def runtime_env(
     pack: Package,
+    sweep: Sweep,
     *,
     extra: dict | None = None,
     pip: list[str] | None = None,
     image: str | None = None,
 ) -> dict:
-    """The job's runtime environment: `extra` (a `--runtime-env` file) with the working
-    directory, its excludes, and any `pip` packages or container `image` added.
+    """The job's runtime environment: the sweep's `submit` section, then `extra` (a
+    `--runtime-env` file), then the command line's `pip` packages and `image`, with the working
+    directory and its excludes.
 
     Raises `SweepError` when `extra` sets the working directory, or holds an environment
     variable whose name says it is a secret (Ray keeps the runtime environment in the job's
-    record, which the dashboard shows to anyone who can reach it).
+    record, which the dashboard shows to anyone who can reach it; the sweep's own `submit`
+    section is checked when the sweep is loaded).
     """
     env = dict(extra or {})
     if "working_dir" in env:
@@ -253,10 +254,16 @@ def runtime_env(
                 "runtime environment on its dashboard; set it in the environment of the "
                 "cluster's nodes instead"
             )
+    named = sweep.submit
     env["working_dir"] = str(pack.working_dir)
     env["excludes"] = list(env.get("excludes") or []) + pack.excludes
-    if pip:
-        env["pip"] = list(env.get("pip") or []) + list(pip)
+    packages = (named.pip if named else []) + list(env.get("pip") or []) + list(pip or [])
+    if packages:
+        env["pip"] = packages
+    variables = (named.env_vars if named else {}) | dict(env.get("env_vars") or {})
+    if variables:
+        env["env_vars"] = variables
+    image = image or env.get("image_uri") or (named.image if named else None)
     if image:
         env["image_uri"] = image
     return env
@@ -361,7 +368,7 @@ def submit(
     more = list(extra.get("excludes") or []) + list(excludes or [])
     pack = package(sweep_file, sweep, Path(working_dir or Path.cwd()), shared=shared, excludes=more)
     rest = {key: value for key, value in extra.items() if key != "excludes"}
-    env = runtime_env(pack, extra=rest, pip=pip, image=image)
+    env = runtime_env(pack, sweep, extra=rest, pip=pip, image=image)
     jobs = client(address)
     submission_id = job_id(sweep)
     run_dir = str(Path(folder) / sweep.name)

@@ -81,7 +81,13 @@ def rayjob_manifest(
     sweep_map = f"{name}-sweep"
     cluster = _cluster_spec(image, gpu_workers, gpus_per_worker, runs_claim, sweep_map)
     entrypoint = _entrypoint(storage or (RUNS_DIR if runs_claim else None))
-    job = _rayjob(name, namespace, entrypoint, ttl_seconds, pip, cluster)
+    named = sweep.submit
+    runtime: dict[str, Any] = {}
+    if (named and named.pip) or pip:
+        runtime["pip"] = (named.pip if named else []) + list(pip or [])
+    if named and named.env_vars:
+        runtime["env_vars"] = dict(named.env_vars)
+    job = _rayjob(name, namespace, entrypoint, ttl_seconds, runtime, cluster)
     return [_config_map(sweep_map, namespace, text), job]
 
 
@@ -232,7 +238,7 @@ def _config_map(name: str, namespace: str | None, text: str) -> dict:
 
 
 def _rayjob(
-    name: str, namespace: str | None, entrypoint: str, ttl: int, pip: list[str] | None, cluster
+    name: str, namespace: str | None, entrypoint: str, ttl: int, runtime: dict, cluster
 ) -> dict:
     spec: dict[str, Any] = {
         "entrypoint": entrypoint,
@@ -241,8 +247,8 @@ def _rayjob(
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": ttl,
     }
-    if pip:
-        spec["runtimeEnvYAML"] = yaml.safe_dump({"pip": list(pip)}, sort_keys=False)
+    if runtime:  # the sweep's `submit` section (pip, env_vars) and `--pip`
+        spec["runtimeEnvYAML"] = yaml.safe_dump(runtime, sort_keys=False)
     spec["rayClusterSpec"] = cluster
     return {
         "apiVersion": "ray.io/v1",
