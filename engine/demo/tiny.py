@@ -16,6 +16,7 @@ from transformers import (
     PretrainedConfig,
     Qwen2Config,
 )
+from transformers.utils import logging as hf_logging
 
 from engine.demo.paths import BASE_DIR
 
@@ -34,7 +35,13 @@ def save_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0) -> Pat
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(path)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar for one tiny shard
+    try:
+        model.save_pretrained(path)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     for name in _TOKENIZER_FILES:
         if (BASE_DIR / name).exists():
             shutil.copy2(BASE_DIR / name, path / name)

@@ -56,7 +56,13 @@ EXCLUDES = [
 DONE = ("SUCCEEDED", "FAILED", "STOPPED")
 NO_AGENT = "No available agent to submit job"
 AGENT_WAIT_S = 60.0
-SDK_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging")
+# Ray's client logs "uploading package" and "WebSocket closed" at INFO; raysoup says what it
+# sends and how the job ended itself.
+SDK_LOGGERS = (
+    "ray.dashboard.modules.dashboard_sdk",
+    "ray.dashboard.modules.job.sdk",
+    "ray._private.runtime_env.packaging",
+)
 
 
 class JobError(RunError):
@@ -319,6 +325,8 @@ def client(address: str | None = None):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    for name in SDK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     url = cluster_address(address)
     token, source = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -373,8 +381,6 @@ def submit(
     submission_id = job_id(sweep)
     run_dir = str(Path(folder) / sweep.name)
     metadata = {"raysoup_sweep": sweep.name, "raysoup_run_dir": run_dir}
-    for name in SDK_LOGGERS:  # Ray's "uploading package" lines: raysoup says what it sends
-        logging.getLogger(name).setLevel(logging.WARNING)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
