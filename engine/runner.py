@@ -16,6 +16,7 @@ from engine.core.models import base_model_path
 from engine.core.progress import show_findings, stage, warn
 from engine.core.rundir import Held, RunDir
 from engine.core.session import ray_session, stop_leftovers
+from engine.core.shared import check_shared
 from engine.evaluate.stage import eval_stage
 from engine.merge.stage import EarlyMerges, merge_stage
 from engine.prepare.sizes import task_sizes
@@ -116,6 +117,7 @@ def _stages(sweep: Sweep, run: RunDir, held: Held, progress: bool, mode: str) ->
             started = stack.enter_context(ray_session())
         if started:
             held.note(ray_session=started)
+        check_shared(run.root)
         model_path = base_model_path(sweep, run.model)
         with stage("preparing data", progress):
             manifest = prepare(sweep, run, model_path)

@@ -11,6 +11,8 @@ import pytest
 import ray
 
 import engine
+from engine.core import shared
+from engine.core.errors import RunError
 from engine.train.experiment import max_concurrent
 from engine.train.workers import WORKERS_FILE
 from sweeps import parse_sweep
@@ -42,3 +44,22 @@ def test_spread_workers_land_on_both_nodes_and_queued_trials_finish(tmp_path):
         assert {w["node_id"] for w in placed} == nodes  # one worker on each node
     states = {pg["state"] for pg in ray.util.placement_group_table().values()}
     assert states == {"REMOVED"}
+
+
+def test_every_node_must_read_the_run_directory(two_nodes, tmp_path, monkeypatch):
+    assert shared.check_shared(tmp_path) == 2  # both raylets share this machine's disk
+    assert not (tmp_path / shared.MARKER_DIR).exists()
+    # A folder one node cannot see cannot be made on one machine (both nodes share its disk),
+    # so the second node's reader is made blind: it answers as a node without the folder.
+    blind_id = two_nodes[1].node_id
+
+    def blind(path: str):
+        here = ray.get_runtime_context().get_node_id()
+        return None if here == blind_id else Path(path).read_text()
+
+    monkeypatch.setattr(shared, "read_marker", blind)
+    with pytest.raises(RunError, match=rf"node {blind_id[:8]} at .* cannot read a file") as err:
+        shared.check_shared(tmp_path)
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != blind_id)
+    assert head[:8] not in str(err.value) and "--storage" in str(err.value)
+    assert not (tmp_path / shared.MARKER_DIR).exists()
