@@ -489,7 +489,7 @@ def jobs_status(job: str = JobArgument, address: str | None = AddressOption) -> 
     """A job's status, its sweep and run directory, and why it failed when it did."""
     from engine.submit import jobs
 
-    info = jobs.wait(jobs.client(address), job, timeout=0.01)
+    info = jobs.details(jobs.client(address), job)
     metadata = info.metadata or {}
     console.print(f"{escape(job)}: [bold]{jobs.status(info)}[/]", highlight=False)
     for label, value in (

@@ -405,6 +405,18 @@ def test_a_submitted_sweep_runs_on_both_nodes_and_jobs_lists_logs_and_stops(clus
     assert second in rows and "long" in rows[second]
     logs = raysoup("jobs", "logs", job, "--address", url, env=env)
     assert logs.returncode == 0 and "remote" in logs.stdout
+    # Ctrl-C while following stops the following, not the job.
+    follower = subprocess.Popen(
+        [str(BIN / "raysoup"), "jobs", "logs", second, "--follow", "--address", url],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(5)
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=60)
+    assert follower.returncode == 130, err
+    assert f"stopped following; job {second} goes on" in err and "Traceback" not in err
+    status = raysoup("jobs", "status", second, "--address", url, env=env)
+    assert "RUNNING" in status.stdout or "PENDING" in status.stdout, status.stdout
     stopped = raysoup("jobs", "stop", second, "--address", url, env=env)
     assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stderr
     status = raysoup("jobs", "status", second, "--address", url, env=env)

@@ -443,12 +443,17 @@ def follow(jobs, job: str, out=None) -> Any:
         ) from None
 
 
+def details(jobs, job: str) -> Any:
+    """The job's details as the cluster has them now."""
+    return _call(jobs.get_job_info, job)
+
+
 def wait(jobs, job: str, timeout: float | None = None) -> Any:
     """The job's details once it has ended (its status can lag its log's end by a moment);
     the details as they are when `timeout` seconds pass first."""
     start = time.monotonic()
     while True:
-        info = _call(jobs.get_job_info, job)
+        info = details(jobs, job)
         if status(info) in DONE or (timeout and time.monotonic() - start > timeout):
             return info
         time.sleep(0.5)
