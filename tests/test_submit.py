@@ -114,6 +114,10 @@ def test_files_the_cluster_cannot_read_are_refused_naming_the_field(tmp_path):
     with pytest.raises(SweepError, match=r"data\.eval: .* a file on this machine"):
         jobs.package(sweep_file, load_sweep(sweep_file), root)
     jobs.package(sweep_file, load_sweep(sweep_file), root, shared=[elsewhere])
+    raw["data"]["eval"] = "../elsewhere/eval.jsonl"  # under --shared, but relative: followed
+    sweep_file.write_text(yaml.safe_dump(raw))  # from the job's copy, where it is not
+    with pytest.raises(SweepError, match=r"data\.eval: '\.\./elsewhere/eval\.jsonl' is "):
+        jobs.package(sweep_file, load_sweep(sweep_file), root, shared=[elsewhere])
     with pytest.raises(SweepError, match="outside the working directory"):
         jobs.package(sweep_file, load_sweep(sweep_file), root / "data")
     raw["data"]["eval"] = "data/missing.jsonl"

@@ -1,10 +1,11 @@
 """Sweeps as Ray jobs: `raysoup submit` and `raysoup jobs`, through Ray's Jobs API.
 
-A submitted job runs `raysoup run <sweep file> --storage <folder>` on the cluster's head node,
-in a copy of a working directory sent with it (the project folder: the sweep file, its data
-files, any code it names). Everything that is not needed there is left out (run directories,
-virtual environments, checkpoints, caches), and a folder larger than Ray's limit for a job's
-working directory is refused with the largest files named, before anything is uploaded.
+A submitted job runs `raysoup run <sweep file> --storage <folder> --stage-inputs` on the
+cluster's head node, in a copy of a working directory sent with it (the project folder: the
+sweep file, its data files, any code it names). Everything that is not needed there is left out
+(run directories, virtual environments, checkpoints, caches), and a folder larger than Ray's
+limit for a job's working directory is refused with the largest files named, before anything is
+uploaded.
 
 Ray's token authentication: a cluster started by Ray 2.60 wants a token on every request, and
 Ray's client sends it only when `RAY_AUTH_MODE=token` is set on the client too. raysoup looks
@@ -133,7 +134,9 @@ def package(
 def _check_paths(sweep_file: Path, sweep: Sweep, root: Path, shared: list[Path]) -> None:
     problems = []
     for found in local_paths(sweep_file, sweep):
-        if any(found.path.is_relative_to(folder) for folder in shared):
+        # A relative path is followed from the job's copy of the working directory, so only
+        # an absolute one can name a shared folder.
+        if not found.relative and any(found.path.is_relative_to(f) for f in shared):
             continue
         if found.relative and found.path.is_relative_to(root):
             if not found.path.exists():
@@ -143,7 +146,8 @@ def _check_paths(sweep_file: Path, sweep: Sweep, root: Path, shared: list[Path])
             problems.append(
                 f"{found.field}: {found.written!r} is {found.path}, outside the working "
                 f"directory {root}, so the job will not have it; move it inside, or put it on "
-                "storage every node reads and pass that folder with --shared"
+                "storage every node reads, name it by its absolute path and pass that folder "
+                "with --shared"
             )
         else:
             where = (
