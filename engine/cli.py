@@ -149,7 +149,9 @@ def run(
 @app.command()
 @user_errors
 def resume(
-    run_dir: Path = typer.Argument(..., help="Run directory of an interrupted sweep."),
+    run_dir: str = typer.Argument(
+        ..., help="Run directory of an interrupted sweep: a folder, or s3:// or gs://."
+    ),
     rebuild_state: bool = typer.Option(
         False,
         "--rebuild-state",
@@ -167,7 +169,11 @@ def resume(
 
 @app.command()
 @user_errors
-def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished sweep.")) -> None:
+def report(
+    run_dir: str = typer.Argument(
+        ..., help="Run directory of a finished sweep: a folder, or s3:// or gs://."
+    ),
+) -> None:
     """Print a finished sweep's data selection, leaderboard and candidates; rebuild report.html."""
     from engine.core.rundir import RunDir
     from engine.prepare.manifest import read_manifest
@@ -176,8 +182,10 @@ def report(run_dir: Path = typer.Argument(..., help="Run directory of a finished
     from engine.report.terminal import print_result, selection_table
 
     result = load_result(run_dir)
-    write_report(result.sweep, RunDir(result.run_dir), result.trials, result.merges, result.evals)
-    manifest = read_manifest(RunDir(result.run_dir)) or {}
+    run = RunDir.at(result.run_dir)
+    write_report(result.sweep, run, result.trials, result.merges, result.evals)
+    run.push()  # on object storage: the rebuilt report too
+    manifest = read_manifest(run) or {}
     for task, entry in manifest.get("tasks", {}).items():
         if entry.get("selection"):
             console.print(selection_table(entry["selection"], task))

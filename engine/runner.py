@@ -24,7 +24,7 @@ from engine.prepare.stage import prepare
 from engine.report.files import write_report
 from engine.report.result import SweepResult, load_result
 from engine.report.scaling import write_scaling
-from engine.train.experiment import fit, start_mode, tuner
+from engine.train.experiment import Mirror, fit, start_mode, tuner
 from engine.train.progress import TrialProgress
 from engine.train.table import trials_table, write_results
 from sweeps import Sweep
@@ -36,7 +36,7 @@ __all__ = ["Interrupted", "SweepResult", "load_result", "resume", "run"]
 class Interrupted(KeyboardInterrupt):
     """The sweep was stopped (Ctrl-C) before its stages ended; `raysoup resume` finishes it."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path | str) -> None:
         super().__init__(f"interrupted; finish the sweep with `raysoup resume {run_dir}`")
         self.run_dir = run_dir
 
@@ -48,10 +48,12 @@ def run(sweep: Sweep, storage: str | None = None, progress: bool = True) -> Swee
     and so is a run directory another driver holds (`RunDir.lock`).
     """
     run_dir = RunDir.for_sweep(sweep, storage)
-    sweep = sweep.model_copy(update={"storage": str(run_dir.root.parent)})
+    sweep = sweep.model_copy(update={"storage": run_dir.location.rsplit("/", 1)[0]})
     _check(sweep, progress)
     with run_dir.lock() as held:
+        run_dir.pull()  # on object storage: what an earlier driver wrote, from any machine
         run_dir.claim(sweep)
+        run_dir.push()  # on object storage: sweep.yaml, and the inputs a submitted job staged
         return _execute(sweep, run_dir, held, progress)
 
 
@@ -61,10 +63,13 @@ def resume(run_dir: str | Path, progress: bool = True, rebuild_state: bool = Fal
     `rebuild_state` sets Tune's saved state aside and rebuilds the experiment from the trials'
     folders (what to do when it is damaged: the error says so).
     """
-    run = RunDir(Path(run_dir).expanduser().resolve())
-    sweep = run.load_sweep()
-    _check(sweep, progress)
+    run = RunDir.at(run_dir)
+    if run.uri is None:  # a local folder that is not a run directory is refused before anything
+        run.load_sweep()
     with run.lock() as held:
+        run.pull()
+        sweep = run.load_sweep()
+        _check(sweep, progress)
         return _execute(sweep, run, held, progress, rebuild_state)
 
 
@@ -83,18 +88,35 @@ def _execute(
     _take_over(run, held.previous, progress)
     mode = start_mode(run, rebuild)  # before Ray starts: damaged state stops the run here
     try:
-        return _stages(sweep, run, held, progress, mode)
+        result = _stages(sweep, run, held, progress, mode)
     except Interrupted:
+        _push_what_is_left(run)
         raise
     except KeyboardInterrupt:
-        raise Interrupted(run.root) from None
+        _push_what_is_left(run)
+        raise Interrupted(run.location) from None
     except OSError as err:
+        _push_what_is_left(run)
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise RunError(
             f"no space left on the device of {err.filename or run.root}; what was written is "
-            f"kept: free some space, then `raysoup resume {run.root}`"
+            f"kept: free some space, then `raysoup resume {run.location}`"
         ) from err
+    except Exception:
+        _push_what_is_left(run)
+        raise
+    run.push()
+    return result
+
+
+def _push_what_is_left(run: RunDir) -> None:
+    """On object storage, after a stage stopped: upload what the driver wrote until then (a
+    failure to do so is said, not raised over the error that stopped the run)."""
+    try:
+        run.push()
+    except Exception as err:  # the stage's own error is the one to show
+        warn(f"could not upload the driver's files to {run.uri}: {type(err).__name__}: {err}")
 
 
 def _take_over(run: RunDir, previous: dict | None, progress: bool) -> None:
@@ -117,14 +139,18 @@ def _stages(sweep: Sweep, run: RunDir, held: Held, progress: bool, mode: str) ->
             started = stack.enter_context(ray_session())
         if started:
             held.note(ray_session=started)
-        check_shared(run.root)
+        if run.uri is None:  # on object storage, nothing depends on a shared file system
+            check_shared(run.root)
         model_path = base_model_path(sweep, run.model)
         with stage("preparing data", progress):
             manifest = prepare(sweep, run, model_path)
+        run.push()
         sizes = task_sizes(sweep, manifest)
         table = _train(sweep, run, model_path, sizes, progress, mode)
         write_scaling(table, sweep, run)
+        run.push()
         merges = merge_stage(sweep, run, table, model_path, progress) if sweep.merge else None
+        run.push()
         evals = eval_stage(sweep, run, table, merges, model_path, progress)
     write_report(sweep, run, table, merges, evals)
     return SweepResult(run.root, sweep, table, merges, evals)
@@ -139,18 +165,20 @@ def _train(
     unfinished for another reason; a trial that failed is a row, not an error."""
     callbacks = [TrialProgress(sweep.trial_count(), sweep.metric)] if progress else []
     callbacks += [EarlyMerges(sweep, run, model_path, sizes)] if sweep.merge else []
+    callbacks += [Mirror(run)] if run.uri else []
     if mode == "rebuild" and progress:
         warn(f"rebuilding the Tune experiment in {run.tune} from the trials' folders")
     outcome = fit(tuner(sweep, model_path, run, sizes, callbacks, mode))
+    run.pull("tune")  # what trials on other nodes wrote
     table = trials_table(run, sweep, sizes)
     write_results(table, sweep, run)
     if outcome.interrupted:
-        raise Interrupted(run.root)
+        raise Interrupted(run.location)
     unfinished = sweep.trial_count() - int(table["status"].isin([*RESULT_STATUSES, "error"]).sum())
     if outcome.error and unfinished:
         raise RunError(
             f"training stopped with {unfinished} trial(s) unfinished: {outcome.error}; "
-            f"`raysoup resume {run.root}` continues them from their checkpoints"
+            f"`raysoup resume {run.location}` continues them from their checkpoints"
         )
     if outcome.error and progress:
         warn(

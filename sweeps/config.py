@@ -496,7 +496,10 @@ class Sweep(Strict):
         default_factory=ScalingConfig, description="Scaling-law fit over the data-scale axis."
     )
     storage: str = Field(
-        "runs", description="Folder that holds run directories (relative to the working directory)."
+        "runs",
+        description="Folder that holds run directories: a local one (relative to the working "
+        "directory) or object storage, `s3://bucket/prefix` or `gs://bucket/prefix` "
+        "(docs/storage.md).",
     )
     submit: SubmitConfig | None = Field(
         None,

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.conftest import DEMO_DATA, REPO
@@ -63,6 +64,9 @@ def _raysoup(*args, **kwargs):
     )
 
 
+# The same kill and resume runs on every CI run with the run directory on s3:// (and the resume
+# on another cache): tests/test_storage.py. This one, on a local folder, with --runslow.
+@pytest.mark.slow
 def test_resume_after_killing_the_driver_skips_finished_trials(tmp_path):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(SWEEP))

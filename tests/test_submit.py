@@ -131,8 +131,9 @@ def test_storage_must_be_absolute_and_the_runtime_env_holds_no_secret(tmp_path):
     sweep = load_sweep(sweep_file)
     with pytest.raises(SweepError, match=r"storage: 'runs' is relative: .*--storage"):
         jobs.job_storage(sweep, None)
-    with pytest.raises(SweepError, match=r"--storage: 's3://b/p': .* not supported yet"):
-        jobs.job_storage(sweep, "s3://b/p")
+    assert jobs.job_storage(sweep, "s3://b/p/") == "s3://b/p/"  # object storage: any node's
+    with pytest.raises(SweepError, match=r"ftp://b/p.* s3://bucket/prefix"):
+        jobs.job_storage(sweep, "ftp://b/p")
     assert jobs.job_storage(sweep, "/shared/runs") == "/shared/runs"
     pack = jobs.package(sweep_file, sweep, tmp_path)
     extra = {"pip": ["a"], "env_vars": {"HF_HOME": "/x"}}

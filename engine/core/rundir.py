@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.core import storage
 from engine.core.errors import RunError
 from sweeps import Sweep, SweepError, dump_sweep, load_sweep
 
@@ -38,18 +39,50 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths inside one run directory."""
+    """Paths inside one run directory. On object storage (`uri`), `root` is this node's copy,
+    at the same place on every node (`engine/core/storage.py`)."""
 
     root: Path
+    uri: str | None = None
 
     @classmethod
-    def for_sweep(cls, sweep: Sweep, storage: str | None = None) -> RunDir:
-        base = storage or sweep.storage
-        if "://" in base:
-            raise SweepError(
-                f"storage: remote storage ('{base}') is not supported yet; give a local folder"
-            )
+    def at(cls, location: str | Path) -> RunDir:
+        """The run directory at a local folder or an `s3://`, `gs://` or `abfs://` URI (a path
+        inside the cache stands for the URI it copies)."""
+        text = str(location)
+        if storage.is_remote(text):
+            uri = storage.check_uri(text)
+            return cls(storage.local_copy(uri), uri)
+        root = Path(text).expanduser().resolve()
+        remote = storage.Remote.of(root)
+        return cls(root, remote.uri) if remote else cls(root)
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep, storage_: str | None = None) -> RunDir:
+        base = storage_ or sweep.storage
+        if storage.is_remote(base):
+            return cls.at(f"{storage.check_uri(base)}/{sweep.name}")
         return cls(Path(base).expanduser().resolve() / sweep.name)
+
+    def __reduce__(self):
+        # Rebuilt from its location: a copy unpickled by a driver on another machine (Tune
+        # restores its callbacks from the experiment's state) points into that one's cache.
+        return (RunDir.at, (self.location,))
+
+    @property
+    def location(self) -> str:
+        """Where the run directory is, as a user names it (`raysoup resume <location>`)."""
+        return self.uri or str(self.root)
+
+    def pull(self, under: str = "") -> None:
+        """On object storage: bring this copy in step with the run directory (`storage.pull`)."""
+        if self.uri:
+            storage.pull(storage.Remote.of(self.root), under)
+
+    def push(self) -> None:
+        """On object storage: upload what the driver wrote since the last push."""
+        if self.uri:
+            storage.push(storage.Remote.of(self.root), driver_writes, tune_state_first)
 
     @property
     def lock_file(self) -> Path:
@@ -118,7 +151,7 @@ class RunDir:
 
     def load_sweep(self) -> Sweep:
         if not self.sweep_file.is_file():
-            raise SweepError(f"{self.root}: not a run directory (no sweep.yaml)")
+            raise SweepError(f"{self.location}: not a run directory (no sweep.yaml)")
         return load_sweep(self.sweep_file)
 
     def claim(self, sweep: Sweep) -> None:
@@ -198,6 +231,29 @@ def _write_lock(fd: int, holder: dict | None) -> None:
     if holder is not None:
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         os.fsync(fd)
+
+
+def tune_state_first(rel: str) -> int:
+    """The order of the driver's uploads: Tune's `tuner.pkl`, then its trials
+    (`experiment_state-*`), then the rest, its grid's state (`basic-variant-state-*`) among
+    them. A driver killed between two uploads then leaves a state Tune restores: the trials
+    without `tuner.pkl` are never there, and a grid behind its trials only makes trials again
+    that return at once (finished) or continue from their checkpoints."""
+    if rel == "tune/tuner.pkl":
+        return 0
+    return 1 if rel.startswith("tune/experiment_state-") else 2
+
+
+def driver_writes(rel: str) -> bool:
+    """Whether the driver writes this file of the run directory: all but checkpoints and
+    `attempts.jsonl` (each trial uploads its own) and `merges/` (each merge task its own)."""
+    parts = rel.split("/")
+    if parts[0] == "merges":
+        return False
+    trial_owned = len(parts) > 2 and (
+        parts[2].startswith("checkpoint_") or parts[2] == "attempts.jsonl"
+    )
+    return not (parts[0] == "tune" and trial_owned)
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:

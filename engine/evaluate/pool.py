@@ -29,6 +29,7 @@ from ray.util.annotations import RayDeprecationWarning
 from engine.core.progress import job_bar
 from engine.core.rundir import write_table
 from engine.core.session import quiet_ray
+from engine.core.storage import shown
 from engine.evaluate.sets import SetPlan, by_length, plan_file_set
 from sweeps import SweepError
 from sweeps.evaluation import EvalSetConfig, EvaluateConfig, HarnessSetConfig
@@ -205,7 +206,11 @@ def run_pool(
         int(config.cpus_per_actor), int(ray.cluster_resources().get("CPU", 1)) // actors
     )
     settings = {
-        "candidates": [asdict(c) for c in candidates],
+        # Locations, not paths: an actor's node keeps its copy of a run directory on object
+        # storage wherever its own cache is (`storage.local`).
+        "candidates": [
+            {**asdict(c), "path": shown(c.path), "base": shown(c.base)} for c in candidates
+        ],
         "sets": [p.spec for p in plans],
         "device": "cuda" if config.gpus_per_actor > 0 else "cpu",
         "threads": threads,

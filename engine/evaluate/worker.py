@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from engine.core import storage
 from engine.core.batches import autocast, collate, token_nll
 from engine.core.encode import IGNORE, TextEncoder, text_encoder, training_layout
 from engine.core.models import load_for_eval, load_tokenizer
@@ -103,7 +104,12 @@ class EvalActor:
         self.held = None  # free the old model before loading the next
         spec = self.candidates[candidate]
         try:
-            model, tokenizer_path = load_for_eval(spec["path"], spec.get("base"))
+            path = storage.local(spec["path"])
+            base = storage.local(spec["base"]) if spec.get("base") else None
+            for needed in (path, base):
+                if needed:
+                    storage.fetch(needed)  # on object storage: to this actor's node
+            model, tokenizer_path = load_for_eval(path, base)
             if self.device.type == "cuda" and not torch.cuda.is_available():
                 raise RuntimeError("gpus_per_actor is set but this actor sees no CUDA device")
             model.to(self.device).eval()

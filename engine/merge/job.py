@@ -6,6 +6,7 @@ written after the merged folder is complete, so a resumed sweep can reuse it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -13,6 +14,7 @@ import traceback
 from pathlib import Path
 
 import merging
+from engine.core import storage
 from engine.core.rundir import RunDir, write_atomic
 from engine.merge.planner import MergeJob, task_merge_recipe
 from merging import MergeError
@@ -25,14 +27,20 @@ def run_job(
     """Run one merge job (inside a Ray task or directly); never raises. `submitted` says when
     the job was handed to Ray (`submitted_at`) and how many of the sweep's trials had not
     finished then (`unfinished_trials`)."""
-    sweep, run = Sweep.model_validate_json(sweep_json), RunDir(Path(root))
+    sweep, run = Sweep.model_validate_json(sweep_json), RunDir.at(root)
+    base = storage.local(base)
+    job = dataclasses.replace(job, inputs=[storage.local(p) for p in job.inputs])
     started = time.time()
     times = {"submitted_at": None, "unfinished_trials": None, **(submitted or {})}
     times["started_at"] = started
     out = run.merges / job.candidate
     try:
+        for needed in (base, *job.inputs, run.data if job.greedy else None):
+            if needed:
+                storage.fetch(needed)  # on object storage: to this node
         inputs = [full_weights(path, base, run) for path in job.inputs]
         kept = _merge(job, inputs, out, sweep, run, base)
+        storage.upload(out)
     except Exception as err:  # a failed merge is a result, not a crash of the sweep
         return {
             **job.describe(),
@@ -46,13 +54,14 @@ def run_job(
     row = {
         **job.describe(),
         "kept": kept,
-        "path": str(out),
+        "path": storage.shown(out),
         "status": "done",
         "error": None,
         **times,
         "seconds": round(time.time() - started, 2),
     }
     write_atomic(record_path(run, job), json.dumps(row, indent=2))
+    storage.upload(record_path(run, job))  # last: on storage, the record says the merge is whole
     return row
 
 

@@ -9,6 +9,7 @@ method sees full models. Greedy soups score candidates on the prepared selection
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -17,6 +18,7 @@ import pandas as pd
 import ray
 from ray import tune
 
+from engine.core import storage
 from engine.core.progress import job_bar
 from engine.core.rundir import RunDir, write_table
 from engine.merge.job import record_path, run_job
@@ -54,6 +56,7 @@ def merge_stage(
     Merges that `EarlyMerges` started while trials ran are awaited, not started again.
     """
     jobs = plan_jobs(sweep, trials)
+    run.pull("merges")  # on object storage: merges an earlier run finished, on any node
     with job_bar("merges", len(jobs), progress) as done:
         table = run_merges(
             jobs,
@@ -72,7 +75,10 @@ def submit(job: MergeJob, sweep: Sweep, run: RunDir, base: str, unfinished_trial
     how many of the sweep's trials Tune had not finished when the job was handed over."""
     task = ray.remote(num_cpus=1)(run_job)
     submitted = {"submitted_at": time.time(), "unfinished_trials": unfinished_trials}
-    return task.remote(job, sweep.model_dump_json(), str(run.root), base, submitted)
+    # Locations, not paths: the task's node keeps its copy of a run directory on object
+    # storage wherever its own cache is (`storage.local`).
+    job = dataclasses.replace(job, inputs=[storage.shown(p) for p in job.inputs])
+    return task.remote(job, sweep.model_dump_json(), run.location, storage.shown(base), submitted)
 
 
 def run_merges(
@@ -110,7 +116,8 @@ class EarlyMerges(tune.Callback):
     """
 
     def __init__(self, sweep: Sweep, run: RunDir, base: str, sizes: Sizes) -> None:
-        self.sweep, self.run, self.base, self.sizes = sweep, run, base, sizes
+        # The base as a location: Tune pickles its callbacks (`storage.local`).
+        self.sweep, self.run, self.base, self.sizes = sweep, run, storage.shown(base), sizes
 
     @property
     def started(self) -> dict:
@@ -120,13 +127,15 @@ class EarlyMerges(tune.Callback):
         # Tune creates trials as it starts them, so the sweep says how many there will be.
         ended = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in trials)
         unfinished = self.sweep.trial_count() - ended
+        self.run.pull("tune")  # on object storage: the trial's folder, from its node
+        self.run.pull("merges")
         table = trials_table(self.run, self.sweep, self.sizes)
         for job in plan_jobs(self.sweep, table):
             if job.candidate in self.started or job.skipped or _finished(job, self.run):
                 continue
             if job.members == self._expected[job.plan]:
                 self.started[job.candidate] = submit(
-                    job, self.sweep, self.run, self.base, unfinished
+                    job, self.sweep, self.run, storage.local(self.base), unfinished
                 )
 
     @functools.cached_property

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.csv
 import ray.data
 
+from engine.core import storage
 from engine.core.files import line_problem, missing_field, scan_jsonl
 from engine.prepare.selection.pipeline import joined_texts
 from sweeps import SweepError
@@ -17,12 +18,21 @@ from sweeps import SweepError
 def read_source(path: str, fields: list[str] | None = None):
     """A Ray Dataset over one Parquet, CSV or JSON-array file, chosen by suffix (`fields` of a
     CSV file are read as text, not guessed numbers). JSONL goes through `read_records`."""
+    where, fs = _for_tasks(path)
     if path.endswith(".parquet"):
-        return ray.data.read_parquet(path)
+        return ray.data.read_parquet(where, filesystem=fs)
     if path.endswith(".csv"):
         text = pyarrow.csv.ConvertOptions(column_types={f: pa.string() for f in fields or []})
-        return ray.data.read_csv(path, convert_options=text)
-    return ray.data.read_json(path)
+        return ray.data.read_csv(where, convert_options=text, filesystem=fs)
+    return ray.data.read_json(where, filesystem=fs)
+
+
+def _for_tasks(path: str):
+    """Where Ray Data's read tasks, on any node, find `path`: a file of a run directory on
+    object storage (the inputs a submitted job staged there) is read from storage; any other
+    path as it is."""
+    remote = storage.Remote.of(path) if "://" not in path else None
+    return (remote.base, remote.fs) if remote else (path, None)
 
 
 def read_records(path: str, fields: list[str], on_bad_line: str = "error"):
@@ -41,7 +51,8 @@ def read_records(path: str, fields: list[str], on_bad_line: str = "error"):
             "bad line(s) in all); fix the file, or set data.on_bad_line: skip"
         )
     parse = functools.partial(_parse_lines, fields=fields, path=path, skip=on_bad_line == "skip")
-    records = ray.data.read_text(path).map_batches(parse, batch_format="pyarrow")
+    where, fs = _for_tasks(path)
+    records = ray.data.read_text(where, filesystem=fs).map_batches(parse, batch_format="pyarrow")
     return records, bad.count if bad else 0
 
 

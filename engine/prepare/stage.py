@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.core import storage
 from engine.core.encode import encode_examples, fast_path_agrees, text_encoder
 from engine.core.progress import warn
 from engine.core.rundir import RunDir, write_atomic
@@ -56,7 +57,7 @@ def prepare(sweep: Sweep, run: RunDir, model_path: str) -> dict:
         shutil.rmtree(left, ignore_errors=True)
     staging = run.data / f".staging-{os.getpid()}"
     dataset, entries = _pipeline(sweep, model_path)
-    dataset.write_parquet(str(staging), partition_cols=["task", "split"])
+    _write(dataset, staging)
     tasks = {}
     for task in sweep.task_names():
         data = sweep.task_data(task)
@@ -184,6 +185,19 @@ def _label(batch: pa.Table, cut: int, task: str) -> pa.Table:
     is_eval = pa.compute.less(batch["bucket"], cut)
     batch = batch.append_column("split", pa.compute.if_else(is_eval, "eval", "train"))
     return batch.append_column("task", pa.array([task] * batch.num_rows, pa.string()))
+
+
+def _write(dataset, staging: Path) -> None:
+    """Ray Data's tasks write the shards wherever they run: into `staging` itself, or, when the
+    run directory is on object storage, into it there, then fetched into this copy (a node's
+    own disk is not the driver's)."""
+    remote = storage.Remote.of(staging)
+    if remote is None:
+        dataset.write_parquet(str(staging), partition_cols=["task", "split"])
+        return
+    dataset.write_parquet(remote.base, filesystem=remote.fs, partition_cols=["task", "split"])
+    storage.fetch(staging)
+    storage.delete(staging)
 
 
 def _publish(staged: Path, final: Path, split: str) -> dict:

@@ -79,11 +79,13 @@ class SweepResult:
 
 def load_result(run_dir: str | Path) -> SweepResult:
     """The result of a finished sweep, read from its run directory."""
-    run = RunDir(Path(run_dir).expanduser().resolve())
+    run = RunDir.at(run_dir)
+    run.pull()  # on object storage: into this machine's copy (weights stay there)
     sweep = run.load_sweep()
     if not run.trials.is_file():
         raise SweepError(
-            f"{run.root}: no trials.parquet yet; finish the sweep with `raysoup resume {run.root}`"
+            f"{run.location}: no trials.parquet yet; finish the sweep with "
+            f"`raysoup resume {run.location}`"
         )
 
     def table(path: Path) -> pd.DataFrame | None:

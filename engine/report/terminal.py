@@ -7,6 +7,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from engine.core.storage import shown
 from engine.report.board import ranking_for, winners
 from engine.report.scaling import print_scaling
 from engine.train.table import leaderboard_columns, ranked
@@ -56,6 +57,7 @@ def print_result(result, console: Console | None = None) -> None:
     print_scaling(run_dir, console)
     board = result.candidates()
     if board is not None:
+        board = board.assign(path=board["path"].map(shown))  # where a user finds it
         ranking = ranking_for(sweep)
         console.print(candidates_table(board, ranking))
         best = winners(sweep, result.evals)
@@ -87,6 +89,7 @@ def print_result(result, console: Console | None = None) -> None:
             "checkpoint as its result.",
             highlight=False,
         )
+    run_dir = shown(run_dir)
     if (table["status"] == "incomplete").any():
         console.print(
             f"[yellow]Some trials did not finish; continue with `raysoup resume {run_dir}`."

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from engine.core import storage as storage_
 from engine.core.errors import RunError
 from engine.core.session import auth_token
 from engine.submit.paths import local_paths
@@ -215,16 +216,15 @@ def _mib(size: int) -> str:
 def job_storage(sweep: Sweep, storage: str | None) -> str:
     """The folder the job's run directory goes to: `storage` or the sweep's, absolute.
 
-    Raises `SweepError` for a relative folder: the job runs in a temporary copy of the
+    Object storage (`s3://`, `gs://`) is taken as it is. Raises `SweepError` for a relative
+    folder: the job runs in a temporary copy of the
     working directory, which the cluster deletes, run directory and all.
     """
     value = storage or sweep.storage
     field = "--storage" if storage else "storage"
-    if "://" in value:
-        raise SweepError(
-            f"{field}: {value!r}: run directories on object storage are not supported yet; "
-            "give a folder every node of the cluster mounts"
-        )
+    if storage_.is_remote(value):
+        storage_.check_uri(value)
+        return value
     if not Path(value).is_absolute():
         raise SweepError(
             f"{field}: {value!r} is relative: the job runs in a temporary copy of the working "

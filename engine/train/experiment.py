@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ray import tune
 
+from engine.core import storage
 from engine.core.errors import RunError
 from engine.core.rundir import RunDir
 from engine.train import records, schedulers, state
@@ -48,9 +49,11 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
     it (it ended before Tune's state said so), returns at once: nothing is trained or reported
     again.
     """
-    sweep, run = Sweep.model_validate_json(sweep_json), RunDir(Path(run_root))
+    sweep, run = Sweep.model_validate_json(sweep_json), RunDir.at(run_root)
+    model_path = storage.local(model_path)
     trial = identify(sweep, config["trial"], sizes)
     here = run.tune / records.folder_name(tune.get_context().get_trial_id(), trial.name)
+    storage.pull_missing(run.tune)  # on object storage: earlier attempts' folders, any node's
     folders = records.trial_folders(run.tune, trial.name)
     if records.is_finished(folders):
         return
@@ -58,6 +61,9 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
     latest = done[-1] if done else None
     resumed_from = records.checkpoint_info(latest).get("step") if latest else None
     records.record_attempt(here, trial.name, resumed_from)
+    for needed in (run.data / trial.task, model_path, latest):
+        if needed:
+            storage.fetch(needed)
     spec = TrialSpec(
         sweep=sweep.for_trial(trial.values),
         model_path=model_path,
@@ -76,6 +82,24 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
         train(spec, TuneSession(here, keep, latest))
 
 
+class Mirror(tune.Callback):
+    """On object storage: uploads what the driver writes during training (Tune's experiment
+    state, trials' results) every 30 seconds and when a trial ends, so that a driver that dies
+    leaves a run directory another machine can resume."""
+
+    def __init__(self, run: RunDir, seconds: float = 30.0) -> None:
+        self.run, self.due = run, storage.Every(seconds)
+
+    def on_step(self, iteration, trials, **info) -> None:
+        if self.due():
+            self.run.push()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.run.push()
+
+    on_trial_error = on_trial_complete
+
+
 def param_space(sweep: Sweep) -> dict:
     """Tune's param space: one grid axis, `trial`, whose values are the sweep's cells (each
     drawn configuration on every task, data size and seed; `engine.train.axes.cells`), so
@@ -87,8 +111,10 @@ def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes):
     fn = tune.with_parameters(
         run_trial,
         sweep_json=sweep.model_dump_json(),
-        model_path=model_path,
-        run_root=str(run.root),
+        # Locations: a trial's node keeps its copy of a run directory on object storage
+        # wherever its own cache is.
+        model_path=storage.shown(model_path),
+        run_root=run.location,
         sizes=sizes,
     )
     res = sweep.resources
@@ -110,8 +136,8 @@ def start_mode(run: RunDir, rebuild: bool = False) -> str:
     if problem is None:
         return "restore" if tune.Tuner.can_restore(str(run.tune)) else "new"
     started = state.started_trials(run.tune)
-    if not started:
-        return "rebuild"
+    if not started or state.recorded_no_trial(run.tune):
+        return "rebuild"  # nothing Tune saved is lost
     raise RunError(
         f"Tune's saved state in {run.tune} is damaged: {problem}. Nothing was started. "
         f"`raysoup resume {run.root} --rebuild-state` rebuilds the experiment from the "

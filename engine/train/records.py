@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.core import storage
 from engine.core.models import TRIAL_INFO
 from engine.core.rundir import write_atomic
 
@@ -92,6 +93,7 @@ def publish(source: Path, trial_dir: Path, step: int) -> Path:
         if final.exists():  # an earlier attempt saved this step: the same state, made again
             shutil.rmtree(final)
         os.rename(partial, final)
+        storage.upload(final, last=MARKER)  # on object storage: complete there too, then reported
     except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -127,7 +129,8 @@ def marker(checkpoint: Path) -> dict | None:
     try:
         found = json.loads((checkpoint / MARKER).read_text())
         files = found["files"]
-        complete = all((checkpoint / n).stat().st_size == size for n, size in files.items())
+        # A file may be on object storage only, until a process that reads it fetches it.
+        complete = all(storage.size(checkpoint / n) == size for n, size in files.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return found if complete else None
@@ -166,6 +169,7 @@ def prune(trial_dir: Path, keep: int | None) -> None:
     if keep is None:
         return
     for old in complete_checkpoints([trial_dir])[:-keep]:
+        storage.delete(old)  # first: a checkpoint on storage is never newer than here
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -193,6 +197,7 @@ def record_attempt(trial_dir: Path, name: str, resumed_from: int | None) -> None
     }
     with open(trial_dir / ATTEMPTS, "a") as handle:
         handle.write(json.dumps(line) + "\n")
+    storage.upload(trial_dir / ATTEMPTS)
 
 
 def _node_id() -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, MedianStoppingRule, TrialScheduler
 
+from engine.core import storage
 from engine.train import records
 from sweeps import Sweep
 from sweeps.schedulers import Asha, Median, first_report
@@ -58,13 +59,14 @@ class StopRecorder(tune.Callback):
     without completing them, and they resume)."""
 
     def __init__(self, tune_dir: Path, scheduler: str) -> None:
-        self.tune_dir, self.scheduler = str(tune_dir), scheduler
+        # a location, not a path: Tune pickles its callbacks (`storage.local`)
+        self.tune_dir, self.scheduler = storage.shown(tune_dir), scheduler
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
         step, total, name = last.get("step"), last.get("total_steps"), last.get("name")
         if step is None or total is None or name is None or step >= total:
             return
-        folder = Path(self.tune_dir) / records.folder_name(trial.trial_id, name)
+        folder = Path(storage.local(self.tune_dir)) / records.folder_name(trial.trial_id, name)
         kept = {k: v for k, v in last.items() if isinstance(v, (int, float, str))}
         records.record_stop(folder, step, self.scheduler, kept)

@@ -32,6 +32,13 @@ def saved(tune_dir: Path) -> bool:
     return (tune_dir / TUNER).exists() or any(tune_dir.glob(EXPERIMENT))
 
 
+def recorded_no_trial(tune_dir: Path) -> bool:
+    """Tune wrote `tuner.pkl` but never saved its trials (a driver killed in its first seconds,
+    or, on object storage, before its first upload of them): the trials' folders are all there
+    is to know, so rebuilding from them loses nothing."""
+    return (tune_dir / TUNER).is_file() and _newest(tune_dir, EXPERIMENT) is None
+
+
 def damage(tune_dir: Path) -> str | None:
     """What stops Tune from restoring the experiment in `tune_dir`; None when it can be restored
     (or nothing was saved)."""

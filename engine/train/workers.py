@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -24,6 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from engine.core.errors import RunError
 from engine.core.rundir import write_atomic
+from engine.core.storage import fetch, local, shown
 from engine.train import records
 from engine.train.loop import TrialSpec
 from sweeps import Sweep
@@ -56,9 +58,15 @@ def worker_loop(config: dict) -> None:
     from engine.train.loop import train as train_loop
     from engine.train.parallel import DDP, DeepSpeed
 
+    # Locations, not paths: each rank's node has its own copy of a run directory on object
+    # storage, fetched here.
     spec: TrialSpec = config["spec"]
-    trial_dir = Path(config["trial_dir"])
-    latest = Path(config["latest"]) if config["latest"] else None
+    spec = replace(spec, model_path=local(spec.model_path), data_dir=Path(local(spec.data_dir)))
+    trial_dir = Path(local(config["trial_dir"]))
+    latest = Path(local(config["latest"])) if config["latest"] else None
+    for needed in (spec.model_path, spec.data_dir, latest):
+        if needed:
+            fetch(needed)
     kind = DeepSpeed if spec.sweep.deepspeed is not None else DDP
     parallel = kind(spec.sweep, trial_dir)
     ctx = train.get_context()
@@ -97,10 +105,14 @@ def run_workers(
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={
-            "spec": spec,
-            "trial_dir": str(trial_dir),
+            "spec": replace(
+                spec,
+                model_path=shown(spec.model_path),
+                data_dir=shown(spec.data_dir),
+            ),
+            "trial_dir": shown(trial_dir),
             "keep": keep,
-            "latest": str(latest) if latest else None,
+            "latest": shown(latest) if latest else None,
         },
         scaling_config=train.ScalingConfig(
             num_workers=res.workers,
