@@ -167,7 +167,7 @@ def _train(
     callbacks += [EarlyMerges(sweep, run, model_path, sizes)] if sweep.merge else []
     callbacks += [Mirror(run)] if run.uri else []
     if mode == "rebuild" and progress:
-        warn(f"rebuilding the Tune experiment in {run.tune} from the trials' folders")
+        warn(f"rebuilding the Tune experiment in {run.location}/tune from the trials' folders")
     outcome = fit(tuner(sweep, model_path, run, sizes, callbacks, mode))
     run.pull("tune")  # what trials on other nodes wrote
     table = trials_table(run, sweep, sizes)

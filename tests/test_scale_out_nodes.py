@@ -21,6 +21,9 @@ from tests.test_scale_out import group_sweep
 pytestmark = pytest.mark.ray
 
 
+# Slow (a minute): trials across two nodes run on every CI run in test_storage.py and
+# test_submit.py, and queued worker groups in test_scale_out.py; this one with --runslow.
+@pytest.mark.slow
 @pytest.mark.usefixtures("two_nodes")
 def test_spread_workers_land_on_both_nodes_and_queued_trials_finish(tmp_path):
     sweep = group_sweep(

@@ -120,6 +120,47 @@ def test_push_uploads_what_changed_and_pull_keeps_what_the_driver_changed(s3):
     assert (root / "tune" / "experiment_state.json").read_text() == '{"newer": 1}'
 
 
+def test_the_cache_limit_evicts_fetched_weights_least_recently_used_never_held_ones(
+    s3, tmp_path, monkeypatch
+):
+    from engine.core import storage
+    from engine.core.errors import RunError
+
+    writer = storage.local_copy(f"s3://{BUCKET}/unit/limit")
+    for name in ("a", "b", "c"):
+        folder = writer / "tune" / "t" / f"checkpoint_00000{ord(name) - 96}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(name.encode() * 1000)
+        (folder / "config.json").write_text("{}")
+        storage.upload(folder)
+    monkeypatch.setenv("RAYSOUP_CACHE", str(tmp_path / "reader"))
+    monkeypatch.setenv("RAYSOUP_CACHE_LIMIT", "2.5 KB")
+    assert storage.cache_limit() == 2500
+    copy = storage.local_copy(f"s3://{BUCKET}/unit/limit") / "tune" / "t"
+    a, b, c = (copy / f"checkpoint_00000{i}" for i in (1, 2, 3))
+    storage.fetch(a)
+    time.sleep(0.05)
+    storage.fetch(b)
+    time.sleep(0.05)
+    storage.fetch(a)  # used again: b is now the least recently used
+    time.sleep(0.05)
+    storage.fetch(c)  # 3,000 bytes of weights do not fit in 2,500: b goes
+    assert (a / "model.safetensors").is_file() and (c / "model.safetensors").is_file()
+    assert not (b / "model.safetensors").exists()
+    assert storage.size(b / "model.safetensors") == 1000  # still complete: on storage
+    assert (b / "config.json").is_file()  # only weights are evicted
+    with storage.fetched(b):  # back; a (least recently used) goes
+        assert (b / "model.safetensors").read_bytes() == b"b" * 1000
+        assert not (a / "model.safetensors").exists()
+        # Held: fetching a again cannot evict b, so c goes, though b is older.
+        storage.fetch(a)
+        assert (b / "model.safetensors").is_file() and (a / "model.safetensors").is_file()
+        assert not (c / "model.safetensors").exists()
+    monkeypatch.setenv("RAYSOUP_CACHE_LIMIT", "lots")
+    with pytest.raises(RunError, match="RAYSOUP_CACHE_LIMIT='lots' is not a size"):
+        storage.cache_limit()
+
+
 def test_resuming_a_uri_that_holds_no_run_directory_says_so(s3):
     from engine.runner import resume
     from sweeps import SweepError

@@ -236,9 +236,10 @@ def _write_lock(fd: int, holder: dict | None) -> None:
 def tune_state_first(rel: str) -> int:
     """The order of the driver's uploads: Tune's `tuner.pkl`, then its trials
     (`experiment_state-*`), then the rest, its grid's state (`basic-variant-state-*`) among
-    them. A driver killed between two uploads then leaves a state Tune restores: the trials
-    without `tuner.pkl` are never there, and a grid behind its trials only makes trials again
-    that return at once (finished) or continue from their checkpoints."""
+    them: a grid behind its trials only makes trials again, which return at once (finished)
+    or continue from their checkpoints. A driver killed between two uploads can still leave a
+    set Tune cannot restore (trials but no grid yet); a resume then rebuilds the experiment from
+    the trials' folders (`engine.train.experiment.start_mode`)."""
     if rel == "tune/tuner.pkl":
         return 0
     return 1 if rel.startswith("tune/experiment_state-") else 2

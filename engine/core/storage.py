@@ -24,7 +24,9 @@ import contextlib
 import fcntl
 import functools
 import json
+import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -40,6 +42,8 @@ CACHE_ENV = "RAYSOUP_CACHE"
 SCHEMES = ("s3", "gs", "gcs")  # buckets whose objects pyarrow names `<bucket>/<key>`
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
 REMOTE_FILES = ".remote-files.json"
+FETCHED = ".fetched.json"  # in a folder: the weights `fetched` brought into it
+LIMIT_ENV = "RAYSOUP_CACHE_LIMIT"
 SYNC_STATE = ".raysoup-sync.json"
 
 
@@ -183,25 +187,140 @@ class Remote:
 
 
 def fetch(path: str | Path) -> None:
-    """Make the folder (or file) `path` whole on this node when it is on storage: each file
-    missing here, or of another size, is downloaded. Processes on one node share the copy, so a
-    lock per folder keeps them from fetching the same files at once. Nothing for a local path.
-    """
-    remote = Remote.of(path)
-    if remote is None:
+    """Make the folder (or file) `path` whole on this node when it is on storage (`fetched`,
+    without holding it afterwards). Nothing for a local path."""
+    with fetched(path):
+        pass
+
+
+@contextlib.contextmanager
+def fetched(*paths: str | Path | None) -> Iterator[None]:
+    """Make each folder (or file) of `paths` whole on this node when it is on storage, and
+    hold them while the caller reads them: each file missing here, or of another size, is
+    downloaded; processes on one node share the copy, so each folder's lock keeps two of them
+    from fetching it at once, and a cache over its limit (`RAYSOUP_CACHE_LIMIT`) evicts other
+    fetched weights, never held ones. Local paths and None are passed over."""
+    with contextlib.ExitStack() as stack:
+        for path in dict.fromkeys(str(p) for p in paths if p):  # each once: a lock per folder
+            remote = Remote.of(path)
+            if remote is None:
+                continue
+            # Shared while it is read (by any number of processes; eviction skips it), and
+            # exclusive only while files are missing and downloaded: a complete folder that
+            # other processes hold is never waited for.
+            fd = stack.enter_context(_lock(remote.root))
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if _missing(remote):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                _fetch(remote)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            if remote.root.is_dir():
+                for marker in remote.root.rglob(FETCHED):
+                    marker.touch()  # used now: the last to be evicted
+        yield
+
+
+def _missing(remote: Remote) -> dict[str, int]:
+    """The files of `remote` missing here (or of another size): name -> size on storage."""
+    listed = remote.listing() or {"": (remote.fs.get_file_info(remote.base).size, 0.0)}
+    return {
+        rel: bytes_
+        for rel, (bytes_, _) in listed.items()
+        if bytes_ is not None
+        and not (remote.local(rel).is_file() and remote.local(rel).stat().st_size == bytes_)
+    }
+
+
+def _fetch(remote: Remote) -> None:
+    missing = _missing(remote)  # again: another process may have fetched them meanwhile
+    wanted = list(missing)
+    weights = {rel: bytes_ for rel, bytes_ in missing.items() if _lazy(remote.local(rel))}
+    _make_room(sum(weights.values()), remote.root)
+    _each(remote.download, wanted)
+    if remote.root.is_dir():
+        for stale in remote.root.rglob(REMOTE_FILES):
+            stale.unlink(missing_ok=True)
+    _note_fetched(remote, weights)
+
+
+# -- the cache's size limit ------------------------------------------------------------------
+
+
+def cache_limit() -> int | None:
+    """`RAYSOUP_CACHE_LIMIT` in bytes (`500GB`, `20 GiB`, `1000000`); None when unset."""
+    text = os.environ.get(LIMIT_ENV, "").strip()
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?", text, re.IGNORECASE)
+    if not match:
+        raise RunError(
+            f"{LIMIT_ENV}={text!r} is not a size; give bytes, or a number with KB, MB, GB or TB"
+        )
+    number, unit, binary = match.groups()
+    scale = (1024 if binary else 1000) ** "_KMGT".index(unit.upper() or "_")
+    return int(float(number) * scale)
+
+
+def _note_fetched(remote: Remote, weights: dict[str, int]) -> None:
+    """Record in each folder the weights fetched into it (`.fetched.json`, touched at each
+    use): what eviction may delete again, least recently used first."""
+    by_folder: dict[Path, dict[str, int]] = {}
+    for rel, bytes_ in weights.items():
+        path = remote.local(rel)
+        by_folder.setdefault(path.parent, {})[path.name] = bytes_
+    for folder, names in by_folder.items():
+        marker = folder / FETCHED
+        with contextlib.suppress(OSError, ValueError):
+            names = {**json.loads(marker.read_text()), **names}
+        marker.write_text(json.dumps(names))
+
+
+def _make_room(needed: int, keep: Path) -> None:
+    """Evict fetched weights, least recently used first, until `needed` more bytes fit under
+    the cache's limit. A folder another process holds (`fetched`) is passed over; weights
+    evicted are listed in `.remote-files.json`, so their checkpoint still counts as complete and
+    the next `fetched` brings them back. When nothing more can go, the limit is exceeded and a
+    warning says so."""
+    limit = cache_limit()
+    if limit is None:
         return
-    with _locked(remote.root):
-        listed = remote.listing() or {"": (remote.fs.get_file_info(remote.base).size, 0.0)}
-        wanted = [
-            rel
-            for rel, (bytes_, _) in listed.items()
-            if bytes_ is not None
-            and not (remote.local(rel).is_file() and remote.local(rel).stat().st_size == bytes_)
-        ]
-        _each(remote.download, wanted)
-        if remote.root.is_dir():
-            for stale in remote.root.rglob(REMOTE_FILES):
-                stale.unlink(missing_ok=True)
+    found = []
+    for marker in cache_root().rglob(FETCHED):
+        try:
+            names = json.loads(marker.read_text())
+            held = sum(size for n, size in names.items() if (marker.parent / n).is_file())
+            found.append((marker.stat().st_mtime, marker.parent, names, held))
+        except (OSError, ValueError):
+            continue
+    total = sum(entry[3] for entry in found)
+    for _, folder, names, held in sorted(found, key=lambda entry: entry[0]):
+        if total + needed <= limit:
+            return
+        if folder == keep or keep in folder.parents:
+            continue
+        with _lock(folder) as fd:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being read
+            listed = folder / REMOTE_FILES
+            with contextlib.suppress(OSError, ValueError):
+                names = {**json.loads(listed.read_text()), **names}
+            listed.write_text(json.dumps(names))
+            for name in names:
+                (folder / name).unlink(missing_ok=True)
+            (folder / FETCHED).unlink(missing_ok=True)
+        total -= held
+    if total + needed > limit:
+        logging.getLogger("raysoup").warning(
+            "%s: the cache holds %d bytes of fetched weights and needs %d more, over its "
+            "limit of %d (%s): what is over it is in use",
+            cache_root(),
+            total,
+            needed,
+            limit,
+            LIMIT_ENV,
+        )
 
 
 def upload(path: str | Path, last: str | None = None) -> int:
@@ -390,13 +509,13 @@ class _State:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _lock(path: Path) -> Iterator[int]:
+    """The open lock file of a folder of the copy (`flock` it); closing it releases the lock."""
     lock = path.parent / f".{path.name}.fetch.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)
 

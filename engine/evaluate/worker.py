@@ -106,10 +106,8 @@ class EvalActor:
         try:
             path = storage.local(spec["path"])
             base = storage.local(spec["base"]) if spec.get("base") else None
-            for needed in (path, base):
-                if needed:
-                    storage.fetch(needed)  # on object storage: to this actor's node
-            model, tokenizer_path = load_for_eval(path, base)
+            with storage.fetched(path, base):  # on object storage: to this actor's node
+                model, tokenizer_path = load_for_eval(path, base)
             if self.device.type == "cuda" and not torch.cuda.is_available():
                 raise RuntimeError("gpus_per_actor is set but this actor sees no CUDA device")
             model.to(self.device).eval()

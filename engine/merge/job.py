@@ -35,11 +35,10 @@ def run_job(
     times["started_at"] = started
     out = run.merges / job.candidate
     try:
-        for needed in (base, *job.inputs, run.data if job.greedy else None):
-            if needed:
-                storage.fetch(needed)  # on object storage: to this node
-        inputs = [full_weights(path, base, run) for path in job.inputs]
-        kept = _merge(job, inputs, out, sweep, run, base)
+        # On object storage: fetched to this node, and held while the merge reads them.
+        with storage.fetched(base, *job.inputs, run.data if job.greedy else None):
+            inputs = [full_weights(path, base, run) for path in job.inputs]
+            kept = _merge(job, inputs, out, sweep, run, base)
         storage.upload(out)
     except Exception as err:  # a failed merge is a result, not a crash of the sweep
         return {

@@ -61,9 +61,6 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
     latest = done[-1] if done else None
     resumed_from = records.checkpoint_info(latest).get("step") if latest else None
     records.record_attempt(here, trial.name, resumed_from)
-    for needed in (run.data / trial.task, model_path, latest):
-        if needed:
-            storage.fetch(needed)
     spec = TrialSpec(
         sweep=sweep.for_trial(trial.values),
         model_path=model_path,
@@ -77,9 +74,10 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
     if sweep.uses_worker_group():
         from engine.train.workers import run_workers
 
-        run_workers(spec, here, keep, latest, run.worker_groups)
+        run_workers(spec, here, keep, latest, run.worker_groups)  # each rank fetches
     else:
-        train(spec, TuneSession(here, keep, latest))
+        with storage.fetched(spec.data_dir, model_path, latest):  # on object storage
+            train(spec, TuneSession(here, keep, latest))
 
 
 class Mirror(tune.Callback):
@@ -129,15 +127,18 @@ def start_mode(run: RunDir, rebuild: bool = False) -> str:
     """How the train stage starts: `restore` the experiment Tune saved in `tune/`, start a
     `new` one, or `rebuild` it from the trials' folders (asked for, or Tune's state is damaged
     before any trial started, so nothing is lost). Raises `RunError` when the state is damaged
-    and trials started: restoring would train them all again under new ids."""
+    and trials started: restoring would train them all again under new ids. On object storage
+    a damaged state is rebuilt without asking: Tune's files are the driver's uploads, one by
+    one, which a killed driver can leave cut between two of them, while each trial's folder is
+    uploaded whole (`engine/core/storage.py`)."""
     if rebuild:
         return "rebuild"
     problem = state.damage(run.tune)
     if problem is None:
         return "restore" if tune.Tuner.can_restore(str(run.tune)) else "new"
     started = state.started_trials(run.tune)
-    if not started or state.recorded_no_trial(run.tune):
-        return "rebuild"  # nothing Tune saved is lost
+    if not started or state.recorded_no_trial(run.tune) or run.uri:
+        return "rebuild"  # nothing Tune saved is lost, or what it saved was cut
     raise RunError(
         f"Tune's saved state in {run.tune} is damaged: {problem}. Nothing was started. "
         f"`raysoup resume {run.root} --rebuild-state` rebuilds the experiment from the "

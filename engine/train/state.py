@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ray.cloudpickle as cloudpickle
 
+from engine.core import storage
 from engine.train import records
 
 TUNER = "tuner.pkl"
@@ -79,10 +80,12 @@ def started_trials(tune_dir: Path) -> int:
 
 def set_aside(tune_dir: Path) -> Path:
     """Move Tune's experiment files (not the trials' folders) into `tune/.damaged-<time>/`, so
-    a new experiment starts in `tune/`; returns that folder."""
+    a new experiment starts in `tune/`; returns that folder. On object storage they are deleted
+    there (the copy here keeps them aside), so no later pull brings them back."""
     aside = tune_dir / f"{ASIDE}{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     aside.mkdir()
     for path in tune_dir.iterdir():
         if path.is_file():
+            storage.delete(path)
             path.rename(aside / path.name)
     return aside

@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from engine.core.errors import RunError
 from engine.core.rundir import write_atomic
-from engine.core.storage import fetch, local, shown
+from engine.core.storage import fetched, local, shown
 from engine.train import records
 from engine.train.loop import TrialSpec
 from sweeps import Sweep
@@ -53,20 +53,22 @@ class TrainSession:
 
 def worker_loop(config: dict) -> None:
     """What each worker of the group runs."""
-    import torch.distributed as dist
-
-    from engine.train.loop import train as train_loop
-    from engine.train.parallel import DDP, DeepSpeed
-
     # Locations, not paths: each rank's node has its own copy of a run directory on object
     # storage, fetched here.
     spec: TrialSpec = config["spec"]
     spec = replace(spec, model_path=local(spec.model_path), data_dir=Path(local(spec.data_dir)))
     trial_dir = Path(local(config["trial_dir"]))
     latest = Path(local(config["latest"])) if config["latest"] else None
-    for needed in (spec.model_path, spec.data_dir, latest):
-        if needed:
-            fetch(needed)
+    with fetched(spec.model_path, spec.data_dir, latest):
+        _run_rank(spec, trial_dir, latest, config["keep"])
+
+
+def _run_rank(spec: TrialSpec, trial_dir: Path, latest: Path | None, keep: int | None) -> None:
+    import torch.distributed as dist
+
+    from engine.train.loop import train as train_loop
+    from engine.train.parallel import DDP, DeepSpeed
+
     kind = DeepSpeed if spec.sweep.deepspeed is not None else DDP
     parallel = kind(spec.sweep, trial_dir)
     ctx = train.get_context()
@@ -81,7 +83,7 @@ def worker_loop(config: dict) -> None:
     if parallel.rank == 0:
         trial_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(trial_dir / WORKERS_FILE, json.dumps(everyone, indent=2))
-    train_loop(spec, TrainSession(trial_dir, config["keep"], latest), parallel)
+    train_loop(spec, TrainSession(trial_dir, keep, latest), parallel)
 
 
 def run_workers(
