@@ -202,7 +202,7 @@ class DataConfig(Strict):
     rejected_field: str = Field(
         "rejected", description="Field with the rejected completion (format `preference`)."
     )
-    seed: int = Field(
+    seed: NonNegInt = Field(
         0,
         description="Seed of the one shuffle of the data; data-scale subsets "
         "are prefixes of that order, so smaller subsets lie inside larger ones.",
@@ -451,7 +451,7 @@ class Sweep(Strict):
         "prepared training set ([0.25, 1.0]), or a log-spaced range of either "
         "({log_range: [100, 10000], points: 5}). Null: the whole set.",
     )
-    seeds: list[int] = Field(
+    seeds: list[NonNegInt] = Field(
         [0],
         min_length=1,
         description="Seed axis: every setting is trained "

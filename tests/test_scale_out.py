@@ -209,6 +209,10 @@ def test_zero3_writes_gathered_safetensors_shards(ddp, storage):
     assert_close(found, weights(Path(full_trial(ddp)["checkpoint"])), atol=1e-4)
 
 
+# Slow (over a minute on 2 cores): a failed trial's row and its siblings finishing run on every
+# CI run in test_sweep_run.py for single-process trials; this one, for worker groups, with
+# --runslow.
+@pytest.mark.slow
 def test_a_failed_worker_group_fails_its_trial_only_and_frees_its_workers(storage):
     import ray
 
