@@ -33,6 +33,7 @@ from sweeps.objectives import (
 from sweeps.plans import MergePlan
 from sweeps.scale import DataScale, ScalingConfig
 from sweeps.schedulers import Fifo, Scheduler, check_grace, check_scheduler_type
+from sweeps.searchers import Grid, Search, check_search_type, check_searcher
 from sweeps.selection import Stage, check_stage_types
 from sweeps.space import Space, grid_size, searchable
 
@@ -459,8 +460,15 @@ class Sweep(Strict):
     )
     num_samples: PositiveInt = Field(
         1,
-        description="Draws from the sampled spaces (choice, uniform, ...) for each grid point; "
-        "each draw is made once and trained on every task, data size and seed.",
+        description="Draws from the sampled spaces (choice, uniform, ...) for each grid point, "
+        "or with a learning searcher (`search.type` optuna, hyperopt) the configurations it "
+        "suggests; each is trained on every task, data size and seed.",
+    )
+    search: Search = Field(
+        default_factory=lambda: Grid(type="grid"),
+        description="How configurations are chosen: `grid` (drawn before training), `random`, "
+        "or a searcher that learns from finished trials, `optuna` or `hyperopt` (see "
+        "docs/search.md).",
     )
     metric: str = Field(
         "eval_loss",
@@ -542,6 +550,11 @@ class Sweep(Strict):
     def _known_scheduler(cls, value):
         return check_scheduler_type(value)
 
+    @field_validator("search", mode="before")
+    @classmethod
+    def _known_search(cls, value):
+        return check_search_type(value)
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, value: list[int]) -> list[int]:
@@ -608,6 +621,11 @@ class Sweep(Strict):
                 "supported yet for worker-group trials (resources.workers > 1 or deepspeed): "
                 "stopping one must also stop its Ray Train workers; use fifo"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _search_fits(self):
+        check_searcher(self)
         return self
 
     def uses_worker_group(self) -> bool:
@@ -693,8 +711,11 @@ class Sweep(Strict):
         )
 
     def for_trial(self, params: dict[str, Any]) -> Sweep:
-        """This sweep with each search space replaced by the trial's value, re-validated."""
+        """This sweep with each search space replaced by the trial's value, re-validated (with
+        nothing left to search, as a grid: a learning searcher refuses a sweep without
+        spaces)."""
         data = self.model_dump(mode="json")
+        data["search"] = {"type": "grid"}
         for path, value in params.items():
             _set_path(data, path, value)
         return Sweep.model_validate(data)

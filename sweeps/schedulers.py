@@ -100,7 +100,8 @@ def check_scheduler_type(value):
     if kind not in SCHEDULER_TYPES:
         raise ValueError(
             f"type: unknown scheduler type {kind!r}; known: {', '.join(SCHEDULER_TYPES)} "
-            "(hyperband: use asha with brackets > 1, its asynchronous form)"
+            "(hyperband: use asha with brackets > 1, its asynchronous form; pbt and pb2 are "
+            "not supported yet)"
         )
     return value
 
@@ -113,10 +114,20 @@ def first_report(sweep, time: str) -> int:
     if time == "step":
         return steps
     workers = sweep.resources.workers
+    if sweep.search.learns():  # no configuration yet: the smallest the spaces allow
+        batch = ("train.batch_size", "train.grad_accum")
+        candidates = [{p: _lowest(s) for p, s in sweep.search_space().items() if p in batch}]
+    else:
+        candidates = [c.values for c in configurations(sweep)]
     return min(
         steps * t.batch_size * t.grad_accum * workers
-        for t in (sweep.for_trial(c.values).train for c in configurations(sweep))
+        for t in (sweep.for_trial(values).train for values in candidates)
     )
+
+
+def _lowest(space) -> int:
+    values = space.values()
+    return min(values) if values else space.bounds()[0]
 
 
 def check_grace(sweep) -> None:

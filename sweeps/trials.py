@@ -26,6 +26,12 @@ SIGNIFICANT = 3  # digits of a float in a name, raised where that is needed to t
 RESULT_STATUSES = ("done", "stopped")
 
 
+def searched_columns(sweep) -> list[str]:
+    """The trial table's columns of what was searched: every searched field (by dotted path),
+    after the suggested point's number (`p3`) with a learning searcher."""
+    return (["point"] if sweep.search.learns() else []) + list(sweep.search_space())
+
+
 def with_result(trials):
     """The rows of a trial table whose trials left a model: done or stopped, with a checkpoint."""
     return trials[trials["status"].isin(RESULT_STATUSES) & trials["checkpoint"].notna()]
@@ -56,11 +62,15 @@ class Configuration:
 
 def configurations(sweep) -> list[Configuration]:
     """Every configuration of the sweep: each grid point, `num_samples` times, with fresh
-    draws of the sampled spaces for each; labelled by the fields whose values differ."""
+    draws of the sampled spaces for each; labelled by the fields whose values differ. A
+    learning searcher (`search.type` optuna, hyperopt) has none before the sweep runs."""
+    if sweep.search.learns():
+        raise ValueError(f"search.type {sweep.search.type} suggests configurations as it runs")
     spaces = sweep.search_space()
     grids = {p: s.values() for p, s in spaces.items() if s.key == "grid"}
     sampled = {p: s for p, s in spaces.items() if s.key != "grid"}
-    rng = np.random.default_rng(sweep.data.seed)
+    seed = getattr(sweep.search, "seed", None)  # random search's own seed
+    rng = np.random.default_rng(sweep.data.seed if seed is None else seed)
     drawn = []
     for _ in range(sweep.num_samples):
         for point in itertools.product(*grids.values()):
@@ -122,8 +132,10 @@ def group_label(sweep, group: dict[str, Any]) -> str:
     """A merge's name for a group of trials from the values they share, in the order of trial
     names (`add/lr=0.002/n500`); `all` for the whole sweep. Searched floats are rounded as in
     trial names, so two groups never share a label."""
-    digits = field_digits([c.values for c in configurations(sweep)])
+    learns = sweep.search.learns()  # suggested points: their number tells them apart
+    digits = {} if learns else field_digits([c.values for c in configurations(sweep)])
     parts = [str(group["task"])] if sweep.tasks and group.get("task") is not None else []
+    parts += [str(group["point"])] if learns and group.get("point") is not None else []
     parts += [
         value_label(p, group[p], digits.get(p, SIGNIFICANT))
         for p in sweep.search_space()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from merging.soups import select_checkpoints
 from sweeps import Sweep
 from sweeps.plans import AXES, plan_names
-from sweeps.trials import group_label, value_label, with_result
+from sweeps.trials import group_label, searched_columns, value_label, with_result
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -92,7 +92,10 @@ def _checkpoint_averages(name: str, plan, done: pd.DataFrame, sweep: Sweep) -> l
 
 def _soups(name: str, plan, trials: pd.DataFrame, sweep: Sweep) -> list[MergeJob]:
     axes = group_axes(sweep)
-    keys = [] if plan.across == "all" else [a for a in axes if a not in plan.across]
+    across = [] if plan.across == "all" else plan.across
+    if set(across) & set(sweep.search_space()):  # a suggested point is one set of values
+        across = [*across, "point"]
+    keys = [] if plan.across == "all" else [a for a in axes if a not in across]
     jobs = []
     for group, rows in _groups(trials, keys):
         members = with_result(rows)
@@ -170,8 +173,8 @@ def task_merge_recipe(method: str, parameters: dict, base: str, models: list[str
 
 def group_axes(sweep: Sweep) -> list[str]:
     """The trials-table columns that tell trials apart: the task, size and seed axes, and every
-    searched field."""
-    return [*AXES, *sweep.search_space()]
+    searched field (after a learning searcher's point)."""
+    return [*AXES, *searched_columns(sweep)]
 
 
 def _groups(trials: pd.DataFrame, keys: list[str]):

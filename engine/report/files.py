@@ -92,9 +92,8 @@ def _figures(sweep: Sweep, trials: pd.DataFrame, board, ranking: Ranking) -> dic
             f"Learning curves: {metric} of each trial at every report",
             plot_curves(curves, metric),
         )
-    progress = (
-        search_progress(trials, metric, sweep.direction()) if sweep.scheduler.stops_trials() else []
-    )
+    searched = sweep.scheduler.stops_trials() or sweep.search.learns()
+    progress = search_progress(trials, metric, sweep.direction()) if searched else []
     if len(progress) > 1:
         figures["search_progress"] = (
             f"The best {metric} so far against the optimizer steps spent, as trials ended",

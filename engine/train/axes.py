@@ -10,8 +10,10 @@ merges, evaluations), whether it finished or failed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from engine.train import records
 from sweeps import Sweep
 from sweeps.trials import configurations, trial_name
 
@@ -27,6 +29,7 @@ class TrialIdentity:
     seed: int
     data_size: int | None
     values: dict[str, Any]
+    point: str | None = None  # the point a learning searcher suggested (`p3`)
 
 
 def cells(sweep: Sweep) -> list[dict]:
@@ -48,9 +51,13 @@ def identify(sweep: Sweep, cell: dict, sizes: Sizes) -> TrialIdentity:
     task, size = cell["task"], cell["data_size"]
     count = None if size is None else sizes[task][str(size)]
     name = trial_name(sweep, task, cell["config"]["label"], count, cell["seed"])
-    return TrialIdentity(name, task, cell["seed"], count, dict(cell["config"]["values"]))
+    values, point = dict(cell["config"]["values"]), cell["config"].get("point")
+    return TrialIdentity(name, task, cell["seed"], count, values, point)
 
 
-def identities(sweep: Sweep, sizes: Sizes) -> list[TrialIdentity]:
-    """Every trial of the sweep, in the order of `cells`."""
-    return [identify(sweep, cell, sizes) for cell in cells(sweep)]
+def identities(sweep: Sweep, sizes: Sizes, tune_dir: Path | None = None) -> list[TrialIdentity]:
+    """Every trial of the sweep, in the order of `cells`; with a learning searcher, every
+    trial it started so far (the cells its trials recorded in `tune_dir`, which it needs)."""
+    learns = sweep.search.learns() and tune_dir is not None
+    found = records.recorded_cells(tune_dir) if learns else cells(sweep)
+    return [identify(sweep, cell, sizes) for cell in found]

@@ -13,7 +13,7 @@ from ray import tune
 from engine.core import storage
 from engine.core.errors import RunError
 from engine.core.rundir import RunDir
-from engine.train import records, schedulers, state
+from engine.train import records, schedulers, searchers, state
 from engine.train.axes import Sizes, cells, identify
 from engine.train.loop import TrialSpec, train
 from sweeps import Sweep
@@ -46,8 +46,8 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
 
     `sizes` turns the data-size axis value (a count or a fraction) into the task's exact count.
     A trial whose folders already hold its last checkpoint, or say that the scheduler stopped
-    it (it ended before Tune's state said so), returns at once: nothing is trained or reported
-    again.
+    it (it ended before Tune's state said so), is not trained again: it reports the metrics of
+    its newest checkpoint once, which a searcher and a scheduler expect of every trial.
     """
     sweep, run = Sweep.model_validate_json(sweep_json), RunDir.at(run_root)
     model_path = storage.local(model_path)
@@ -55,12 +55,14 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
     here = run.tune / records.folder_name(tune.get_context().get_trial_id(), trial.name)
     storage.pull_missing(run.tune)  # on object storage: earlier attempts' folders, any node's
     folders = records.trial_folders(run.tune, trial.name)
-    if records.is_finished(folders):
-        return
     done = records.complete_checkpoints(folders)
     latest = done[-1] if done else None
+    if records.is_finished(folders):
+        if latest is not None:
+            tune.report(records.checkpoint_info(latest))
+        return
     resumed_from = records.checkpoint_info(latest).get("step") if latest else None
-    records.record_attempt(here, trial.name, resumed_from)
+    records.record_attempt(here, trial.name, resumed_from, config["trial"])
     spec = TrialSpec(
         sweep=sweep.for_trial(trial.values),
         model_path=model_path,
@@ -98,10 +100,13 @@ class Mirror(tune.Callback):
     on_trial_error = on_trial_complete
 
 
-def param_space(sweep: Sweep) -> dict:
+def param_space(sweep: Sweep) -> dict | None:
     """Tune's param space: one grid axis, `trial`, whose values are the sweep's cells (each
     drawn configuration on every task, data size and seed; `engine.train.axes.cells`), so
-    that each configuration is trained unchanged on every task, data size and seed."""
+    that each configuration is trained unchanged on every task, data size and seed. None with
+    a learning searcher: it gives each trial its cell (`engine/train/searchers.py`)."""
+    if sweep.search.learns():
+        return None
     return {"trial": tune.grid_search(cells(sweep))}
 
 
@@ -174,6 +179,13 @@ def tuner(
             ) from err
     todo = None
     if mode == "rebuild":
+        if sweep.search.learns():
+            raise RunError(
+                f"Tune's saved state in {run.tune} cannot be restored, and a sweep whose "
+                f"configurations {sweep.search.type} suggests cannot be rebuilt from its trial "
+                "folders (the searcher's state is part of Tune's); start it again under a new "
+                "name, or restore Tune's files from a copy"
+            )
         if state.saved(run.tune):
             state.set_aside(run.tune)
         todo = unfinished(sweep, run, sizes)
@@ -209,10 +221,12 @@ def _new_tuner(
     )
     # Reusing trial processes saves each trial the start of a Ray worker and the import of
     # torch and transformers; every trial seeds everything it uses, so results do not change.
+    learns = sweep.search.learns()
     tune_config = tune.TuneConfig(
-        # The samples are drawn before training: the cells hold them. Tune knows the metric
-        # only for the scheduler; raysoup ranks trials itself.
-        num_samples=1,
+        # Drawn samples are in the cells; a learning searcher makes every trial's cell. Tune
+        # knows the metric only for the scheduler and searcher; raysoup ranks trials itself.
+        num_samples=sweep.trial_count() if learns else 1,
+        search_alg=searchers.build(sweep) if learns else None,
         scheduler=schedulers.build(sweep),
         reuse_actors=True,
         max_concurrent_trials=max_concurrent(sweep),
@@ -223,9 +237,11 @@ def _new_tuner(
 
 
 def max_concurrent(sweep: Sweep) -> int | None:
-    """`resources.max_concurrent`; for worker-group trials at most as many as the cluster
-    holds groups, or trials' own processes would take the CPUs their groups wait for."""
-    cap = sweep.resources.max_concurrent
+    """`resources.max_concurrent` (and a learning searcher's `max_concurrent`: the lower);
+    for worker-group trials at most as many as the cluster holds groups, or trials' own
+    processes would take the CPUs their groups wait for."""
+    caps = [sweep.resources.max_concurrent, getattr(sweep.search, "max_concurrent", None)]
+    cap = min((c for c in caps if c is not None), default=None)
     if not sweep.uses_worker_group():
         return cap
     from engine.train.workers import group_capacity

@@ -184,11 +184,15 @@ def remove_partial(trial_dir: Path) -> None:
 # -- attempts ------------------------------------------------------------------------------
 
 
-def record_attempt(trial_dir: Path, name: str, resumed_from: int | None) -> None:
-    """Add a line to the trial's `attempts.jsonl`: who started it, where, from which step."""
+def record_attempt(
+    trial_dir: Path, name: str, resumed_from: int | None, cell: dict | None = None
+) -> None:
+    """Add a line to the trial's `attempts.jsonl`: who started it, where, from which step, and
+    its cell (`engine/train/axes.py`: what a learning searcher suggested is known only here)."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     line = {
         "name": name,
+        "cell": cell,
         "started_at": time.time(),
         "host": socket.gethostname(),
         "node_id": _node_id(),
@@ -206,6 +210,17 @@ def _node_id() -> str | None:
     if ray is None or not ray.is_initialized():
         return None
     return ray.get_runtime_context().get_node_id()
+
+
+def recorded_cells(tune_dir: Path) -> list[dict]:
+    """The cell of every trial started in `tune_dir`, once each, in the order they started."""
+    found: dict[str, tuple[float, dict]] = {}
+    folders = [d for d in tune_dir.iterdir() if d.is_dir()] if tune_dir.is_dir() else []
+    for folder in folders:
+        for line in read_attempts(folder):
+            if line.get("cell") and line["name"] not in found:
+                found[line["name"]] = (line["started_at"], line["cell"])
+    return [cell for _, cell in sorted(found.values(), key=lambda item: item[0])]
 
 
 def read_attempts(folder: Path) -> list[dict]:

@@ -3,11 +3,12 @@ so that the experiment is rebuilt from the trials' folders.
 
 Tune 2.60 restores an experiment from `tuner.pkl`, the newest `experiment_state-*.json` (the
 trials and their statuses) and the newest `basic-variant-state-*.json` (which trials the grid
-has made). When one of them is missing or unreadable, Tune logs "Failed to restore the run
-state" and starts a new experiment: every trial again under a new id. raysoup checks them
-first and stops instead (`damage`); `raysoup resume --rebuild-state` moves them aside
-(`set_aside`) and starts an experiment of the trials that have not finished, each continuing
-from the newest complete checkpoint of its name (`engine/train/records.py`).
+has made) or, with a learning searcher, `search_gen_state-*.json` and `searcher-state-*.pkl`
+(the searcher and what it was told). When one of them is missing or unreadable, Tune logs
+"Failed to restore the run state" and starts a new experiment: every trial again under a new
+id. raysoup checks them first and stops instead (`damage`); `raysoup resume --rebuild-state`
+moves them aside (`set_aside`) and starts an experiment of the trials that have not finished,
+each continuing from the newest complete checkpoint of its name (`engine/train/records.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from engine.train import records
 TUNER = "tuner.pkl"
 EXPERIMENT = "experiment_state-*.json"
 SEARCH = "basic-variant-state-*.json"
+# A learning searcher's: its wrappers' state (a pickle despite the name), and the searcher's.
+SEARCH_GENERATOR, SEARCHER = "search_gen_state-*.json", "searcher-state-*.pkl"
 ASIDE = ".damaged-"
 
 
@@ -55,14 +58,26 @@ def damage(tune_dir: Path) -> str | None:
         trials = json.loads(experiment.read_text())["trial_data"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"{experiment.name} cannot be read ({type(err).__name__}: {err})"
-    search = _newest(tune_dir, SEARCH)
-    if search is None and trials:
-        return f"there is {experiment.name} but no {SEARCH} (which trials the grid made)"
-    if search is not None:
-        try:
-            cloudpickle.loads(search.read_bytes())
-        except (OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-            return f"{search.name} cannot be read ({type(err).__name__}: {err})"
+    if _newest(tune_dir, SEARCH_GENERATOR) is not None:
+        return _unreadable(tune_dir, SEARCH_GENERATOR) or _unreadable(tune_dir, SEARCHER)
+    if _newest(tune_dir, SEARCH) is None:
+        return (
+            f"there is {experiment.name} but no {SEARCH} (which trials the grid made)"
+            if (trials)
+            else None
+        )
+    return _unreadable(tune_dir, SEARCH)
+
+
+def _unreadable(tune_dir: Path, pattern: str) -> str | None:
+    """Why the newest pickle of `pattern` cannot be read: missing, cut or damaged."""
+    found = _newest(tune_dir, pattern)
+    if found is None:
+        return f"there is no {pattern}"
+    try:
+        cloudpickle.loads(found.read_bytes())
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        return f"{found.name} cannot be read ({type(err).__name__}: {err})"
     return None
 
 

@@ -13,7 +13,7 @@ from engine.train.axes import Sizes, TrialIdentity, identities
 from sweeps import Sweep
 from sweeps.leaderboard import format_cell as cell
 from sweeps.objectives import PREFERENCE_METRICS
-from sweeps.trials import RESULT_STATUSES
+from sweeps.trials import RESULT_STATUSES, searched_columns
 
 FIXED = [
     "name",
@@ -55,12 +55,13 @@ def trials_table(run: RunDir, sweep: Sweep, sizes: Sizes) -> pd.DataFrame:
     checkpoints; read from the trials' folders (`engine/train/records.py`), not from Tune's
     state, so the table holds what is on disk whatever Tune managed to save."""
     rows = []
-    for trial in identities(sweep, sizes):
+    for trial in identities(sweep, sizes, run.tune):
         folders = records.trial_folders(run.tune, trial.name)
         if folders:  # a trial Tune never started (stopped by Ctrl-C first) has no row
             rows.append(_row(records.read_trial(folders), trial, sweep.metric))
     metric = [sweep.metric] if sweep.metric not in FIXED + EXTRA else []
-    table = pd.DataFrame(rows, columns=FIXED + list(sweep.search_space()) + metric + EXTRA)
+    searched = searched_columns(sweep)
+    table = pd.DataFrame(rows, columns=FIXED + searched + metric + EXTRA)
     return table.sort_values("trial_id", ignore_index=True)
 
 
@@ -98,6 +99,8 @@ def _row(record: records.TrialRecord, trial: TrialIdentity, metric: str) -> dict
         "path": str(record.path),
     }
     row.update(trial.values)
+    if trial.point is not None:
+        row["point"] = trial.point
     row.setdefault(metric, metrics.get(metric))  # an evaluation metric the trial computed
     return row
 

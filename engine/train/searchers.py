@@ -1,0 +1,158 @@
+"""Tune's searcher for a learning `search` (optuna, hyperopt), each point replicated.
+
+The searcher suggests a *point* (one value for every searched field); `Replicates` trains it as
+one trial per task, data size and seed, the cells of the point, and tells the searcher the
+point's score once all of them ended: the mean of the sweep's `metric` over the point's trials
+at the largest data size (every task and seed), as each last reported it. A trial that failed
+or never reported the metric is left out of the mean; a point with no score left is reported
+to the searcher as failed. Its state (the points, their trials and scores) is saved with Tune's
+experiment, so a resumed sweep goes on with the searcher where it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+from ray import tune
+from ray.tune.search import Searcher
+
+from sweeps import Sweep
+from sweeps.space import Choice, LogUniform, RandInt, Space, Uniform
+from sweeps.trials import SIGNIFICANT, value_label
+
+
+def build(sweep: Sweep) -> Replicates:
+    """The searcher of `sweep.search`, wrapped so that each point runs on every replicate."""
+    inner = BUILDERS[sweep.search.type](sweep, tune_space(sweep))
+    return Replicates(inner, sweep)
+
+
+def tune_space(sweep: Sweep) -> dict[str, Any]:
+    """The sweep's sampled spaces as Tune's search space, by dotted field path."""
+    return {path: _domain(space) for path, space in sweep.search_space().items()}
+
+
+def _domain(space: Space):
+    if isinstance(space, Choice):
+        return tune.choice(space.values())
+    low, high = space.bounds()
+    if isinstance(space, RandInt):
+        return tune.randint(low, high + 1)  # Tune's upper bound is excluded, ours included
+    if isinstance(space, LogUniform):
+        return tune.loguniform(low, high)
+    if isinstance(space, Uniform):
+        return tune.uniform(low, high)
+    raise ValueError(f"a {space.key} space cannot be searched")  # refused at validate
+
+
+def _optuna(sweep: Sweep, space: dict) -> Searcher:
+    import optuna  # only for sweeps that search with it
+    from ray.tune.search.optuna import OptunaSearch
+
+    config = sweep.search
+    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.startup_trials)
+    return OptunaSearch(space, metric=sweep.metric, mode=sweep.direction(), sampler=sampler)
+
+
+def _hyperopt(sweep: Sweep, space: dict) -> Searcher:
+    from ray.tune.search.hyperopt import HyperOptSearch  # only for sweeps that search with it
+
+    config = sweep.search
+    return HyperOptSearch(
+        space,
+        metric=sweep.metric,
+        mode=sweep.direction(),
+        n_initial_points=config.startup_trials,
+        random_state_seed=config.seed,
+    )
+
+
+BUILDERS = {"optuna": _optuna, "hyperopt": _hyperopt}
+
+
+class Replicates(Searcher):
+    """Each suggested point as one trial per task, data size and seed (see the module)."""
+
+    def __init__(self, searcher: Searcher, sweep: Sweep) -> None:
+        super().__init__(metric=sweep.metric, mode=sweep.direction())
+        self.searcher = searcher  # the name Tune's SearchGenerator looks for to save it
+        sizes = sweep.data_scale or [None]
+        self.replicas = [
+            {"task": task, "data_size": size, "seed": seed}
+            for task in sweep.task_names()
+            for size in sizes
+            for seed in sweep.seeds
+        ]
+        self.scored_size = sizes[-1]  # data-scale values are sorted, largest last
+        self.points: list[dict] = []  # {"id", "label", "trials": {trial id: score or None}}
+        self.queue: deque = deque()  # cells of the newest point not yet given to Tune
+        self.point_of: dict[str, int] = {}  # trial id -> index in `points`
+        self.scored: set[str] = set()  # the trials at the scored data size
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if not self.queue:
+            point_id = f"p{len(self.points)}"
+            values = self.searcher.suggest(point_id)
+            if values is None or values == Searcher.FINISHED:
+                return values
+            values = {path: _plain(value) for path, value in values.items()}
+            label = point_label(point_id, values)
+            self.points.append({"id": point_id, "label": label, "trials": {}})
+            config = {"label": label, "values": values, "point": point_id}
+            self.queue.extend({"config": config, **replica} for replica in self.replicas)
+        cell = self.queue.popleft()
+        index = len(self.points) - 1
+        self.point_of[trial_id] = index
+        self.points[index]["trials"][trial_id] = None
+        if cell["data_size"] == self.scored_size:
+            self.scored.add(trial_id)
+        return {"trial": cell}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        index = self.point_of.get(trial_id)
+        if index is None:  # not ours (a trial of an experiment this one replaced)
+            return
+        point = self.points[index]
+        score = (result or {}).get(self.metric) if trial_id in self.scored else None
+        point["trials"][trial_id] = _finite(score, error)
+        if len(point["trials"]) == len(self.replicas) and None not in point["trials"].values():
+            scores = [s for s in point["trials"].values() if not math.isnan(s)]
+            if scores:
+                mean = sum(scores) / len(scores)
+                self.searcher.on_trial_complete(point["id"], {self.metric: mean})
+            else:
+                self.searcher.on_trial_complete(point["id"], None, error=True)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the searcher was built with the sweep's space, metric and mode
+
+    def get_state(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "searcher"}
+
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+
+def point_label(point_id: str, values: dict[str, Any]) -> str:
+    """A suggested point's label: its number, then its values (`p3/lr=0.00123/r=16`)."""
+    return "/".join([point_id, *(value_label(p, v, SIGNIFICANT) for p, v in values.items())])
+
+
+def _plain(value: Any) -> Any:
+    """A searcher's value as plain Python (numpy scalars from some of them)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _finite(score, error: bool) -> float:
+    """A replicate's score, NaN when it has none (failed, or not at the scored size)."""
+    if error or not isinstance(score, (int, float)) or not math.isfinite(score):
+        return math.nan
+    return float(score)

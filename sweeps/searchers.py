@@ -1,0 +1,119 @@
+"""Searchers: how a sweep chooses its configurations, chosen by `search.type`.
+
+`grid` and `random` draw every configuration before training (`sweeps.trials`); `optuna` and
+`hyperopt` suggest each one from the scores of the configurations that finished before it, so
+the sampled spaces (`choice`, `uniform`, `loguniform`, `randint`) are theirs to explore and
+`num_samples` is how many configurations they suggest. Every configuration, drawn or suggested,
+is trained on every task, data size and seed (docs/search.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated, ClassVar, Literal, Union
+
+from pydantic import Field
+
+from sweeps.base import Strict
+
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+MAX_CONCURRENT_HELP = (
+    "Trials running at once while the searcher waits for scores (null: as many as the "
+    "resources allow); fewer at once lets later suggestions learn from more results."
+)
+
+
+class SearchConfig(Strict):
+    package: ClassVar[str | None] = None  # the optional package it needs (`raysoup[search]`)
+
+    def learns(self) -> bool:
+        """Whether configurations are suggested from finished trials (not drawn up front)."""
+        return self.package is not None
+
+
+class Grid(SearchConfig):
+    """Every grid point, with the sampled spaces drawn `num_samples` times for each from
+    `data.seed`, all before training (the default)."""
+
+    type: Literal["grid"] = Field(..., description="`grid`.")
+
+
+class Random(SearchConfig):
+    """As `grid`, drawn from a seed of its own: random search, whose seed can change without
+    changing the data's."""
+
+    type: Literal["random"] = Field(..., description="`random`.")
+    seed: NonNegInt | None = Field(
+        None, description="Seed of the draws; null: `data.seed` (as `grid`)."
+    )
+
+
+class _Learning(SearchConfig):
+    seed: NonNegInt = Field(0, description="Seed of the searcher's own random draws.")
+    max_concurrent: PositiveInt | None = Field(None, description=MAX_CONCURRENT_HELP)
+
+
+class Optuna(_Learning):
+    """Optuna's TPE sampler (Tune's `OptunaSearch`)."""
+
+    type: Literal["optuna"] = Field(..., description="`optuna`.")
+    package: ClassVar[str] = "optuna"
+    startup_trials: PositiveInt = Field(
+        10, description="Configurations drawn at random before TPE models the scores."
+    )
+
+
+class HyperOpt(_Learning):
+    """HyperOpt's TPE (Tune's `HyperOptSearch`)."""
+
+    type: Literal["hyperopt"] = Field(..., description="`hyperopt`.")
+    package: ClassVar[str] = "hyperopt"
+    startup_trials: PositiveInt = Field(
+        20, description="Configurations drawn at random before TPE models the scores."
+    )
+
+
+SEARCHERS = (Grid, Random, Optuna, HyperOpt)
+SEARCH_TYPES = tuple(s.model_fields["type"].annotation.__args__[0] for s in SEARCHERS)
+Search = Annotated[Union[SEARCHERS], Field(discriminator="type")]  # noqa: UP007 (a tuple)
+NOT_BUILT = {"bohb": "bohb (Tune's BOHB needs hpbandster, last released in 2018)"}
+
+
+def check_search_type(value):
+    """Name an unknown or missing `type` with the known ones (before pydantic's union error)."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    if kind in NOT_BUILT:
+        raise ValueError(f"type: {NOT_BUILT[kind]} is not supported yet; known: " + _known())
+    if kind not in SEARCH_TYPES:
+        raise ValueError(f"type: unknown search type {kind!r}; known: {_known()}")
+    return value
+
+
+def _known() -> str:
+    return ", ".join(SEARCH_TYPES)
+
+
+def check_searcher(sweep) -> None:
+    """Refuse what a learning searcher cannot search: a grid space (it suggests every value
+    itself), no sampled space at all, or its package missing. `sweep` is a `Sweep`."""
+    config = sweep.search
+    if not config.learns():
+        return
+    spaces = sweep.search_space()
+    grids = [path for path, space in spaces.items() if space.key == "grid"]
+    if grids:
+        raise ValueError(
+            f"search.type: {config.type} suggests every value itself, but {grids[0]} holds a "
+            "grid; give it a `choice` of the same values (or use search.type grid)"
+        )
+    if not spaces:
+        raise ValueError(
+            f"search.type: {config.type} has nothing to search: no field holds a choice, "
+            "uniform, loguniform or randint space"
+        )
+    if importlib.util.find_spec(config.package) is None:
+        raise ValueError(
+            f"search.type: {config.type} needs the package {config.package!r}, which is not "
+            "installed: pip install 'raysoup[search]'"
+        )

@@ -1,0 +1,270 @@
+"""Learning searchers (optuna, hyperopt): each suggested point trained on every seed, the
+searcher told the mean over seeds, its state saved and restored with Tune's; bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from ray.tune.search import Searcher
+from ray.tune.search.search_generator import SearchGenerator
+
+import engine
+from engine.train import searchers
+from sweeps import SweepError, parse_sweep
+from sweeps.space import LogUniform
+from sweeps.trials import short_number
+from tests.test_resume import _finished_trials, _raysoup, _results
+from tests.test_sweep_config import sweep_dict
+from tests.test_sweep_run import tiny_sweep
+
+SPACE = {"train__lr": {"loguniform": [1e-4, 1e-2]}, "train__batch_size": {"choice": [4, 8]}}
+
+
+def searched(kind: str, **extra) -> dict:
+    return sweep_dict(search={"type": kind, "startup_trials": 2, "seed": 3}, **SPACE, **extra)
+
+
+@pytest.fixture(scope="module")
+def optuna_run(tmp_path_factory, ray_local):
+    sweep = tiny_sweep(
+        "optuna",
+        finetune={"method": "full"},
+        train={
+            "lr": {"loguniform": [1e-4, 1e-2]},
+            "max_steps": 4,
+            "batch_size": 8,
+            "seq_len": 24,
+            "eval_every": 2,
+        },
+        data_scale=None,
+        seeds=[0, 1],
+        num_samples=3,
+        search={"type": "optuna", "startup_trials": 2, "seed": 1},
+        merge=[{"type": "soup"}],
+    )
+    storage = tmp_path_factory.mktemp("runs")
+    return engine.run(parse_sweep(sweep), storage=str(storage), progress=False)
+
+
+def test_each_suggested_point_is_trained_on_every_seed(optuna_run):
+    trials = optuna_run.trials
+    assert set(trials["status"]) == {"done"}, trials["error"].tolist()
+    assert sorted(set(trials["point"])) == ["p0", "p1", "p2"]
+    for _, point in trials.groupby("point"):
+        assert sorted(point["seed"]) == [0, 1]
+        assert point["train.lr"].nunique() == 1  # the same configuration on both seeds
+    assert trials["train.lr"].between(1e-4, 1e-2).all()
+    assert trials["train.lr"].nunique() == 3
+
+
+def test_the_searcher_learned_each_points_mean_over_seeds(optuna_run):
+    state = _searcher_state(Path(optuna_run.run_dir) / "tune")
+    learned = {t.params["train.lr"]: t.value for t in state["_ot_study"].trials}
+    assert len(learned) == 3
+    for _, point in optuna_run.trials.groupby("point"):
+        lr = point["train.lr"].iloc[0]
+        assert learned[lr] == pytest.approx(point["eval_loss"].mean(), rel=1e-9)
+
+
+def test_a_soup_across_seeds_is_made_per_point(optuna_run):
+    soups = optuna_run.merges
+    assert sorted(soups["candidate"]) == sorted(
+        f"soup/{p}/lr={lr}" for p, lr in _labels(optuna_run.trials)
+    )
+    assert all(len(ingredients) == 2 for ingredients in soups["ingredients"])
+
+
+def test_the_report_shows_the_best_score_as_points_finished(optuna_run):
+    page = (Path(optuna_run.run_dir) / "report.html").read_text()
+    assert "How the search spent its compute" in page
+
+
+def _labels(trials):
+    first = trials.drop_duplicates("point")
+    return [(p, short_number(lr)) for p, lr in zip(first["point"], first["train.lr"])]
+
+
+def _searcher_state(tune_dir: Path) -> dict:
+    newest = sorted(tune_dir.glob("searcher-state-*.pkl"))[-1]  # named by time: last is newest
+    with open(newest, "rb") as handle:
+        return pickle.load(handle)
+
+
+@pytest.mark.parametrize("kind", ["optuna", "hyperopt"])
+def test_points_come_from_the_space_and_each_runs_on_every_replicate(kind):
+    sweep = parse_sweep(searched(kind, seeds=[0, 1], data_scale=[40, 160], num_samples=3))
+    search = searchers.build(sweep)
+    cells = [search.suggest(f"t{i}")["trial"] for i in range(8)]
+    points = {}
+    for cell in cells:
+        points.setdefault(cell["config"]["point"], []).append(cell)
+    assert list(points) == ["p0", "p1"]
+    for replicas in points.values():  # every seed on every data size, one configuration
+        assert sorted((c["data_size"], c["seed"]) for c in replicas) == [
+            (40, 0), (40, 1), (160, 0), (160, 1)
+        ]  # fmt: skip
+        values = replicas[0]["config"]["values"]
+        assert all(c["config"]["values"] == values for c in replicas)
+        assert 1e-4 <= values["train.lr"] <= 1e-2 and values["train.batch_size"] in (4, 8)
+        assert type(values["train.batch_size"]) is int  # plain Python, never numpy
+
+
+def test_a_point_is_scored_by_the_mean_at_the_largest_data_size():
+    sweep = parse_sweep(searched("optuna", seeds=[0, 1, 2], data_scale=[40, 160]))
+    inner = _Recorder()
+    search = searchers.Replicates(inner, sweep)
+    cells = {f"t{i}": search.suggest(f"t{i}")["trial"] for i in range(6)}
+    scores = {(40, 0): 9.0, (40, 1): 9.0, (40, 2): 9.0, (160, 0): 2.0, (160, 1): 4.0}
+    for trial_id, cell in cells.items():
+        key = (cell["data_size"], cell["seed"])
+        failed = key not in scores  # (160, 2) fails: left out of the mean
+        search.on_trial_complete(trial_id, {"eval_loss": scores.get(key)}, error=failed)
+        assert inner.told == ([] if trial_id != "t5" else [("p0", {"eval_loss": 3.0}, False)])
+
+
+def test_a_point_whose_scored_replicates_all_failed_is_told_as_failed():
+    search = searchers.Replicates(_Recorder(), parse_sweep(searched("optuna", seeds=[0, 1])))
+    for trial_id in ("a", "b"):
+        search.suggest(trial_id)
+    search.on_trial_complete("a", {"eval_loss": math.nan})
+    search.on_trial_complete("b", None, error=True)
+    assert search.searcher.told == [("p0", None, True)]
+
+
+def test_the_searchers_state_survives_a_new_driver(tmp_path):
+    """Tune saves the searcher with its experiment and restores it into the searcher of the
+    resumed sweep: points keep their numbers and values, the scores already told stay told,
+    and no point is suggested twice."""
+    sweep = parse_sweep(searched("optuna", seeds=[0, 1], num_samples=4))
+    first = SearchGenerator(searchers.build(sweep))
+    given = {f"t{i}": first.searcher.suggest(f"t{i}")["trial"] for i in range(3)}
+    for trial_id in ("t0", "t1"):
+        first.searcher.on_trial_complete(trial_id, {"eval_loss": 1.0})
+    first.save_to_dir(str(tmp_path), session_str="before")
+
+    again = SearchGenerator(searchers.build(sweep))
+    again.restore_from_dir(str(tmp_path))
+    search = again.searcher
+    assert search.suggest("t3") == {"trial": {**given["t2"], "seed": 1}}  # p1's second seed
+    later = [search.suggest(f"t{i}")["trial"]["config"] for i in range(4, 8)]
+    assert [c["point"] for c in later] == ["p2", "p2", "p3", "p3"]
+    values = [given["t0"]["config"]["values"], given["t2"]["config"]["values"]]
+    values += [c["values"] for c in later[::2]]
+    assert len({tuple(v.items()) for v in values}) == 4  # no configuration suggested twice
+    study = search.searcher._ot_study
+    assert [t.value for t in study.trials if t.value is not None] == [1.0]  # p0, told before
+    search.on_trial_complete("t2", {"eval_loss": 3.0})
+    search.on_trial_complete("t3", {"eval_loss": 5.0})
+    assert [t.value for t in study.trials if t.value is not None] == [1.0, 4.0]
+
+
+class _Recorder(Searcher):
+    """A searcher that suggests one fixed point and records what it is told."""
+
+    def __init__(self):
+        super().__init__(metric="eval_loss", mode="min")
+        self.told = []
+
+    def suggest(self, trial_id):
+        return {"train.lr": 1e-3, "train.batch_size": 8}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.told.append((trial_id, result, error))
+
+
+def test_a_learning_sweep_counts_its_trials_and_keeps_its_spaces():
+    sweep = parse_sweep(searched("hyperopt", seeds=[0, 1], num_samples=5))
+    assert sweep.trial_count() == 10
+    assert isinstance(sweep.search_space()["train.lr"], LogUniform)
+    assert sweep.for_trial({"train.lr": 1e-3, "train.batch_size": 4}).search.type == "grid"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"search": {"type": "smac"}}, "unknown search type 'smac'; known: grid, random, optuna"),
+        ({"search": {"type": "bohb"}}, "bohb (Tune's BOHB needs hpbandster"),
+        ({"search": {"seed": 1}}, "unknown search type None"),
+        ({"search": {"type": "grid", "seed": 1}}, "search.grid.seed: unknown key"),
+        (
+            {"search": {"type": "optuna"}, "train__lr": {"grid": [1e-4, 1e-3]}},
+            "search.type: optuna suggests every value itself, but train.lr holds a grid",
+        ),
+        ({"search": {"type": "hyperopt"}}, "search.type: hyperopt has nothing to search"),
+        ({"search": {"type": "optuna", "startup_trials": 0}}, "search.optuna.startup_trials"),
+        ({"search": {"type": "optuna", "max_concurrent": 0}}, "search.optuna.max_concurrent"),
+        ({"scheduler": {"type": "pbt"}}, "pbt and pb2 are not supported yet"),
+    ],
+)
+def test_bad_search_settings_name_the_field(overrides, message):
+    with pytest.raises(SweepError) as err:
+        parse_sweep(sweep_dict(**overrides))
+    assert message in str(err.value)
+
+
+def test_a_missing_searcher_package_is_named(monkeypatch):
+    find_spec = importlib.util.find_spec
+    missing = lambda name: None if name == "optuna" else find_spec(name)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", missing)
+    with pytest.raises(SweepError) as err:
+        parse_sweep(searched("optuna"))
+    assert "search.type: optuna needs the package 'optuna', which is not installed" in str(
+        err.value
+    )
+
+
+def test_a_killed_sweep_resumes_with_its_searchers_state(tmp_path):
+    """The driver killed (SIGKILL, with the local Ray it started) once three trials finished:
+    the resumed sweep keeps the points suggested before, trains the rest of them, and the
+    searcher ends with every point told once; no finished trial is trained again."""
+    sweep = tiny_sweep(
+        "killed",
+        finetune={"method": "full"},
+        train={"lr": {"loguniform": [1e-4, 1e-2]}, "max_steps": 4, "seq_len": 24},
+        data_scale=None,
+        seeds=[0, 1],
+        num_samples=4,
+        search={"type": "optuna", "startup_trials": 2},
+        resources={"max_concurrent": 1},
+    )
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(sweep))
+    run_dir = tmp_path / "runs" / "killed"
+    driver = _raysoup(
+        "run", str(sweep_file), "--storage", str(tmp_path / "runs"), start_new_session=True
+    )
+    deadline = time.time() + 300
+    while len(_finished_trials(run_dir / "tune")) < 3 and time.time() < deadline:
+        assert driver.poll() is None, driver.stdout.read()
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    before = _results(run_dir / "tune")
+    finished = _finished_trials(run_dir / "tune")
+    assert 3 <= len(finished) < 8, "the sweep finished before it could be killed"
+
+    resumed = _raysoup("resume", str(run_dir))
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(trials) == 8 and set(trials["status"]) == {"done"}, trials["error"].tolist()
+    assert sorted(set(trials["point"])) == ["p0", "p1", "p2", "p3"]
+    assert trials.groupby("point")["train.lr"].nunique().eq(1).all()
+    assert trials["train.lr"].nunique() == 4  # no configuration suggested twice
+    after = _results(run_dir / "tune")
+    for folder in (d for d in before if d.split("-", 1)[0] in finished):
+        assert after[folder] == before[folder], f"finished trial {folder} was trained again"
+    study = _searcher_state(run_dir / "tune")["_ot_study"]
+    means = trials.groupby("train.lr")["eval_loss"].mean()
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    for told in study.trials:
+        assert told.value == pytest.approx(means[told.params["train.lr"]], rel=1e-9)
