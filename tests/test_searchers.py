@@ -21,7 +21,7 @@ import engine
 from engine.train import searchers
 from sweeps import SweepError, parse_sweep
 from sweeps.space import LogUniform
-from sweeps.trials import short_number
+from sweeps.trials import configurations, short_number
 from tests.test_resume import _finished_trials, _raysoup, _results
 from tests.test_sweep_config import sweep_dict
 from tests.test_sweep_run import tiny_sweep
@@ -268,3 +268,16 @@ def test_a_killed_sweep_resumes_with_its_searchers_state(tmp_path):
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
     for told in study.trials:
         assert told.value == pytest.approx(means[told.params["train.lr"]], rel=1e-9)
+
+
+def test_random_search_draws_from_its_own_seed():
+    space = {"train__lr": {"loguniform": [1e-4, 1e-2]}, "num_samples": 4, "data__seed": 7}
+
+    def drawn(search):
+        return [c.values for c in configurations(parse_sweep(sweep_dict(search=search, **space)))]
+
+    grid = drawn({"type": "grid"})
+    assert drawn({"type": "random"}) == grid  # no seed of its own: data.seed's draws
+    other = drawn({"type": "random", "seed": 8})
+    assert other != grid and other == drawn({"type": "random", "seed": 8})
+    assert all(1e-4 <= c["train.lr"] <= 1e-2 for c in other)
