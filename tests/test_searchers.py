@@ -18,6 +18,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.search_generator import SearchGenerator
 
 import engine
+from engine.core.errors import RunError
 from engine.train import searchers
 from sweeps import SweepError, parse_sweep
 from sweeps.space import LogUniform
@@ -222,6 +223,9 @@ def test_a_missing_searcher_package_is_named(monkeypatch):
     )
 
 
+# About a minute on 2 cores: with --runslow. Without it, the save and restore through Tune's
+# SearchGenerator above checks the same state.
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_with_its_searchers_state(tmp_path):
     """The driver killed (SIGKILL, with the local Ray it started) once three trials finished:
     the resumed sweep keeps the points suggested before, trains the rest of them, and the
@@ -281,3 +285,14 @@ def test_random_search_draws_from_its_own_seed():
     other = drawn({"type": "random", "seed": 8})
     assert other != grid and other == drawn({"type": "random", "seed": 8})
     assert all(1e-4 <= c["train.lr"] <= 1e-2 for c in other)
+
+
+def test_a_searched_sweep_is_never_rebuilt_without_its_searcher(optuna_run):
+    """Rebuilding from the trial folders would start the search again: refused, and Tune's
+    files are left where they are."""
+    tune_dir = Path(optuna_run.run_dir) / "tune"
+    saved = sorted(p.name for p in tune_dir.iterdir() if p.is_file())
+    with pytest.raises(RunError) as err:
+        engine.resume(optuna_run.run_dir, progress=False, rebuild_state=True)
+    assert "cannot be rebuilt from its trial folders" in str(err.value)
+    assert sorted(p.name for p in tune_dir.iterdir() if p.is_file()) == saved
