@@ -139,6 +139,8 @@ def test_a_point_whose_scored_replicates_all_failed_is_told_as_failed():
     search.on_trial_complete("a", {"eval_loss": math.nan})
     search.on_trial_complete("b", None, error=True)
     assert search.searcher.told == [("p0", None, True)]
+    search.on_trial_complete("b", {"eval_loss": 2.0})  # retried by a resume: told once only
+    assert search.searcher.told == [("p0", None, True)]
 
 
 def test_the_searchers_state_survives_a_new_driver(tmp_path):

@@ -5,8 +5,10 @@ one trial per task, data size and seed, the cells of the point, and tells the se
 point's score once all of them ended: the mean of the sweep's `metric` over the point's trials
 at the largest data size (every task and seed), as each last reported it. A trial that failed
 or never reported the metric is left out of the mean; a point with no score left is reported
-to the searcher as failed. Its state (the points, their trials and scores) is saved with Tune's
-experiment, so a resumed sweep goes on with the searcher where it was.
+to the searcher as failed. A point is told once: a failed trial that a resume trains again
+later does not change what the searcher learned. Its state (the points, their trials and
+scores) is saved with Tune's experiment, so a resumed sweep goes on with the searcher where it
+was.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class Replicates(Searcher):
             for seed in sweep.seeds
         ]
         self.scored_size = sizes[-1]  # data-scale values are sorted, largest last
-        self.points: list[dict] = []  # {"id", "label", "trials": {trial id: score or None}}
+        self.points: list[dict] = []  # {"id", "label", "trials": {trial id: score}, "told"}
         self.queue: deque = deque()  # cells of the newest point not yet given to Tune
         self.point_of: dict[str, int] = {}  # trial id -> index in `points`
         self.scored: set[str] = set()  # the trials at the scored data size
@@ -117,7 +119,9 @@ class Replicates(Searcher):
         point = self.points[index]
         score = (result or {}).get(self.metric) if trial_id in self.scored else None
         point["trials"][trial_id] = _finite(score, error)
-        if len(point["trials"]) == len(self.replicas) and None not in point["trials"].values():
+        ended = len(point["trials"]) == len(self.replicas) and None not in point["trials"].values()
+        if ended and not point.get("told"):  # once: a searcher refuses a second score
+            point["told"] = True
             scores = [s for s in point["trials"].values() if not math.isnan(s)]
             if scores:
                 mean = sum(scores) / len(scores)
