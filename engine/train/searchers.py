@@ -22,7 +22,7 @@ from ray.tune.search import Searcher
 
 from sweeps import Sweep
 from sweeps.space import Choice, LogUniform, RandInt, Space, Uniform
-from sweeps.trials import SIGNIFICANT, value_label
+from sweeps.trials import value_label
 
 
 def build(sweep: Sweep) -> Replicates:
@@ -147,7 +147,7 @@ class Replicates(Searcher):
 
 def point_label(point_id: str, values: dict[str, Any]) -> str:
     """A suggested point's label: its number, then its values (`p3/lr=0.00123/r=16`)."""
-    return "/".join([point_id, *(value_label(p, v, SIGNIFICANT) for p, v in values.items())])
+    return "/".join([point_id, *(value_label(path, v) for path, v in values.items())])
 
 
 def _plain(value: Any) -> Any:

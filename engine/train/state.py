@@ -60,13 +60,11 @@ def damage(tune_dir: Path) -> str | None:
         return f"{experiment.name} cannot be read ({type(err).__name__}: {err})"
     if _newest(tune_dir, SEARCH_GENERATOR) is not None:
         return _unreadable(tune_dir, SEARCH_GENERATOR) or _unreadable(tune_dir, SEARCHER)
-    if _newest(tune_dir, SEARCH) is None:
-        return (
-            f"there is {experiment.name} but no {SEARCH} (which trials the grid made)"
-            if (trials)
-            else None
-        )
-    return _unreadable(tune_dir, SEARCH)
+    if _newest(tune_dir, SEARCH) is not None:
+        return _unreadable(tune_dir, SEARCH)
+    if trials:
+        return f"there is {experiment.name} but no {SEARCH} (which trials the grid made)"
+    return None
 
 
 def _unreadable(tune_dir: Path, pattern: str) -> str | None:
