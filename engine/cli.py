@@ -14,10 +14,12 @@ from importlib import metadata
 from pathlib import Path
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 
 from sweeps import SweepError, load_sweep
+from sweeps.load import YAML_SUFFIXES, convert_wandb
 
 
 def _version(show: bool) -> None:
@@ -315,6 +317,50 @@ def demo(storage: str | None = StorageOption) -> None:
     console.print(f"Demo sweep: {DEMO_SWEEP}")
     _use_cluster(None)
     _run(load_sweep(DEMO_SWEEP), storage)
+
+
+convert_app = typer.Typer(
+    help="Convert sweep files of other tools into raysoup sweep files.", no_args_is_help=True
+)
+app.add_typer(convert_app, name="convert")
+
+
+@convert_app.command("wandb")
+@user_errors
+def convert_wandb_file(
+    sweep: Path = typer.Argument(
+        ..., help="W&B sweep file (.yaml) whose parameters name raysoup fields (train.lr)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Raysoup sweep file to write (.yaml)."),
+    base: Path | None = typer.Option(
+        None,
+        "--base",
+        help="Raysoup sweep file (.yaml) the parameters are written over: the model, data and "
+        "everything the W&B file does not set. Its relative paths are kept as written.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+) -> None:
+    """Convert a W&B sweep file into a raysoup sweep file, validated (docs/wandb-sweep-files.md)."""
+    if out.suffix not in YAML_SUFFIXES:
+        raise SweepError(f"--out {out}: a raysoup sweep file is .yaml or .yml")
+    if out.resolve() in [p.resolve() for p in (sweep, base) if p is not None]:
+        raise SweepError(f"--out {out}: is one of the input files, which are never changed")
+    if out.exists() and not force:
+        raise SweepError(f"--out {out}: exists; pass --force to overwrite it")
+    converted = convert_wandb(sweep, base)
+    out.write_text(yaml.safe_dump(converted, sort_keys=False))
+    errors.print(
+        f"wrote {out}; check it with `raysoup validate {out}`", highlight=False, markup=False
+    )
+    if base is not None and base.resolve().parent != out.resolve().parent:
+        errors.print(
+            f"note: relative paths kept from {base} are now taken from {out.parent}, the "
+            "folder of --out",
+            style="yellow",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 k8s = typer.Typer(help="Kubernetes manifests (KubeRay) for sweeps.", no_args_is_help=True)
