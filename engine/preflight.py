@@ -15,6 +15,7 @@ from engine.evaluate.checks import evaluate_problems
 from engine.merge.checks import task_merge_problems
 from engine.prepare.checks import data_problems
 from engine.prepare.inspect import inspect_data
+from engine.tracking.checks import tracking_problems
 from engine.train.checks import (
     attention_problems,
     deepspeed_problems,
@@ -36,6 +37,7 @@ def check(sweep: Sweep) -> Findings:
     found = Findings(problems=data_problems(sweep) + model_problems(sweep))
     found.problems += precision_problems(sweep) + attention_problems(sweep)
     found.problems += deepspeed_problems(sweep) + qlora_problems(sweep) + check_plans(sweep)
+    found.problems += tracking_problems(sweep)
     found += storage_findings(sweep)
     if not found.problems:
         found.problems += lora_problems(sweep)

@@ -24,6 +24,8 @@ from engine.prepare.stage import prepare
 from engine.report.files import write_report
 from engine.report.result import SweepResult, load_result
 from engine.report.scaling import write_scaling
+from engine.tracking.results import log_merges, log_results
+from engine.tracking.wandb_runs import Tracker, WandbTrials, guarded
 from engine.train.experiment import Mirror, fit, start_mode, tuner
 from engine.train.progress import TrialProgress
 from engine.train.table import trials_table, write_results
@@ -146,18 +148,31 @@ def _stages(sweep: Sweep, run: RunDir, held: Held, progress: bool, mode: str) ->
             manifest = prepare(sweep, run, model_path)
         run.push()
         sizes = task_sizes(sweep, manifest)
-        table = _train(sweep, run, model_path, sizes, progress, mode)
+        tracker = Tracker(sweep, run) if sweep.tracking.wandb_on() else None
+        if tracker:  # a stage that stops the sweep leaves no W&B run open
+            stack.callback(tracker.end_all, "interrupted")
+        table = _train(sweep, run, model_path, sizes, progress, mode, tracker)
         write_scaling(table, sweep, run)
         run.push()
         merges = merge_stage(sweep, run, table, model_path, progress) if sweep.merge else None
+        if tracker:
+            guarded(log_merges)(tracker, merges)
         run.push()
         evals = eval_stage(sweep, run, table, merges, model_path, progress)
     write_report(sweep, run, table, merges, evals)
+    if tracker:
+        guarded(log_results)(tracker, run, table, merges, evals)
     return SweepResult(run.root, sweep, table, merges, evals)
 
 
 def _train(
-    sweep: Sweep, run: RunDir, model_path: str, sizes, progress: bool, mode: str
+    sweep: Sweep,
+    run: RunDir,
+    model_path: str,
+    sizes,
+    progress: bool,
+    mode: str,
+    tracker: Tracker | None = None,
 ) -> pd.DataFrame:
     """The train stage: the Tune experiment, then `trials.parquet` from the trials' folders.
 
@@ -166,6 +181,7 @@ def _train(
     callbacks = [TrialProgress(sweep.trial_count(), sweep.metric)] if progress else []
     callbacks += [EarlyMerges(sweep, run, model_path, sizes)] if sweep.merge else []
     callbacks += [Mirror(run)] if run.uri else []
+    callbacks += [WandbTrials(tracker, sizes)] if tracker else []
     if mode == "rebuild" and progress:
         warn(f"rebuilding the Tune experiment in {run.location}/tune from the trials' folders")
     outcome = fit(tuner(sweep, model_path, run, sizes, callbacks, mode))

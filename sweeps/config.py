@@ -36,6 +36,7 @@ from sweeps.schedulers import Fifo, Scheduler, check_grace, check_scheduler_type
 from sweeps.searchers import Grid, Search, check_search_type, check_searcher
 from sweeps.selection import Stage, check_stage_types
 from sweeps.space import Space, grid_size, searchable
+from sweeps.tracking import TrackingConfig
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
@@ -513,6 +514,11 @@ class Sweep(Strict):
         None,
         description="Runtime environment of the job when the sweep is sent with "
         "`raysoup submit` (see clusters/README.md).",
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Experiment tracking besides the run directory: Weights & Biases "
+        "(docs/wandb.md).",
     )
     evaluate: EvaluateConfig = Field(
         default_factory=EvaluateConfig,
