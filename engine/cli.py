@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sweeps import SweepError, load_sweep
-from sweeps.load import YAML_SUFFIXES, convert_wandb
+from sweeps.load import YAML_SUFFIXES, convert_wandb, script_sweep_data
 
 
 def _version(show: bool) -> None:
@@ -43,6 +43,7 @@ StorageOption = typer.Option(
     "--storage",
     help="Folder that holds run directories (default: the sweep's `storage`, `runs`).",
 )
+SCRIPT = "W&B sweep files with program or command"
 RayOption = typer.Option(
     None,
     "--address",
@@ -114,6 +115,12 @@ def validate(sweep: Path = typer.Argument(..., help="Sweep file (.yaml or .py)."
     from engine.core.progress import show_findings
     from engine.preflight import check
 
+    if script_sweep_data(sweep) is not None:
+        from engine.agent import plan  # no Ray: what would run
+
+        described = escape(plan.describe(plan.load(sweep)))
+        console.print(f"[green]ok[/] {sweep}: {described}", soft_wrap=True)
+        return
     definition = load_sweep(sweep)
     show_findings(check(definition), console)
     spaces = definition.search_space()
@@ -137,9 +144,56 @@ def run(
         "directory's inputs/ and read them there (what `raysoup submit`'s jobs do: their "
         "working directory is deleted with them).",
     ),
+    seed: int | None = typer.Option(
+        None,
+        "--seed",
+        help="Seed of method random's draws and bayes's sampler (default 0).",
+        rich_help_panel=SCRIPT,
+    ),
+    wandb_mode: str | None = typer.Option(
+        None,
+        "--wandb-mode",
+        help="WANDB_MODE of the scripts: offline (default) or online.",
+        rich_help_panel=SCRIPT,
+    ),
+    wandb_sweep_id: str | None = typer.Option(
+        None,
+        "--wandb-sweep-id",
+        help="WANDB_SWEEP_ID of the scripts: the id of a sweep "
+        "W&B's server knows (default: none, so the runs sync anywhere).",
+        rich_help_panel=SCRIPT,
+    ),
+    cpus_per_trial: float | None = typer.Option(
+        None,
+        "--cpus-per-trial",
+        help="CPUs each trial reserves (default 1).",
+        rich_help_panel=SCRIPT,
+    ),
+    gpus_per_trial: float | None = typer.Option(
+        None,
+        "--gpus-per-trial",
+        help="GPUs each trial reserves (default 0).",
+        rich_help_panel=SCRIPT,
+    ),
 ) -> None:
-    """Run a sweep: prepare data, train, merge, evaluate every candidate, write the report."""
+    """Run a sweep: prepare data, train, merge, evaluate every candidate, write the report.
+
+    A W&B sweep file with `program` or `command` runs its script for each configuration,
+    as W&B's agent would, each a Ray Tune trial (docs/wandb-sweep-files.md)."""
     _use_cluster(address)
+    script_options = {
+        "--seed": seed,
+        "--wandb-mode": wandb_mode,
+        "--wandb-sweep-id": wandb_sweep_id,
+        "--cpus-per-trial": cpus_per_trial,
+        "--gpus-per-trial": gpus_per_trial,
+    }
+    if script_sweep_data(sweep) is not None:
+        _run_script_sweep(sweep, storage, script_options, stage_inputs)
+        return
+    given = [flag for flag, value in script_options.items() if value is not None]
+    if given:
+        raise SweepError(f"{given[0]}: only for W&B sweep files with `program` or `command`")
     definition = load_sweep(sweep)
     if stage_inputs:
         from engine.submit.inputs import stage_inputs as staged
@@ -607,6 +661,21 @@ def _took(start_ms: int | None, end_ms: int | None) -> str:
         return "-"
     seconds = ((end_ms or time.time() * 1000) - start_ms) / 1000
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _run_script_sweep(sweep: Path, storage: str | None, flags: dict, stage: bool) -> None:
+    """A W&B sweep file's script, as Ray Tune trials; exit 1 when any trial failed."""
+    from engine.agent import experiment, plan, results
+
+    if stage:
+        raise SweepError("--stage-inputs: not for a W&B sweep file that runs a script")
+    given = {flag[2:].replace("-", "_"): v for flag, v in flags.items() if v is not None}
+    given["sweep_id"] = given.pop("wandb_sweep_id", None)
+    options = experiment.AgentOptions(storage=storage or "runs", **given)
+    result = experiment.run(plan.load(sweep), options)
+    results.print_result(result, console)
+    if result.failures():
+        raise typer.Exit(1)
 
 
 def _run(definition, storage: str | None) -> None:

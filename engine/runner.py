@@ -143,14 +143,14 @@ def _stages(sweep: Sweep, run: RunDir, held: Held, progress: bool, mode: str) ->
             held.note(ray_session=started)
         if run.uri is None:  # on object storage, nothing depends on a shared file system
             check_shared(run.root)
+        tracker = Tracker(sweep, run) if sweep.tracking.wandb_on() else None
+        if tracker:  # a stage that stops the sweep leaves no W&B run open
+            stack.callback(tracker.end_all, "interrupted")
         model_path = base_model_path(sweep, run.model)
         with stage("preparing data", progress):
             manifest = prepare(sweep, run, model_path)
         run.push()
         sizes = task_sizes(sweep, manifest)
-        tracker = Tracker(sweep, run) if sweep.tracking.wandb_on() else None
-        if tracker:  # a stage that stops the sweep leaves no W&B run open
-            stack.callback(tracker.end_all, "interrupted")
         table = _train(sweep, run, model_path, sizes, progress, mode, tracker)
         write_scaling(table, sweep, run)
         run.push()

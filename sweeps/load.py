@@ -72,15 +72,32 @@ def dump_sweep(sweep: Sweep) -> str:
     return yaml.safe_dump(sweep.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
+def runs_script(data: Any) -> bool:
+    """Whether a parsed file is a W&B sweep file that runs a script of yours (it has `program`
+    or `command`): `raysoup run` runs it as W&B's agent would (`engine/agent/`)."""
+    return is_wandb_sweep(data) and ("program" in data or "command" in data)
+
+
+def script_sweep_data(path: str | Path) -> dict | None:
+    """The mapping of the W&B sweep file at `path` when it runs a script of yours; None for any
+    other sweep file (a raysoup sweep, a Python file, a W&B file that names raysoup fields)."""
+    path = Path(path)
+    if path.suffix not in YAML_SUFFIXES or not path.is_file():
+        return None
+    data = _read_yaml(path)
+    return data if runs_script(data) else None
+
+
 def _raysoup_mapping(data: dict, source: str) -> dict:
     """The raysoup sweep mapping: `data`, or a W&B sweep file's converted (with no base)."""
     if not is_wandb_sweep(data):
         return data
-    if "program" in data or "command" in data:
+    if runs_script(data):
         raise SweepError(
             f"{source}: a W&B sweep file with `program` or `command` runs a script of yours, "
-            "which raysoup does not support yet; `raysoup convert wandb` converts W&B sweep "
-            "files whose parameters name raysoup fields (train.lr, ...)"
+            "not a raysoup sweep; `raysoup run` and `raysoup validate` run and check it as "
+            "W&B's agent would (docs/wandb-sweep-files.md); `raysoup convert wandb` is for "
+            "W&B sweep files whose parameters name raysoup fields (train.lr, ...)"
         )
     return to_raysoup(data, base=None, source=source)
 

@@ -33,11 +33,15 @@ class WandbConfig(Strict):
         description="Upload the checkpoints and merged models as W&B artifacts; false: the "
         "artifacts only reference their folders (nothing is copied).",
     )
-    finish_timeout: float = Field(
+    base_url: str | None = Field(
+        None, description="A self-hosted W&B server; null: `WANDB_BASE_URL` or W&B's cloud."
+    )
+    timeout: float = Field(
         60.0,
         gt=0,
-        description="Seconds a run may take to flush when it ends; past that its data stays "
-        "on disk for `wandb sync` and the sweep goes on (a missing network never hangs it).",
+        description="Seconds W&B may take to start a run, and to flush one when it ends; past "
+        "that the sweep goes on (an unreachable server stops the logging, not the sweep) and "
+        "what was not sent stays on disk for `wandb sync`.",
     )
 
 

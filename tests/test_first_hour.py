@@ -299,21 +299,15 @@ def test_best_is_the_leaderboards_first_with_its_path(sampled):
 # -- exit codes --------------------------------------------------------------------------
 
 
-def test_run_exits_1_when_a_trial_fails_and_when_all_do(tmp_path, sampled):
+def test_run_exits_1_when_every_trial_fails(tmp_path, sampled):
     # `sampled` keeps this module's Ray running, so the command reuses it. The metric raises on
-    # the reverse task's word answers: its trial fails at run time, after every check.
+    # the reverse task's word answers: its trial fails at run time, after every check. (Some
+    # trials failing and others finishing: tests/test_wandb_tracking.py.)
     sweep = sweep_dict(tmp_path, metric=FAILS_ON_WORDS, resources={"max_failures": 0})
     del sweep["data"]["train"], sweep["data"]["eval"]
-    sweep["tasks"] = {
-        task: {split: str(DEMO_DATA / task / f"{split}.jsonl") for split in ("train", "eval")}
-        for task in ("add", "reverse")
-    }
+    reverse = {split: str(DEMO_DATA / "reverse" / f"{split}.jsonl") for split in ("train", "eval")}
+    sweep["name"], sweep["tasks"] = "all-fail", {"reverse": reverse}
     path = tmp_path / "fails.yaml"
-    path.write_text(json.dumps(sweep))
-    result = CliRunner().invoke(app, ["run", str(path)])
-    assert result.exit_code == 1, result.output
-    assert "1 failure(s)" in result.output and "trial reverse failed" in result.output
-    sweep["name"], sweep["tasks"] = "all-fail", {"reverse": sweep["tasks"]["reverse"]}
     path.write_text(json.dumps(sweep))
     result = CliRunner().invoke(app, ["run", str(path)])
     assert result.exit_code == 1, result.output

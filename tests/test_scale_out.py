@@ -176,6 +176,9 @@ def test_zero2_checkpoints_read_like_any_other_and_match_ddp(ddp, zero2):
     assert row["name"] in set(zero2.evals["candidate"])
 
 
+# Slow (about 25 s on 2 cores, a worker group of its own): the suite keeps to its time on every
+# CI run; the exact resume of single-process trials runs there (tests/test_train_loop.py).
+@pytest.mark.slow
 def test_resuming_a_zero2_trial_from_its_checkpoint_continues_exactly(zero2, tmp_path):
     row = full_trial(zero2)
     run = RunDir(Path(zero2.run_dir))
@@ -193,6 +196,9 @@ def test_resuming_a_zero2_trial_from_its_checkpoint_continues_exactly(zero2, tmp
     assert info["tokens_seen"] == row["tokens_seen"]
 
 
+# Slow (about 50 s on 2 cores, a sweep of its own): ZeRO-2 runs the whole pipeline on every CI
+# run above; ZeRO-3's gathered shards with --runslow.
+@pytest.mark.slow
 def test_zero3_writes_gathered_safetensors_shards(ddp, storage):
     result = engine.run(
         parse_sweep(group_sweep("zero3", deepspeed={"stage": 3})),

@@ -315,7 +315,11 @@ def two_caches(s3, tmp_path_factory):
     cluster.shutdown()
 
 
+# Slow (about 40 s on 2 cores with its cluster): a sweep on S3 end to end (killed, resumed
+# elsewhere, reported) runs on every CI run above, and trials on other nodes in
+# tests/faults/test_node_loss.py; two nodes with separate caches with --runslow.
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_sweep_on_s3_runs_on_two_nodes_that_share_no_disk_folder(two_caches, tmp_path):
     import shutil
 

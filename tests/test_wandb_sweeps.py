@@ -566,8 +566,8 @@ def test_load_sweep_refuses_a_wandb_file_that_runs_a_script(tmp_path):
     path.write_text(yaml.safe_dump({**STANDALONE, "program": "train.py"}))
     with pytest.raises(SweepError) as err:
         load_sweep(path)
-    assert "runs a script of yours, which raysoup does not support yet" in str(err.value)
-    assert "`raysoup convert wandb` converts" in str(err.value)
+    assert "runs a script of yours, not a raysoup sweep; `raysoup run`" in str(err.value)
+    assert "`raysoup convert wandb` is for" in str(err.value)
 
 
 def test_cli_converts_over_a_base_and_writes_a_loadable_sweep(tmp_path):

@@ -1,7 +1,10 @@
 """Weights & Biases tracking, real W&B in offline mode, read back from its run files: one run
 per trial with its cell and every report, failed trials ended as failed, merges with their
 ingredients, the sweep's results as tables, a resume that logs no finished trial twice, and
-no secret in any file of the run directory."""
+no secret in any file of the run directory.
+
+The sweep is run with `raysoup run` and has a trial that fails at run time, so the same run
+also checks what the command says and its exit code when trials fail."""
 
 from __future__ import annotations
 
@@ -11,10 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import engine
+from engine.cli import app
 from engine.core.rundir import RunDir
 from engine.report.board import candidate_board
+from engine.report.result import load_result
 from engine.tracking.checks import tracking_problems
 from engine.tracking.wandb_runs import LEDGER, Tracker
 from sweeps import parse_sweep
@@ -51,15 +57,40 @@ def tracked_sweep(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
-    """The sweep run with secrets in the environment and on the command line."""
+def command(tmp_path_factory):
+    """`raysoup run` of the sweep, with secrets in the environment and on the command line;
+    the command reuses this module's Ray. Its outcome, and the result in its run directory."""
+    storage = tmp_path_factory.mktemp("runs")
+    path = storage / "tracked.yaml"
+    path.write_text(json.dumps(tracked_sweep("tracked") | {"storage": str(storage)}))
     with pytest.MonkeyPatch.context() as patch:
         for name, value in SECRETS.items():
             patch.setenv(name, value)
         patch.setattr(sys, "argv", [*sys.argv, ARGV_SECRET])
-        storage = tmp_path_factory.mktemp("runs")
-        result = engine.run(parse_sweep(tracked_sweep("tracked")), str(storage), progress=False)
+        outcome = CliRunner().invoke(app, ["run", str(path)])
+    return outcome, load_result(storage / "tracked")
+
+
+@pytest.fixture(scope="module")
+def tracked(command):
+    _, result = command
     return result, read_runs(result.run_dir)
+
+
+def test_the_command_exits_1_and_names_the_failed_trials(command):
+    outcome, result = command
+    assert outcome.exit_code == 1, outcome.output
+    assert "2 failure(s)" in outcome.output and "trial reverse/s0 failed" in outcome.output
+    status = dict(zip(result.trials["name"], result.trials["status"]))
+    assert status == {
+        "add/s0": "done",
+        "add/s1": "done",
+        "reverse/s0": "error",
+        "reverse/s1": "error",
+    }
+    failed = result.trials.set_index("name").loc["reverse/s0"]
+    assert "fails on word answers" in failed["error"]
+    assert result.leaderboard().iloc[-1]["status"] == "error"
 
 
 def by_type(runs, job_type: str) -> dict:
@@ -169,10 +200,9 @@ def test_tracking_is_off_unless_asked_and_offline_when_asked():
 
 
 def test_an_unreachable_server_costs_one_timeout_then_runs_go_unlogged(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on port 9
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
-    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
-    online = tracked_sweep("online") | {"tracking": {"wandb": {"mode": "online"}}}
+    server = {"mode": "online", "base_url": "http://127.0.0.1:9", "timeout": 3}  # port 9: none
+    online = tracked_sweep("online") | {"tracking": {"wandb": server}}
     tracker = Tracker(parse_sweep(online), RunDir.at(str(tmp_path / "online")))
     assert tracker.start("a", "a", "train", {}) is None
     started = time.perf_counter()

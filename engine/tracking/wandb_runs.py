@@ -11,8 +11,10 @@ the command line is recorded (`settings`): the command line can hold a token.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -43,7 +45,9 @@ def settings(sweep: Sweep) -> wandb.Settings:
     return wandb.Settings(
         mode=cfg.mode,
         reinit="create_new",  # one process holds the runs of every trial at once
-        finish_timeout=cfg.finish_timeout,
+        init_timeout=cfg.timeout,
+        finish_timeout=cfg.timeout,
+        **({"base_url": cfg.base_url} if cfg.base_url else {}),
         console="off",  # the driver's output is the run directory's, and can hold anything
         x_disable_meta=True,  # argv, host, user, executable: the command line can hold a key
         x_disable_machine_info=True,
@@ -51,6 +55,7 @@ def settings(sweep: Sweep) -> wandb.Settings:
         disable_git=True,
         disable_code=True,
         save_code=False,
+        x_save_requirements=False,  # a pip listing per run: a fifth of a second each
         silent=True,
     )
 
@@ -64,6 +69,10 @@ class Tracker:
         self.ledger = _read(self.ledger_path)
         self.open_runs: dict[str, wandb.Run] = {}
         self.failed = False
+        # W&B's first run costs a second or more (its service process, and importing its launch
+        # package): paid while the data is prepared, not when the first trial starts.
+        self.ready = threading.Thread(target=_warm_up, daemon=True)
+        self.ready.start()
 
     def __reduce__(self):
         # Tune pickles its callbacks into tuner.pkl: a restored copy reads the ledger anew.
@@ -78,6 +87,7 @@ class Tracker:
         would otherwise cost every trial W&B's `init_timeout`)."""
         if self.failed:
             return None
+        self.ready.join()
         self.ledger_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             run = wandb.init(
@@ -200,6 +210,11 @@ class WandbTrials(tune.Callback):
     @guarded
     def on_experiment_end(self, trials, **info) -> None:
         self.tracker.end_all("interrupted")
+
+
+def _warm_up() -> None:
+    wandb.setup()
+    importlib.import_module("wandb.sdk.launch")  # what `wandb.init` imports on its first run
 
 
 def trial_config(sweep: Sweep, trial: TrialIdentity) -> dict:
