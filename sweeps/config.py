@@ -32,7 +32,7 @@ from sweeps.objectives import (
 )
 from sweeps.plans import MergePlan
 from sweeps.scale import DataScale, ScalingConfig
-from sweeps.schedulers import Fifo, Scheduler, check_grace, check_scheduler_type
+from sweeps.schedulers import Fifo, Scheduler, check_grace, check_pbt, check_scheduler_type
 from sweeps.searchers import Grid, Search, check_search_type, check_searcher
 from sweeps.selection import Stage, check_stage_types
 from sweeps.space import Space, grid_size, searchable
@@ -621,6 +621,7 @@ class Sweep(Strict):
     @model_validator(mode="after")
     def _scheduler_fits(self):
         check_grace(self)
+        check_pbt(self)
         if self.scheduler.stops_trials() and self.uses_worker_group():
             raise ValueError(
                 f"scheduler.type: {self.scheduler.type} stops trials early, which is not "
@@ -719,9 +720,11 @@ class Sweep(Strict):
     def for_trial(self, params: dict[str, Any]) -> Sweep:
         """This sweep with each search space replaced by the trial's value, re-validated (with
         nothing left to search, as a grid: a learning searcher refuses a sweep without
-        spaces)."""
+        spaces; and without population-based training, whose mutations need spaces)."""
         data = self.model_dump(mode="json")
         data["search"] = {"type": "grid"}
+        if data["scheduler"]["type"] == "pbt":  # its mutations name spaces a trial has no more
+            data["scheduler"] = {"type": "fifo"}
         for path, value in params.items():
             _set_path(data, path, value)
         return Sweep.model_validate(data)

@@ -185,6 +185,29 @@ def plot_progress(progress: pd.DataFrame, metric: str):
     return fig
 
 
+def plot_lineage(trials: pd.DataFrame):
+    """Population-based training as a graph: one line per trial over the steps it trained, and
+    an arrow from the trial it cloned, at the step it cloned it (`trials.parquet`'s `cloned`)."""
+    plt = pyplot()
+    names = list(trials["name"])
+    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.45 * len(names) + 1)))
+    for row in trials.itertuples():
+        y = names.index(row.name)
+        ax.plot([0, row.steps or 0], [y, y], color="C0", linewidth=2, alpha=0.6)
+        for clone in row.cloned:
+            source, step = clone.rsplit("@", 1)
+            if source in names:
+                ax.annotate(
+                    "", xy=(int(step), y), xytext=(int(step), names.index(source)),
+                    arrowprops={"arrowstyle": "->", "color": "C3"},
+                )  # fmt: skip
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("optimizer step")
+    ax.set_title("Population-based training: who cloned whom, and when (arrows: source to clone)")
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
 def plot_against(points: pd.DataFrame, column: str, ranking: Ranking, label: str, log=None):
     """Each trial's selection score against one of its values (a searched field, the data
     size), with its 95% interval; one colour per task, each task's points nudged sideways so

@@ -8,11 +8,12 @@ evaluation, and `trials.parquet` says when and why it stopped (docs/search.md).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sweeps.base import Strict
+from sweeps.space import SPACES, Space
 from sweeps.trials import configurations
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -89,7 +90,77 @@ class Median(SchedulerConfig):
     )
 
 
-SCHEDULERS = (Fifo, Asha, Median)
+class Pbt(SchedulerConfig):
+    """Population-based training (Tune's `PopulationBasedTraining`, exploiting through
+    raysoup's own checkpoints).
+
+    Every `perturbation_interval`, a trial in the bottom `quantile_fraction` of the population
+    by `metric` clones a top trial: it continues from that trial's newest checkpoint (weights
+    and optimizer state), with the top trial's searched values perturbed as `mutations` say.
+    Its own checkpoints are discarded then (they belong to the state it gave up), and
+    `trials.parquet` records each clone: which trial, at which step.
+    """
+
+    type: Literal["pbt"] = Field(..., description="`pbt`.")
+    perturbation_interval: PositiveInt = Field(
+        ...,
+        description="Optimizer steps between a trial's chances to clone another; a multiple of "
+        "`train.eval_every`.",
+    )
+    mutations: dict[str, list[Any] | dict[str, Any]] = Field(
+        ...,
+        min_length=1,
+        description="The searched fields a clone perturbs, by dotted path, each with the space "
+        "it may take: a range (`{loguniform: [1.0e-5, 1.0e-3]}`: a clone multiplies the value "
+        "by 0.8 or 1.2, within the range, or draws anew) or a list of values (a clone moves to "
+        "a neighbour, or draws anew).",
+    )
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = Field(
+        0.25, description="The share of the population that clones, and that is cloned."
+    )
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.25, description="The chance that a clone draws a mutated value anew from its space."
+    )
+    synch: bool = Field(
+        False,
+        description="Wait for every trial at each perturbation and compare them at the same "
+        "step (Tune's synchronous PBT); false: each trial compares with the others' last "
+        "scores when it gets there.",
+    )
+    seed: int = Field(0, description="Seed of the choice of whom to clone and how to perturb.")
+
+    @field_validator("mutations")
+    @classmethod
+    def _spaces(cls, value: dict) -> dict:
+        for path, space in value.items():
+            mutation_space(path, space)
+        return value
+
+    def stops_trials(self) -> bool:
+        return False
+
+
+RANGES = ("uniform", "loguniform", "randint")
+
+
+def mutation_space(path: str, space: list | dict) -> list | Space:
+    """A mutation's space: its list of values, or the range (a `Space`) it stays within."""
+    if isinstance(space, list):
+        if not space:
+            raise ValueError(f"{path}: an empty list of values")
+        return space
+    key = next(iter(space)) if len(space) == 1 else None
+    if key in ("grid", "choice"):
+        return list(SPACES[key].model_validate(space).values())
+    if key not in RANGES:
+        raise ValueError(
+            f"{path}: a list of values or a range ({{{' | '.join(RANGES)}: [low, high]}}), "
+            f"got {space}"
+        )
+    return SPACES[key].model_validate(space)
+
+
+SCHEDULERS = (Fifo, Asha, Median, Pbt)
 SCHEDULER_TYPES = tuple(s.model_fields["type"].annotation.__args__[0] for s in SCHEDULERS)
 Scheduler = Annotated[Union[SCHEDULERS], Field(discriminator="type")]  # noqa: UP007 (a tuple)
 
@@ -100,8 +171,8 @@ def check_scheduler_type(value):
     if kind not in SCHEDULER_TYPES:
         raise ValueError(
             f"type: unknown scheduler type {kind!r}; known: {', '.join(SCHEDULER_TYPES)} "
-            "(hyperband: use asha with brackets > 1, its asynchronous form; pbt and pb2 are "
-            "not supported yet)"
+            "(hyperband: use asha with brackets > 1, its asynchronous form; pb2 is not "
+            "supported yet)"
         )
     return value
 
@@ -128,6 +199,56 @@ def first_report(sweep, time: str) -> int:
 def _lowest(space) -> int:
     values = space.values()
     return min(values) if values else space.bounds()[0]
+
+
+def check_pbt(sweep) -> None:
+    """Refuse what population-based training cannot do soundly: a population that mixes
+    tasks, data sizes or seeds (a clone would take another replicate's weights), mutations of
+    fields that are not searched, perturbations between reports, and checkpoints that are not
+    saved at each report (a clone starts from the top trial's checkpoint of its last report)."""
+    config = sweep.scheduler
+    if config.type != "pbt":
+        return
+    axes = {
+        "tasks": len(sweep.task_names()),
+        "data_scale": len(sweep.data_scale or [None]),
+        "seeds": len(sweep.seeds),
+    }
+    mixed = [f"{name} ({count})" for name, count in axes.items() if count > 1]
+    if mixed:
+        raise ValueError(
+            f"scheduler.type: pbt's population must be one task, data size and seed, or a clone "
+            f"would take another replicate's weights; this sweep has several {', '.join(mixed)}"
+        )
+    if sweep.search.learns():
+        raise ValueError(
+            f"scheduler.type: pbt chooses its own configurations; search.type "
+            f"{sweep.search.type} would too (use grid or random for the first population)"
+        )
+    if sweep.uses_worker_group():
+        raise ValueError(
+            "scheduler.type: pbt is not supported yet for worker-group trials "
+            "(resources.workers > 1 or deepspeed)"
+        )
+    searched = sweep.search_space()
+    for path in config.mutations:
+        if path not in searched:
+            raise ValueError(
+                f"scheduler.mutations.{path}: not a searched field; give it a space in the sweep "
+                f"(searched: {', '.join(searched) or 'none'})"
+            )
+    every = sweep.train.eval_every
+    if config.perturbation_interval % every:
+        raise ValueError(
+            f"scheduler.perturbation_interval: {config.perturbation_interval} is not a multiple "
+            f"of train.eval_every ({every}): trials are compared at their reports"
+        )
+    if sweep.checkpoint.every != every:
+        raise ValueError(
+            f"checkpoint.every: pbt clones the checkpoint of a trial's last report, so "
+            f"checkpoint.every must equal train.eval_every ({every}), not "
+            f"{sweep.checkpoint.every}"
+        )
 
 
 def check_grace(sweep) -> None:

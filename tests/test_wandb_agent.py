@@ -274,6 +274,11 @@ def test_a_run_file_read_while_it_grows_gives_each_value_once(tmp_path):
     (tmp_path / "script").mkdir()
     subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, check=True)
     (whole,) = run_files(tmp_path / "script" / "wandb")
+    done = MetricTail(tmp_path / "script" / "wandb", "x", "loss")  # W&B's service writes on
+    deadline = time.monotonic() + 30  # after the script exits: wait for the exit record
+    while not done.exited and time.monotonic() < deadline:
+        done.new_values()
+        time.sleep(0.1)
     expected = [h["loss"] for h in read_run(whole).history.values()]
     data, growing = whole.read_bytes(), tmp_path / "grow" / "offline-run-1-x" / "run-x.wandb"
     assert len(data) > BLOCK and expected == [1 + 1 / (i + 1) for i in range(300)]

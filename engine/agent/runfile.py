@@ -160,6 +160,7 @@ class MetricTail:
         self.wandb_dir, self.run_id, self.metric, self.since = wandb_dir, run_id, metric, since
         self.path: Path | None = None
         self.pos = HEADER
+        self.exited = False  # the run's exit record was read: W&B wrote all of it
 
     def new_values(self) -> list[float]:
         path = self._find()
@@ -169,6 +170,7 @@ class MetricTail:
         if data[: len(MAGIC)] != MAGIC:
             return []  # created, its header not written yet
         found, self.pos = parse(data, self.pos)
+        self.exited = self.exited or any(r.WhichOneof("record_type") == "exit" for r in found)
         rows = (history_row(r) for r in found if r.WhichOneof("record_type") == "history")
         values = (metric_value(row, self.metric) for row in rows)
         return [float(value) for value in values if is_number(value)]

@@ -40,6 +40,7 @@ from engine.agent.runfile import MetricTail
 METRIC = "metric"  # the key of the metric's value in each report (its name may be Tune's)
 FLUSH_S = "0.25"  # WANDB__TRANSACTION_LOG_FLUSH_INTERVAL: W&B's default is 15 seconds
 STDERR_TAIL = 20  # lines of the script's stderr in a failed trial's error
+DRAIN_S = 5.0  # how long the run file may still grow after its script exited
 
 
 class ScriptFailed(RuntimeError):
@@ -221,12 +222,16 @@ def follow(script: Script, spec: ScriptSpec, launch: Launch, values: Values) -> 
         script.process.wait()
         return
     tail = MetricTail(launch.folder / "wandb", launch.run_id, spec.metric, script.started)
+    ended_at = None
     while True:
-        ended = script.process.poll() is not None
+        if ended_at is None and script.process.poll() is not None:
+            ended_at = time.monotonic()
         for value in tail.new_values():
             values.add(value)
             tune.report({METRIC: value, **values.fields(), "wandb_run_id": launch.run_id})
-        if ended:
+        # W&B's service writes the run file after the script's process is gone: read on until
+        # its exit record (a script that died has none: a few seconds' grace).
+        if ended_at is not None and (tail.exited or time.monotonic() - ended_at > DRAIN_S):
             return
         time.sleep(spec.poll_s)
 

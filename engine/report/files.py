@@ -34,6 +34,7 @@ from sweeps.plots import (
     plot_by_kind,
     plot_curves,
     plot_gains,
+    plot_lineage,
     plot_progress,
     save_plots,
 )
@@ -99,6 +100,11 @@ def _figures(sweep: Sweep, trials: pd.DataFrame, board, ranking: Ranking) -> dic
             f"The best {metric} so far against the optimizer steps spent, as trials ended",
             plot_progress(progress, metric),
         )
+    if _cloned(trials):
+        figures["lineage"] = (
+            "Population-based training: each trial's steps, and which trial it cloned when",
+            plot_lineage(trials),
+        )
     if board is None:
         return figures
     points = board[board["kind"] == "trial"].dropna(subset=["selection"])
@@ -142,6 +148,7 @@ def _sections(
     for heading, content in (
         ("How the trials trained", figures.get("learning_curves", "")),
         ("How the search spent its compute", figures.get("search_progress", "")),
+        ("Population-based training", figures.get("lineage", "")),
         ("Scores against what the sweep varied", searched),
         ("Every candidate by kind", figures.get("metric_by_kind", "")),
         ("Scaling", figures.get("scaling", "")),
@@ -161,8 +168,15 @@ def _sections(
         sections.append((heading, content))
     columns = ["name", "task", *sweep.search_space(), "data_size", "seed", "status",
                sweep.metric, "eval_loss", "steps", "flag", "error"]  # fmt: skip
+    if _cloned(trials):
+        columns.append("cloned")
     sections.append(("Trials", table_html(trials, list(dict.fromkeys(columns)))))
     return sections
+
+
+def _cloned(trials: pd.DataFrame) -> bool:
+    """Whether population-based training made any trial clone another."""
+    return "cloned" in trials and trials["cloned"].map(lambda c: c is not None and len(c) > 0).any()
 
 
 def _merge_sections(board, merges, figures: dict[str, str]) -> list[tuple[str, str]]:

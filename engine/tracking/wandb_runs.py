@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 import wandb
-from ray import tune
+from ray import cloudpickle, tune
+from ray.exceptions import RayActorError
 
 from engine.core import storage
 from engine.core.progress import warn
 from engine.core.rundir import RunDir, write_atomic
 from engine.train import records
 from engine.train.axes import Sizes, TrialIdentity, identify
+from engine.train.pbt import CLONE
 from sweeps import Sweep
 
 LEDGER = "raysoup-runs.json"
@@ -113,13 +115,14 @@ class Tracker:
         return run
 
     def end(self, key: str, state: str, summary: dict | None = None) -> None:
-        """End `key`'s open run: `finished` and `stopped` exit 0, any other state fails it."""
+        """End `key`'s open run: `finished`, `stopped` and `paused` exit 0; any other state
+        (`failed`, `crashed`, `interrupted`) exits 1, which W&B shows as failed."""
         run = self.open_runs.pop(key, None)
         if run is None:
             return
         run.summary.update({"raysoup/state": state, **(summary or {})})
         try:
-            run.finish(exit_code=0 if state in ("finished", "stopped") else FAILED)
+            run.finish(exit_code=0 if state in ("finished", "stopped", "paused") else FAILED)
         except Exception as err:  # its data stays on disk for `wandb sync`
             warn(f"W&B run {run.id} of {key} did not finish cleanly: {err}")
         self._note(key, run.id, state)
@@ -173,8 +176,12 @@ class WandbTrials(tune.Callback):
         found = identify(self.tracker.sweep, trial.config["trial"], self.sizes)
         if self.tracker.ended(found.name):  # finished before a resume: reported once more
             return
-        self.tracker.end(found.name, "failed")  # an attempt Tune retries without an error call
+        # Tune paused it (population-based training's exploit, or to let others run): the
+        # run of the attempt before ends, and one for what follows begins.
+        self.tracker.end(found.name, "paused")
         config = trial_config(self.tracker.sweep, found)
+        if CLONE in trial.config:  # whom it cloned, at which step
+            config[CLONE] = trial.config[CLONE]
         if self.tracker.start(found.name, found.name, "train", config):
             self.trials[trial.trial_id] = found
 
@@ -196,14 +203,15 @@ class WandbTrials(tune.Callback):
         done = records.complete_checkpoints(folders)
         run = self.tracker.open_runs.get(found.name)
         if run is not None and done:
-            self.tracker.log_model(run, found.name, done[-1], {"step": done[-1].name})
+            self.tracker.log_model(run, found.name, done[-1], {"checkpoint": done[-1].name})
         self.tracker.end(found.name, state, measurements(trial.last_result))
 
     @guarded
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         found = self.trials.pop(trial.trial_id, None)
         if found is not None:
-            self.tracker.end(found.name, "failed", {"raysoup/error": _error(trial)})
+            state, error = _ending(trial)
+            self.tracker.end(found.name, state, {"raysoup/error": error})
 
     on_trial_recover = on_trial_error
 
@@ -234,12 +242,17 @@ def measurements(result: dict) -> dict:
     }
 
 
-def _error(trial) -> str:
-    path = getattr(trial, "error_file", None)
+def _ending(trial) -> tuple[str, str]:
+    """How a failed attempt ended: `crashed` when its process died (killed, out of memory, a
+    lost node), `failed` when the trial raised; and the end of the error Tune recorded (in the
+    trial's local folder: Tune copies it to its storage later)."""
     try:
-        return Path(path).read_text()[-2000:] if path else "error"
-    except OSError:
-        return "error"
+        with open(trial.pickled_error_file, "rb") as handle:
+            error = cloudpickle.load(handle)
+        text = Path(trial.error_file).read_text()
+    except Exception:  # not written (a full disk) or not readable: say what is known
+        error, text = None, "error (Tune recorded none)"
+    return "crashed" if isinstance(error, RayActorError) else "failed", text[-2000:]
 
 
 def _artifact_name(name: str) -> str:

@@ -13,7 +13,7 @@ from ray import tune
 from engine.core import storage
 from engine.core.errors import RunError
 from engine.core.rundir import RunDir
-from engine.train import records, schedulers, searchers, state
+from engine.train import pbt, records, schedulers, searchers, state
 from engine.train.axes import Sizes, cells, identify
 from engine.train.loop import TrialSpec, train
 from sweeps import Sweep
@@ -61,8 +61,15 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
         if latest is not None:
             tune.report(records.checkpoint_info(latest))
         return
+    clone = config.get(pbt.CLONE)
+    if clone and not records.cloned(folders, clone):  # PBT made it exploit a top trial
+        latest = records.clone_source(run.tune, clone)
+        records.discard_checkpoints(folders)
+        clone = {**clone, "step": records.checkpoint_info(latest).get("step") if latest else 0}
+    else:
+        clone = None
     resumed_from = records.checkpoint_info(latest).get("step") if latest else None
-    records.record_attempt(here, trial.name, resumed_from, config["trial"])
+    records.record_attempt(here, trial.name, resumed_from, config["trial"], clone)
     spec = TrialSpec(
         sweep=sweep.for_trial(trial.values),
         model_path=model_path,

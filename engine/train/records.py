@@ -185,10 +185,15 @@ def remove_partial(trial_dir: Path) -> None:
 
 
 def record_attempt(
-    trial_dir: Path, name: str, resumed_from: int | None, cell: dict | None = None
+    trial_dir: Path,
+    name: str,
+    resumed_from: int | None,
+    cell: dict | None = None,
+    clone: dict | None = None,
 ) -> None:
-    """Add a line to the trial's `attempts.jsonl`: who started it, where, from which step, and
-    its cell (`engine/train/axes.py`: what a learning searcher suggested is known only here)."""
+    """Add a line to the trial's `attempts.jsonl`: who started it, where, from which step, its
+    cell (`engine/train/axes.py`: what a learning searcher suggested is known only here), and
+    the trial it cloned when population-based training made it exploit one."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     line = {
         "name": name,
@@ -198,10 +203,37 @@ def record_attempt(
         "node_id": _node_id(),
         "pid": os.getpid(),
         "resumed_from": resumed_from,
+        **({"clone": clone} if clone else {}),
     }
     with open(trial_dir / ATTEMPTS, "a") as handle:
         handle.write(json.dumps(line) + "\n")
     storage.upload(trial_dir / ATTEMPTS)
+
+
+def cloned(folders: list[Path], clone: dict) -> bool:
+    """Whether an attempt of this trial already made the clone `clone` (one of PBT's exploits:
+    a trial restarted later keeps the config that asked for it)."""
+    return any(
+        (attempt.get("clone") or {}).get("id") == clone["id"]
+        for folder in folders
+        for attempt in read_attempts(folder)
+    )
+
+
+def clone_source(tune_dir: Path, clone: dict) -> Path | None:
+    """The checkpoint a clone continues from: the top trial's at the step of the report PBT
+    compared, or its newest when that one was pruned since."""
+    done = complete_checkpoints(trial_folders(tune_dir, clone["from"]))
+    at = [c for c in done if checkpoint_info(c).get("step") == clone["step"]]
+    return at[-1] if at else (done[-1] if done else None)
+
+
+def discard_checkpoints(folders: list[Path]) -> None:
+    """Delete a trial's checkpoints when it clones another: they hold the state it gives up,
+    and a resume or a checkpoint average must never read them as its own."""
+    for old in complete_checkpoints(folders):
+        storage.delete(old)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _node_id() -> str | None:
@@ -281,6 +313,8 @@ class TrialRecord:
     finished_at: float | None = None
     stop: dict | None = None  # the scheduler's early stop (`stopped.json`)
     where: dict = field(default_factory=dict)  # the newest attempt's host and Ray node id
+    clones: list[str] = field(default_factory=list)  # PBT: `<trial>@<step>` it cloned, in order
+    values: dict = field(default_factory=dict)  # the searched values of its newest attempt
 
     @property
     def trial_id(self) -> str:
@@ -295,7 +329,19 @@ def read_trial(folders: list[Path]) -> TrialRecord:
     """A trial's record from its folders: `done` when its newest complete checkpoint is its
     last step, `stopped` when the scheduler ended it before (its metrics are then those of
     its newest complete checkpoint, the model it leaves), `error` when the newest attempt
-    failed, `incomplete` otherwise (interrupted)."""
+    failed, `incomplete` otherwise (interrupted). With population-based training, the values
+    are those it trained with last, and `clones` says whom it cloned and when."""
+    record = _read_trial(folders)
+    attempts = [a for folder in folders for a in read_attempts(folder)]
+    record.clones = [
+        f"{a['clone']['from']}@{a['clone']['step']}" for a in attempts if a.get("clone")
+    ]
+    cell = (attempts[-1].get("cell") or {}) if attempts else {}
+    record.values = dict((cell.get("config") or {}).get("values") or {})
+    return record
+
+
+def _read_trial(folders: list[Path]) -> TrialRecord:
     checkpoints = complete_checkpoints(folders)
     latest = checkpoints[-1] if checkpoints else None
     path = latest.parent if latest is not None else folders[-1]

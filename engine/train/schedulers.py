@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, MedianStoppingRule, TrialScheduler
 
 from engine.core import storage
-from engine.train import records
+from engine.train import pbt, records
 from sweeps import Sweep
 from sweeps.schedulers import Asha, Median, first_report
 
@@ -50,7 +50,7 @@ def _median(config: Median, sweep: Sweep) -> MedianStoppingRule:
     )
 
 
-BUILDERS = {"asha": _asha, "median": _median}
+BUILDERS = {"asha": _asha, "median": _median, "pbt": pbt.build}
 
 
 class StopRecorder(tune.Callback):

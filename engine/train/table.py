@@ -44,6 +44,7 @@ EXTRA = [
     "node_id",
     "stopped_at",
     "stopped_by",
+    "cloned",
     "finished_at",
     "error",
     "path",
@@ -94,11 +95,13 @@ def _row(record: records.TrialRecord, trial: TrialIdentity, metric: str) -> dict
         "node_id": record.where.get("node_id"),
         "stopped_at": record.stop["step"] if record.stop else None,
         "stopped_by": record.stop["by"] if record.stop else None,
+        "cloned": record.clones,
         "finished_at": record.finished_at,
         "error": record.error,
         "path": str(record.path),
     }
     row.update(trial.values)
+    row.update(record.values)  # population-based training changes them as it goes
     if trial.point is not None:
         row["point"] = trial.point
     row.setdefault(metric, metrics.get(metric))  # an evaluation metric the trial computed

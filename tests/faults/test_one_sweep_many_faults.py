@@ -4,7 +4,7 @@ SIGKILLed on its first attempt at a random checkpoint, the driver SIGKILLed duri
 Tune's saved state cut in half, and a prepared training shard cut in half. Then `raysoup
 resume` names the damaged state and `raysoup resume --rebuild-state` finishes the sweep,
 preparing the data again. All along, secret environment variables are set to marker values
-that must appear nowhere.
+that must appear nowhere, and the sweep logs to W&B offline (its files are searched too).
 
 One module-scoped run feeds every test (a sweep on 2 cores takes minutes)."""
 
@@ -40,6 +40,7 @@ from tests.faults.helpers import (
     pairs,
     wait,
 )
+from tests.wandb_files import read_runs
 
 pytestmark = pytest.mark.ray  # Ray runs in the `raysoup` processes the tests start
 SECRETS = {
@@ -75,6 +76,7 @@ def story(tmp_path_factory) -> Story:
         seeds=[0, 1, 2],
         train={"max_steps": STEPS},
         merge=[{"type": "checkpoint_average", "select": "last", "k": 2}, {"type": "soup"}],
+        tracking={"wandb": {"project": "faults"}},
     )
     path = write_sweep(root / "sweep.yaml", sweep)
     told = Story(RunDir(root / "runs" / "many"), sweep)
@@ -188,6 +190,16 @@ def test_no_output_shows_a_traceback_and_no_ray_process_is_left(story):
         if name != "run":  # the killed driver's output ends wherever the kill cut it
             assert "Traceback" not in out and "ERROR" not in out, f"{name}:\n{out}"
     assert story.sessions[0] and not leftover_processes(story.sessions[0])
+
+
+def test_the_killed_attempt_is_a_crashed_wandb_run_and_the_resumed_one_finished(story):
+    name = records.read_attempts(story.killed_trial["folder"])[0]["name"]
+    runs = [run for run in read_runs(story.run.root) if run.name == name]  # in start order
+    ends = [(run.summary["raysoup/state"], run.exit_code) for run in runs]
+    assert ends == [("crashed", 1), ("finished", 0)]
+    assert "died" in runs[0].summary["raysoup/error"].lower()
+    others = [r for r in read_runs(story.run.root) if r.job_type == "train" and r.name != name]
+    assert {r.summary["raysoup/state"] for r in others} == {"finished"}
 
 
 def test_the_killed_trial_resumed_from_its_checkpoint_and_matches(story):

@@ -103,6 +103,9 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_matches(tmp_path, tally)
     assert max(float((ours[k] - reference[k]).abs().max()) for k in ours) <= 1e-5
 
 
+# Slow (about 50 s on 2 cores, two sweeps on a small disk): a full disk during a merge is on
+# every CI run (tests/faults/test_merge_inputs.py); during training and evaluation with --runslow.
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_then_evaluating_keeps_what_was_saved(
     tmp_path, small_disk, tally
 ):
