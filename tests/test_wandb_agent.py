@@ -274,10 +274,14 @@ def test_a_run_file_read_while_it_grows_gives_each_value_once(tmp_path):
     (tmp_path / "script").mkdir()
     subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, check=True)
     (whole,) = run_files(tmp_path / "script" / "wandb")
-    done = MetricTail(tmp_path / "script" / "wandb", "x", "loss")  # W&B's service writes on
-    deadline = time.monotonic() + 30  # after the script exits: wait for the exit record
-    while not done.exited and time.monotonic() < deadline:
+    # W&B's service may write on after the script exits: wait for the exit record, or for the
+    # file to stop growing for two seconds (the trial itself gives it five)
+    done, size, still = MetricTail(tmp_path / "script" / "wandb", "x", "loss"), -1, 0.0
+    deadline = time.monotonic() + 30
+    while not done.exited and still < 2 and time.monotonic() < deadline:
         done.new_values()
+        grown = whole.stat().st_size != size
+        size, still = whole.stat().st_size, 0.0 if grown else still + 0.1
         time.sleep(0.1)
     expected = [h["loss"] for h in read_run(whole).history.values()]
     data, growing = whole.read_bytes(), tmp_path / "grow" / "offline-run-1-x" / "run-x.wandb"
