@@ -270,12 +270,14 @@ def test_a_run_file_read_while_it_grows_gives_each_value_once(tmp_path):
     )
     sweep_file(tmp_path, parameters={"q": {"value": 1}})
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "script")}
+    # as a trial runs it: W&B flushes its run file every quarter second, not every 15 seconds
+    env["WANDB__TRANSACTION_LOG_FLUSH_INTERVAL"] = trial.FLUSH_S
     env["WANDB_SWEEP_PARAM_PATH"] = str(tmp_path / "params.yaml")
     (tmp_path / "script").mkdir()
     subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, check=True)
     (whole,) = run_files(tmp_path / "script" / "wandb")
     # W&B's service may write on after the script exits: wait for the exit record, or for the
-    # file to stop growing for two seconds (the trial itself gives it five)
+    # file to stop growing for two seconds (the trial itself gives it five: `trial.DRAIN_S`)
     done, size, still = MetricTail(tmp_path / "script" / "wandb", "x", "loss"), -1, 0.0
     deadline = time.monotonic() + 30
     while not done.exited and still < 2 and time.monotonic() < deadline:

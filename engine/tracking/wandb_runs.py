@@ -67,8 +67,9 @@ class Tracker:
 
     def __init__(self, sweep: Sweep, run: RunDir) -> None:
         self.sweep, self.cfg, self.run, self.root = sweep, sweep.tracking.wandb, run, run.root
+        # Read afresh at each use: a resumed sweep's trial callback is Tune's unpickled copy of
+        # this tracker, and both write the one ledger.
         self.ledger_path = run.root / "wandb" / LEDGER
-        self.ledger = _read(self.ledger_path)
         self.open_runs: dict[str, wandb.Run] = {}
         self.failed = False
         # W&B's first run costs a second or more (its service process, and importing its launch
@@ -77,12 +78,12 @@ class Tracker:
         self.ready.start()
 
     def __reduce__(self):
-        # Tune pickles its callbacks into tuner.pkl: a restored copy reads the ledger anew.
+        # Tune pickles its callbacks into tuner.pkl: a restored copy starts with no open run.
         return (Tracker, (self.sweep, self.run))
 
     def ended(self, key: str) -> bool:
         """Whether `key` (a trial's or merge's name) has a run that ended well."""
-        return self.ledger.get(key, {}).get("state") in ("finished", "stopped")
+        return _read(self.ledger_path).get(key, {}).get("state") in ("finished", "stopped")
 
     def start(self, key: str, name: str, job_type: str, config: dict) -> wandb.Run | None:
         """A new run for `key`; None once W&B has failed to start one (an unreachable server
@@ -145,8 +146,8 @@ class Tracker:
             self.end(key, state)
 
     def _note(self, key: str, run_id: str, state: str) -> None:
-        self.ledger[key] = {"id": run_id, "state": state}
-        write_atomic(self.ledger_path, json.dumps(self.ledger, indent=1, sort_keys=True))
+        ledger = _read(self.ledger_path) | {key: {"id": run_id, "state": state}}
+        write_atomic(self.ledger_path, json.dumps(ledger, indent=1, sort_keys=True))
 
 
 def guarded(method):
