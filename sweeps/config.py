@@ -32,7 +32,14 @@ from sweeps.objectives import (
 )
 from sweeps.plans import MergePlan
 from sweeps.scale import DataScale, ScalingConfig
-from sweeps.schedulers import Fifo, Scheduler, check_grace, check_pbt, check_scheduler_type
+from sweeps.schedulers import (
+    Fifo,
+    Population,
+    Scheduler,
+    check_grace,
+    check_pbt,
+    check_scheduler_type,
+)
 from sweeps.searchers import Grid, Search, check_search_type, check_searcher
 from sweeps.selection import Stage, check_stage_types
 from sweeps.space import Space, grid_size, searchable
@@ -723,7 +730,7 @@ class Sweep(Strict):
         spaces; and without population-based training, whose mutations need spaces)."""
         data = self.model_dump(mode="json")
         data["search"] = {"type": "grid"}
-        if data["scheduler"]["type"] == "pbt":  # its mutations name spaces a trial has no more
+        if isinstance(self.scheduler, Population):  # it perturbs spaces a trial has no more
             data["scheduler"] = {"type": "fifo"}
         for path, value in params.items():
             _set_path(data, path, value)

@@ -8,9 +8,11 @@ evaluation, and `trials.parquet` says when and why it stopped (docs/search.md).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+import importlib.util
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from sweeps.base import Strict
 from sweeps.space import SPACES, Space
@@ -90,56 +92,6 @@ class Median(SchedulerConfig):
     )
 
 
-class Pbt(SchedulerConfig):
-    """Population-based training (Tune's `PopulationBasedTraining`, exploiting through
-    raysoup's own checkpoints).
-
-    Every `perturbation_interval`, a trial in the bottom `quantile_fraction` of the population
-    by `metric` clones a top trial: it continues from that trial's newest checkpoint (weights
-    and optimizer state), with the top trial's searched values perturbed as `mutations` say.
-    Its own checkpoints are discarded then (they belong to the state it gave up), and
-    `trials.parquet` records each clone: which trial, at which step.
-    """
-
-    type: Literal["pbt"] = Field(..., description="`pbt`.")
-    perturbation_interval: PositiveInt = Field(
-        ...,
-        description="Optimizer steps between a trial's chances to clone another; a multiple of "
-        "`train.eval_every`.",
-    )
-    mutations: dict[str, list[Any] | dict[str, Any]] = Field(
-        ...,
-        min_length=1,
-        description="The searched fields a clone perturbs, by dotted path, each with the space "
-        "it may take: a range (`{loguniform: [1.0e-5, 1.0e-3]}`: a clone multiplies the value "
-        "by 0.8 or 1.2, within the range, or draws anew) or a list of values (a clone moves to "
-        "a neighbour, or draws anew).",
-    )
-    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = Field(
-        0.25, description="The share of the population that clones, and that is cloned."
-    )
-    resample_probability: Annotated[float, Field(ge=0, le=1)] = Field(
-        0.25, description="The chance that a clone draws a mutated value anew from its space."
-    )
-    synch: bool = Field(
-        False,
-        description="Wait for every trial at each perturbation and compare them at the same "
-        "step (Tune's synchronous PBT); false: each trial compares with the others' last "
-        "scores when it gets there.",
-    )
-    seed: int = Field(0, description="Seed of the choice of whom to clone and how to perturb.")
-
-    @field_validator("mutations")
-    @classmethod
-    def _spaces(cls, value: dict) -> dict:
-        for path, space in value.items():
-            mutation_space(path, space)
-        return value
-
-    def stops_trials(self) -> bool:
-        return False
-
-
 RANGES = ("uniform", "loguniform", "randint")
 
 
@@ -160,7 +112,107 @@ def mutation_space(path: str, space: list | dict) -> list | Space:
     return SPACES[key].model_validate(space)
 
 
-SCHEDULERS = (Fifo, Asha, Median, Pbt)
+def bound_space(path: str, space: dict) -> Space:
+    """A pb2 bound: a range only (its bandit models values on a line)."""
+    found = mutation_space(path, space)
+    if isinstance(found, list):
+        raise ValueError(
+            f"{path}: pb2 chooses values inside a range ({{{' | '.join(RANGES)}: [low, high]}}), "
+            f"not from a list ({space}); use pbt for a list of values"
+        )
+    return found
+
+
+class Population(SchedulerConfig):
+    """What population-based training (`pbt`, `pb2`) shares: when trials are compared, who
+    clones whom, and the checkpoints a clone continues from."""
+
+    type: str
+    perturbation_interval: PositiveInt = Field(
+        ...,
+        description="Optimizer steps between a trial's chances to clone another; a multiple of "
+        "`train.eval_every`.",
+    )
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = Field(
+        0.25, description="The share of the population that clones, and that is cloned."
+    )
+    synch: bool = Field(
+        False,
+        description="Wait for every trial at each perturbation and compare them at the same "
+        "step (Tune's synchronous PBT); false: each trial compares with the others' last "
+        "scores when it gets there.",
+    )
+    seed: int = Field(0, description="Seed of the choice of whom to clone and how to perturb.")
+
+    FIELD: ClassVar[str] = ""  # the field that names the perturbed values and their spaces
+    space: ClassVar[Callable[[str, Any], list | Space]]  # one of them read from that field
+
+    @model_validator(mode="after")
+    def _spaces(self):
+        for path, raw in getattr(self, self.FIELD).items():
+            self.space(f"{self.FIELD}.{path}", raw)
+        return self
+
+    def perturbed(self) -> dict[str, list | Space]:
+        """The searched fields a clone changes, each with the space it stays in."""
+        return {path: self.space(path, raw) for path, raw in getattr(self, self.FIELD).items()}
+
+    def stops_trials(self) -> bool:
+        return False
+
+
+class Pbt(Population):
+    """Population-based training (Tune's `PopulationBasedTraining`, exploiting through
+    raysoup's own checkpoints).
+
+    Every `perturbation_interval`, a trial in the bottom `quantile_fraction` of the population
+    by `metric` clones a top trial: it continues from that trial's newest checkpoint (weights
+    and optimizer state), with the top trial's searched values perturbed as `mutations` say.
+    Its own checkpoints are discarded then (they belong to the state it gave up), and
+    `trials.parquet` records each clone: which trial, at which step.
+    """
+
+    type: Literal["pbt"] = Field(..., description="`pbt`.")
+    mutations: dict[str, list[Any] | dict[str, Any]] = Field(
+        ...,
+        min_length=1,
+        description="The searched fields a clone perturbs, by dotted path, each with the space "
+        "it may take: a range (`{loguniform: [1.0e-5, 1.0e-3]}`: a clone multiplies the value "
+        "by 0.8 or 1.2, within the range, or draws anew) or a list of values (a clone moves to "
+        "a neighbour, or draws anew).",
+    )
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.25, description="The chance that a clone draws a mutated value anew from its space."
+    )
+
+    FIELD: ClassVar[str] = "mutations"
+    space = staticmethod(mutation_space)
+
+
+class Pb2(Population):
+    """Population-based bandits (Tune's `PB2`, exploiting through raysoup's own checkpoints).
+
+    Like `pbt`, a trial in the bottom `quantile_fraction` clones a top trial's checkpoint every
+    `perturbation_interval`; the values it continues with are not random perturbations but
+    chosen by a Gaussian-process bandit fit to how each trial's metric changed per step with
+    its values (Parker-Holder et al., 2020). Each value stays inside its range in `bounds`; a
+    log-uniform range is explored on the log scale.
+    """
+
+    type: Literal["pb2"] = Field(..., description="`pb2`.")
+    bounds: dict[str, dict[str, Any]] = Field(
+        ...,
+        min_length=1,
+        description="The searched fields a clone chooses anew, by dotted path, each with its "
+        "range: `{uniform: [low, high]}`, `{loguniform: [low, high]}` (explored on the log "
+        "scale) or `{randint: [low, high]}`.",
+    )
+
+    FIELD: ClassVar[str] = "bounds"
+    space = staticmethod(bound_space)
+
+
+SCHEDULERS = (Fifo, Asha, Median, Pbt, Pb2)
 SCHEDULER_TYPES = tuple(s.model_fields["type"].annotation.__args__[0] for s in SCHEDULERS)
 Scheduler = Annotated[Union[SCHEDULERS], Field(discriminator="type")]  # noqa: UP007 (a tuple)
 
@@ -171,8 +223,7 @@ def check_scheduler_type(value):
     if kind not in SCHEDULER_TYPES:
         raise ValueError(
             f"type: unknown scheduler type {kind!r}; known: {', '.join(SCHEDULER_TYPES)} "
-            "(hyperband: use asha with brackets > 1, its asynchronous form; pb2 is not "
-            "supported yet)"
+            "(hyperband: use asha with brackets > 1, its asynchronous form)"
         )
     return value
 
@@ -202,13 +253,20 @@ def _lowest(space) -> int:
 
 
 def check_pbt(sweep) -> None:
-    """Refuse what population-based training cannot do soundly: a population that mixes
-    tasks, data sizes or seeds (a clone would take another replicate's weights), mutations of
-    fields that are not searched, perturbations between reports, and checkpoints that are not
-    saved at each report (a clone starts from the top trial's checkpoint of its last report)."""
+    """Refuse what population-based training (pbt, pb2) cannot do soundly: a population that
+    mixes tasks, data sizes or seeds (a clone would take another replicate's weights),
+    perturbed fields that are not searched, perturbations between reports, and checkpoints
+    that are not saved at each report (a clone starts from the top trial's checkpoint of its
+    last report)."""
     config = sweep.scheduler
-    if config.type != "pbt":
+    if not isinstance(config, Population):
         return
+    kind = config.type
+    if kind == "pb2" and importlib.util.find_spec("sklearn") is None:
+        raise ValueError(
+            "scheduler.type: pb2 needs the package 'scikit-learn', which is not installed: "
+            "pip install 'raysoup[search]'"
+        )
     axes = {
         "tasks": len(sweep.task_names()),
         "data_scale": len(sweep.data_scale or [None]),
@@ -217,25 +275,26 @@ def check_pbt(sweep) -> None:
     mixed = [f"{name} ({count})" for name, count in axes.items() if count > 1]
     if mixed:
         raise ValueError(
-            f"scheduler.type: pbt's population must be one task, data size and seed, or a clone "
-            f"would take another replicate's weights; this sweep has several {', '.join(mixed)}"
+            f"scheduler.type: {kind}'s population must be one task, data size and seed, or a "
+            f"clone would take another replicate's weights; this sweep has several "
+            f"{', '.join(mixed)}"
         )
     if sweep.search.learns():
         raise ValueError(
-            f"scheduler.type: pbt chooses its own configurations; search.type "
+            f"scheduler.type: {kind} chooses its own configurations; search.type "
             f"{sweep.search.type} would too (use grid or random for the first population)"
         )
     if sweep.uses_worker_group():
         raise ValueError(
-            "scheduler.type: pbt is not supported yet for worker-group trials "
+            f"scheduler.type: {kind} is not supported yet for worker-group trials "
             "(resources.workers > 1 or deepspeed)"
         )
     searched = sweep.search_space()
-    for path in config.mutations:
+    for path in config.perturbed():
         if path not in searched:
             raise ValueError(
-                f"scheduler.mutations.{path}: not a searched field; give it a space in the sweep "
-                f"(searched: {', '.join(searched) or 'none'})"
+                f"scheduler.{config.FIELD}.{path}: not a searched field; give it a space in the "
+                f"sweep (searched: {', '.join(searched) or 'none'})"
             )
     every = sweep.train.eval_every
     if config.perturbation_interval % every:
@@ -245,7 +304,7 @@ def check_pbt(sweep) -> None:
         )
     if sweep.checkpoint.every != every:
         raise ValueError(
-            f"checkpoint.every: pbt clones the checkpoint of a trial's last report, so "
+            f"checkpoint.every: {kind} clones the checkpoint of a trial's last report, so "
             f"checkpoint.every must equal train.eval_every ({every}), not "
             f"{sweep.checkpoint.every}"
         )

@@ -205,7 +205,7 @@ def test_a_learning_sweep_counts_its_trials_and_keeps_its_spaces():
         ({"search": {"type": "hyperopt"}}, "search.type: hyperopt has nothing to search"),
         ({"search": {"type": "optuna", "startup_trials": 0}}, "search.optuna.startup_trials"),
         ({"search": {"type": "optuna", "max_concurrent": 0}}, "search.optuna.max_concurrent"),
-        ({"scheduler": {"type": "pb2"}}, "pb2 is not supported yet"),
+        ({"scheduler": {"type": "pb2"}}, "scheduler.pb2.perturbation_interval"),
         ({"scheduler": {"type": "pbt"}}, "scheduler.pbt.perturbation_interval"),
     ],
 )

@@ -1,8 +1,8 @@
-"""Population-based training on raysoup's own checkpoints (`scheduler: {type: pbt}`).
+"""Population-based training on raysoup's own checkpoints (`scheduler: {type: pbt | pb2}`).
 
-Tune's `PopulationBasedTraining` decides when a trial exploits another and how its values are
-perturbed; its exploitation goes through Tune's checkpoints, which raysoup's trials do not
-report (each publishes its own into its folder, `engine/train/records.py`). `Exploiter` keeps
+Tune's `PopulationBasedTraining` (or `PB2`) decides when a trial exploits another and how its
+values change; its exploitation goes through Tune's checkpoints, which raysoup's trials do not
+report (each publishes its own into its folder, `engine/train/records.py`). `Exploit` keeps
 the decisions and replaces the transfer: the trial is paused and restarted with the perturbed
 configuration and a `clone` entry naming the top trial and the step of its last report, whose
 checkpoint was published before that report. The restarted trial (`run_trial`) continues from
@@ -18,14 +18,16 @@ from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
 from sweeps import Sweep
-from sweeps.schedulers import Pbt, mutation_space
+from sweeps.schedulers import Pbt
 from sweeps.space import LogUniform, RandInt, Space, Uniform
 
 CLONE = "clone"  # the config key of an exploit: {"from": trial name, "step": int, "id": str}
+COORDS = "pb2"  # the config key of a pb2 trial's values as its bandit sees them (`pb2.py`)
 
 
-class Exploiter(PopulationBasedTraining):
-    """PBT whose exploit restarts the trial from the top trial's raysoup checkpoint."""
+class Exploit:
+    """Population-based training whose exploit restarts the trial from the top trial's
+    raysoup checkpoint (mixed into Tune's PBT or PB2)."""
 
     def __init__(self, *args, seed: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -48,6 +50,10 @@ class Exploiter(PopulationBasedTraining):
         trial.set_config(cloned_config(trial.config, explored, clone))
 
 
+class Exploiter(Exploit, PopulationBasedTraining):
+    """PBT: a clone's values are the top trial's, perturbed at random."""
+
+
 def cloned_config(own: dict, explored: dict, clone: dict) -> dict:
     """The clone's config: its own cell (task, data size, seed, label: who it is) with the
     values PBT explored from the top trial's, and the `clone` entry. Tune's PBT copies the
@@ -55,11 +61,12 @@ def cloned_config(own: dict, explored: dict, clone: dict) -> dict:
     cell = own["trial"]
     values = explored["trial"]["config"]["values"]
     mine = {**cell, "config": {**cell["config"], "values": values}}
-    return {**own, "trial": mine, CLONE: clone}
+    coords = {COORDS: explored[COORDS]} if COORDS in explored else {}
+    return {**own, "trial": mine, CLONE: clone, **coords}
 
 
 def build(config: Pbt, sweep: Sweep) -> Exploiter:
-    mutations = {path: mutation_space(path, raw) for path, raw in config.mutations.items()}
+    mutations = config.perturbed()
     # Tune's PBT seeds its own perturbations from Python's global generator.
     random.seed(config.seed)
     return Exploiter(

@@ -50,7 +50,13 @@ def _median(config: Median, sweep: Sweep) -> MedianStoppingRule:
     )
 
 
-BUILDERS = {"asha": _asha, "median": _median, "pbt": pbt.build}
+def _pb2(config, sweep: Sweep) -> TrialScheduler:
+    from engine.train import pb2  # Tune's PB2 needs scikit-learn: imported only when chosen
+
+    return pb2.build(config, sweep)
+
+
+BUILDERS = {"asha": _asha, "median": _median, "pbt": pbt.build, "pb2": _pb2}
 
 
 class StopRecorder(tune.Callback):
