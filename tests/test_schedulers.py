@@ -1,21 +1,32 @@
 """Early stopping on real local Ray: ASHA stops trials that fall behind, a stopped trial is a
-result (its newest checkpoint is a candidate), resume never trains it again; the settings."""
+result (its newest checkpoint is a candidate), resume never trains it again; the settings; a
+restored experiment's scheduler keeps what it recorded before the restore (Tune's own
+schedulers and trials, without a cluster)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import ray.cloudpickle as cloudpickle
+import yaml
+from ray import tune
+from ray.tune.experiment import Trial
 
 import engine
 from engine.evaluate.stage import sweep_candidates
 from engine.train import records
-from engine.train.schedulers import StopRecorder, build, first_report
+from engine.train.schedulers import KeepState, StopRecorder, build, first_report
 from sweeps import SweepError, parse_sweep
 from sweeps.trials import search_progress
+from tests.conftest import DEMO_DATA
+from tests.test_resume import _finished_trials, _raysoup
 from tests.test_sweep_config import sweep_dict
 from tests.test_sweep_run import tiny_sweep
 
@@ -176,3 +187,157 @@ def test_search_progress_counts_a_stopped_trial_up_to_its_stop():
     assert list(progress["best"]) == [0.2, 0.7, 0.7]
     old = search_progress(trials.drop(columns="stopped_at"), "accuracy", "max")
     assert list(old["compute"]) == [4, 14, 24]
+
+
+def tune_trials(*ids: str) -> list[Trial]:
+    return [Trial("__fake", trial_id=i, config={}, stub=True) for i in ids]
+
+
+# What the schedulers ask of Tune's controller here: its searcher (none) and the live trials.
+CONTROLLER = SimpleNamespace(search_alg=None, get_live_trials=lambda: [])
+
+
+def restored(scheduler, state: dict, trial_ids: tuple[str, ...]):
+    """`scheduler` as a restored experiment has it: unpickled as Tune saved it at the start
+    (`tuner.pkl`), its trials restored as new objects with their ids, then the state put back
+    before the first step."""
+    again = cloudpickle.loads(cloudpickle.dumps(scheduler))
+    keep = KeepState(again)
+    keep.set_state(state)
+    trials = tune_trials(*trial_ids)
+    for trial in trials:
+        again.on_trial_add(CONTROLLER, trial)
+    keep.on_step_begin(0, trials)
+    return again, trials
+
+
+def report(scheduler, trial, step: int, loss: float) -> str:
+    return scheduler.on_trial_result(CONTROLLER, trial, {"step": step, "eval_loss": loss})
+
+
+@pytest.mark.parametrize("kind", ["asha", "median"])
+def test_a_restored_experiment_judges_trials_against_those_before_the_restore(kind):
+    """Tune saves no scheduler: without `KeepState`, the trial reported after the restore is
+    the first at its rung (ASHA) or has no others to compare with (the median rule), and goes
+    on; with it, it is stopped by the scores recorded before the driver died."""
+    settings = {"type": kind, "grace_period": 2}
+    if kind == "asha":
+        settings["reduction_factor"] = 2
+    else:
+        settings["min_samples_required"] = 2
+    fresh = build(parse_sweep(sweep_dict(scheduler=settings)))
+    before = cloudpickle.loads(cloudpickle.dumps(fresh))
+    ids = ("good_1", "good_2", "late")
+    trials = tune_trials(*ids)
+    for trial in trials:
+        before.on_trial_add(CONTROLLER, trial)
+    for step in (2, 4):
+        for good in trials[:2]:
+            assert report(before, good, step, 0.5) == "CONTINUE"
+    state = KeepState(before).get_state()
+
+    kept, (*_, late) = restored(fresh, state, ids)
+    assert report(kept, late, 2, 3.0) == "STOP"
+    lost = cloudpickle.loads(cloudpickle.dumps(fresh))
+    lost.on_trial_add(CONTROLLER, late)
+    assert report(lost, late, 2, 3.0) == "CONTINUE"  # what Tune alone would do
+
+
+def test_restored_pbt_keeps_its_scores_and_drops_trials_tune_did_not_restore():
+    sweep = parse_sweep(
+        sweep_dict(
+            train={"lr": {"grid": [1e-3, 1e-2]}, "eval_every": 2},
+            checkpoint={"every": 2},
+            scheduler={"type": "pbt", "perturbation_interval": 4,
+                       "mutations": {"train.lr": {"loguniform": [1e-4, 1e-1]}}},
+        )
+    )  # fmt: skip
+    fresh = build(sweep)
+    before = cloudpickle.loads(cloudpickle.dumps(fresh))
+    trials = tune_trials("a", "b", "added_after_the_checkpoint")
+    for trial in trials:
+        before.on_trial_add(CONTROLLER, trial)
+    for trial, loss in zip(trials, (0.4, 0.9, 0.7)):
+        before._save_trial_state(
+            before._trial_state[trial], 2, {"step": 2, "eval_loss": loss}, trial
+        )
+    state = KeepState(before).get_state()
+
+    kept, (a, b) = restored(fresh, state, ("a", "b"))
+    assert {t.trial_id: s.last_score for t, s in kept._trial_state.items()} == {
+        "a": -0.4, "b": -0.9  # PBT maximises: minus the loss
+    }  # fmt: skip
+    assert kept._trial_state[a].last_result["eval_loss"] == 0.4
+    assert kept._custom_explore_fn is not None  # what is code stays the restored scheduler's
+
+
+def test_an_unreadable_saved_scheduler_starts_afresh():
+    fresh = build(parse_sweep(sweep_dict(scheduler={"type": "asha"})))
+    again, _ = restored(fresh, {"scheduler": b"not a pickle"}, ("a",))
+    assert again._trial_info.keys() == {"a"}  # as Tune alone would have it
+
+
+HOLD = "RAYSOUP_TEST_HOLD"
+
+
+def held_score(prediction: str, reference: str) -> float:
+    """A user metric for the kill test below: the grid's first trial scores 1 on every example,
+    the second 0; while the file that RAYSOUP_TEST_HOLD names exists, the second waits in its
+    first score, so it has not reported when its driver is killed."""
+    if tune.get_context().get_trial_id().endswith("_00000"):
+        return 1.0
+    while Path(os.environ.get(HOLD, "/nonexistent")).exists():
+        time.sleep(0.2)
+    return 0.0
+
+
+# About a minute on 2 cores: with --runslow. Without it, the tests above restore Tune's own
+# schedulers from the state `KeepState` saves, with Tune's trials restored as new objects.
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_with_its_schedulers_rungs(tmp_path, monkeypatch):
+    """ASHA, one trial at a time. The first trial reaches every rung with the best score; the
+    driver is killed (SIGKILL, with its local Ray) once Tune's saved state records that, while
+    the second waits in its first report (its step-2 checkpoint is saved, its score not yet).
+    Resumed, it continues from that checkpoint and reports the worst score at the next rung
+    (step 4): it is stopped there, against the first trial's score recorded before the kill
+    (with the scheduler starting empty, it would be alone at its rungs and go on to its end)."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    monkeypatch.setenv(HOLD, str(hold))
+    sweep = tiny_sweep(
+        "rungs",
+        finetune={"method": "full"},
+        train={"lr": {"grid": [3e-3, 1e-7]}, "max_steps": 8, "seq_len": 24, "eval_every": 2},
+        data={
+            "train": str(DEMO_DATA / "add" / "train.jsonl"),
+            "eval": str(DEMO_DATA / "add" / "eval.jsonl"),
+            "format": "prompt_completion",
+        },
+        data_scale=None,
+        checkpoint={"every": 2, "keep": None},
+        resources={"max_concurrent": 1},
+        metric="tests.test_schedulers:held_score",
+        scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2},
+    )
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(sweep))
+    run_dir = tmp_path / "runs" / "rungs"
+    driver = _raysoup(
+        "run", str(sweep_file), "--storage", str(tmp_path / "runs"), start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not _finished_trials(run_dir / "tune") and time.time() < deadline:
+        assert driver.poll() is None, driver.stdout.read()
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert len(_finished_trials(run_dir / "tune")) == 1
+    hold.unlink()
+
+    resumed = _raysoup("resume", str(run_dir))
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out
+    trials = pd.read_parquet(run_dir / "trials.parquet").set_index("train.lr")
+    assert trials.loc[3e-3, "status"] == "done" and trials.loc[3e-3, "steps"] == 8
+    late = trials.loc[1e-7]  # it continues from its step-2 checkpoint and reports at step 4
+    assert (late["status"], late["stopped_by"], late["stopped_at"]) == ("stopped", "asha", 4)

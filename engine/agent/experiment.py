@@ -32,6 +32,7 @@ from engine.agent.results import AgentResult
 from engine.agent.trial import METRIC, ScriptSpec, run_trial
 from engine.core.rundir import RunDir, write_atomic
 from engine.core.session import ray_session
+from engine.train.schedulers import KeepState
 from sweeps.errors import SweepError
 from sweeps.wandb_params import Constant, Distribution, Nested
 from sweeps.wandb_sweeps import Hyperband
@@ -141,12 +142,16 @@ def tuner(sweep: ScriptSweep, options: AgentOptions, run: RunDir) -> tune.Tuner:
         )
     configs = plan.configurations(sweep, options.seed)
     learns = configs is None
+    stopper = scheduler(sweep.parsed.early_terminate)
+    callbacks = [Outcomes(str(run.root))]
+    if stopper is not None:  # its rungs survive a killed driver (Tune saves no scheduler)
+        callbacks.append(KeepState(stopper))
     tune_config = tune.TuneConfig(
         metric=METRIC if sweep.mode else None,
         mode=sweep.mode,
         num_samples=sweep.parsed.run_cap if learns else 1,
         search_alg=searcher(options.seed) if learns else None,
-        scheduler=scheduler(sweep.parsed.early_terminate),
+        scheduler=stopper,
         trial_dirname_creator=trial_dirname,
     )
     target = sweep.parsed.metric.target if sweep.parsed.metric else None
@@ -154,7 +159,7 @@ def tuner(sweep: ScriptSweep, options: AgentOptions, run: RunDir) -> tune.Tuner:
         name=run.tune.name,
         storage_path=str(run.root),
         stop=TargetStopper(target, sweep.mode, str(run.root)) if target is not None else None,
-        callbacks=[Outcomes(str(run.root))],
+        callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=0),  # W&B's agent runs a run once
         verbose=0,
     )

@@ -218,6 +218,9 @@ def _new_tuner(
     if sweep.scheduler.stops_trials():
         # first, so the other callbacks read the stopped trial's folder as stopped
         callbacks = [schedulers.StopRecorder(run.tune, sweep.scheduler.type), *callbacks]
+    scheduler = schedulers.build(sweep)
+    if scheduler is not None:  # Tune saves no scheduler: this callback does, with its state
+        callbacks = [*callbacks, schedulers.KeepState(scheduler)]
     run_config = tune.RunConfig(
         name=run.tune.name,
         storage_path=str(run.root),
@@ -234,7 +237,7 @@ def _new_tuner(
         # knows the metric only for the scheduler and searcher; raysoup ranks trials itself.
         num_samples=sweep.trial_count() if learns else 1,
         search_alg=searchers.build(sweep) if learns else None,
-        scheduler=schedulers.build(sweep),
+        scheduler=scheduler,
         reuse_actors=True,
         max_concurrent_trials=max_concurrent(sweep),
         trial_dirname_creator=functools.partial(trial_folder, sweep=sweep, sizes=sizes),

@@ -4,13 +4,25 @@ The scheduler sees every report of every trial (at each `train.eval_every`) with
 `metric`; the time it counts is the report's `step` or `examples_seen`. A trial it stops is
 not a failure: `StopRecorder` writes the stop into the trial's folder (`stopped.json`), so the
 trial's newest checkpoint is its result and a resumed sweep never trains it again.
+
+Tune saves its searcher with the experiment but not its scheduler (Ray #30838): a restored
+experiment would start with ASHA's rungs, the median rule's results and PBT's scores empty,
+and judge the trials that go on against none of those that came before. `KeepState` saves the
+scheduler into Tune's callback state, written with each experiment checkpoint (so it always
+matches the trials Tune restores), and puts it back before the restored experiment's first
+step.
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import pickle
 from pathlib import Path
 
+import ray.cloudpickle as cloudpickle
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, MedianStoppingRule, TrialScheduler
 
 from engine.core import storage
@@ -18,6 +30,7 @@ from engine.train import pbt, records
 from sweeps import Sweep
 from sweeps.schedulers import Asha, Median, first_report
 
+logger = logging.getLogger(__name__)
 NO_LIMIT = 10**12  # ASHA's max_t when none is given: trials end at their own last step
 
 
@@ -76,3 +89,77 @@ class StopRecorder(tune.Callback):
         folder = Path(storage.local(self.tune_dir)) / records.folder_name(trial.trial_id, name)
         kept = {k: v for k, v in last.items() if isinstance(v, (int, float, str))}
         records.record_stop(folder, step, self.scheduler, kept)
+
+
+class KeepState(tune.Callback):
+    """Keeps `scheduler`'s state across a restored experiment (see the module's docstring).
+
+    Its attributes are pickled with each trial as its id; on restore they are put back with
+    the restored trials in their place, and what named a trial Tune did not restore (one
+    added after the last experiment checkpoint) is dropped. Tune pickles this callback and
+    the scheduler together (`tuner.pkl`), so the restored callback holds the restored
+    experiment's scheduler.
+    """
+
+    def __init__(self, scheduler: TrialScheduler) -> None:
+        self.scheduler = scheduler
+        self.saved: bytes | None = None
+
+    def get_state(self) -> dict:
+        kept = {k: v for k, v in vars(self.scheduler).items() if not callable(v)}
+        out = io.BytesIO()
+        _TrialsAsIds(out).dump(kept)
+        return {"scheduler": out.getvalue()}
+
+    def set_state(self, state: dict) -> None:
+        self.saved = state["scheduler"]  # the trials are not restored yet: see on_step_begin
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info) -> None:
+        if self.saved is None:
+            return
+        saved, self.saved = self.saved, None
+        by_id = {trial.trial_id: trial for trial in trials}
+        loader = _IdsAsTrials(io.BytesIO(saved), by_id)
+        try:
+            kept = loader.load()
+        except Exception as err:  # an older raysoup's or Ray's scheduler: start it afresh
+            logger.warning("the scheduler's saved state cannot be read (%s); it starts empty", err)
+            return
+        fresh = vars(self.scheduler)
+        for name, value in kept.items():
+            value = _without_gone(value)
+            if isinstance(value, dict) and isinstance(fresh.get(name), dict):
+                for key, entry in fresh[name].items():  # a restored trial it did not know
+                    value.setdefault(key, entry)
+            fresh[name] = value
+
+
+class _Gone:
+    """A trial the saved state names but Tune did not restore."""
+
+
+def _without_gone(value):
+    """`value` without what names a trial Tune did not restore (in a dict's keys, a set or a
+    list: how Tune's schedulers hold trials)."""
+    if isinstance(value, dict):
+        for key in [k for k in value if isinstance(k, _Gone)]:
+            del value[key]
+    elif isinstance(value, set):
+        value.difference_update([v for v in value if isinstance(v, _Gone)])
+    elif isinstance(value, list):
+        value[:] = [v for v in value if not isinstance(v, _Gone)]
+    return value
+
+
+class _TrialsAsIds(cloudpickle.Pickler):
+    def persistent_id(self, obj):
+        return ("trial", obj.trial_id) if isinstance(obj, Trial) else None
+
+
+class _IdsAsTrials(pickle.Unpickler):
+    def __init__(self, file, by_id: dict[str, Trial]) -> None:
+        super().__init__(file)
+        self.by_id = by_id
+
+    def persistent_load(self, pid):
+        return self.by_id.get(pid[1]) or _Gone()

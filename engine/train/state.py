@@ -4,11 +4,13 @@ so that the experiment is rebuilt from the trials' folders.
 Tune 2.60 restores an experiment from `tuner.pkl`, the newest `experiment_state-*.json` (the
 trials and their statuses) and the newest `basic-variant-state-*.json` (which trials the grid
 has made) or, with a learning searcher, `search_gen_state-*.json` and `searcher-state-*.pkl`
-(the searcher and what it was told). When one of them is missing or unreadable, Tune logs
-"Failed to restore the run state" and starts a new experiment: every trial again under a new
-id. raysoup checks them first and stops instead (`damage`); `raysoup resume --rebuild-state`
-moves them aside (`set_aside`) and starts an experiment of the trials that have not finished,
-each continuing from the newest complete checkpoint of its name (`engine/train/records.py`).
+(the searcher and what it was told), and the newest `callback-states-*.pkl` (the
+scheduler's state, `engine/train/schedulers.py`). When one of them is missing or unreadable,
+Tune logs "Failed to restore the run state" and starts a new experiment, every trial again
+under a new id (or, for the callbacks' state, raises). raysoup checks them first and stops
+instead (`damage`); `raysoup resume --rebuild-state` moves them aside (`set_aside`) and starts
+an experiment of the trials that have not finished, each continuing from the newest complete
+checkpoint of its name (`engine/train/records.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ EXPERIMENT = "experiment_state-*.json"
 SEARCH = "basic-variant-state-*.json"
 # A learning searcher's: its wrappers' state (a pickle despite the name), and the searcher's.
 SEARCH_GENERATOR, SEARCHER = "search_gen_state-*.json", "searcher-state-*.pkl"
+CALLBACKS = "callback-states-*.pkl"  # the callbacks' state: the scheduler's (`KeepState`)
 ASIDE = ".damaged-"
 
 
@@ -58,6 +61,8 @@ def damage(tune_dir: Path) -> str | None:
         trials = json.loads(experiment.read_text())["trial_data"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"{experiment.name} cannot be read ({type(err).__name__}: {err})"
+    if _newest(tune_dir, CALLBACKS) is not None and (cut := _unreadable(tune_dir, CALLBACKS)):
+        return cut
     if _newest(tune_dir, SEARCH_GENERATOR) is not None:
         return _unreadable(tune_dir, SEARCH_GENERATOR) or _unreadable(tune_dir, SEARCHER)
     if _newest(tune_dir, SEARCH) is not None:

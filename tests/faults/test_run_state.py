@@ -71,7 +71,14 @@ def test_damaged_state_with_trials_stops_and_without_them_is_rebuilt(tmp_path, t
     with pytest.raises(RunError, match="experiment_state-2026-01-01_00-00-00.json cannot be"):
         start_mode(run)
     assert start_mode(run, rebuild=True) == "rebuild"
-    tally.bad_input("damaged Tune state", 2)
+    # readable again, and the scheduler's state (in the callbacks' state) cut
+    (run.tune / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    (run.tune / "basic-variant-state-2026-01-01_00-00-00.json").write_text("{}")
+    callbacks = run.tune / "callback-states-2026-01-01_00-00-00.pkl"
+    callbacks.write_bytes(pickle.dumps({0: {"scheduler": b"x" * 64}})[:20])
+    with pytest.raises(RunError, match="callback-states-2026-01-01_00-00-00.pkl cannot be read"):
+        start_mode(run)
+    tally.bad_input("damaged Tune state", 3)
 
 
 @pytest.mark.ray
