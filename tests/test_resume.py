@@ -64,6 +64,24 @@ def _raysoup(*args, **kwargs):
     )
 
 
+def killed_after(tmp_path: Path, sweep: dict, finished: int) -> Path:
+    """`raysoup run` of `sweep` in its own process group, killed with SIGKILL (with the local Ray
+    it started) once Tune's saved state records `finished` trials as finished; its run folder."""
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(sweep))
+    run_dir = tmp_path / "runs" / sweep["name"]
+    driver = _raysoup(
+        "run", str(sweep_file), "--storage", str(tmp_path / "runs"), start_new_session=True
+    )
+    deadline = time.time() + 300
+    while len(_finished_trials(run_dir / "tune")) < finished and time.time() < deadline:
+        assert driver.poll() is None, driver.stdout.read()
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    return run_dir
+
+
 # The same kill and resume runs on every CI run with the run directory on s3:// (and the resume
 # on another cache): tests/test_storage.py. This one, on a local folder, with --runslow.
 @pytest.mark.slow

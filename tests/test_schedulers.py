@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +14,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import ray.cloudpickle as cloudpickle
-import yaml
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -26,7 +24,7 @@ from engine.train.schedulers import KeepState, StopRecorder, build, first_report
 from sweeps import SweepError, parse_sweep
 from sweeps.trials import search_progress
 from tests.conftest import DEMO_DATA
-from tests.test_resume import _finished_trials, _raysoup
+from tests.test_resume import _finished_trials, _raysoup, killed_after
 from tests.test_sweep_config import sweep_dict
 from tests.test_sweep_run import tiny_sweep
 
@@ -319,18 +317,7 @@ def test_a_killed_sweep_resumes_with_its_schedulers_rungs(tmp_path, monkeypatch)
         metric="tests.test_schedulers:held_score",
         scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2},
     )
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump(sweep))
-    run_dir = tmp_path / "runs" / "rungs"
-    driver = _raysoup(
-        "run", str(sweep_file), "--storage", str(tmp_path / "runs"), start_new_session=True
-    )
-    deadline = time.time() + 300
-    while not _finished_trials(run_dir / "tune") and time.time() < deadline:
-        assert driver.poll() is None, driver.stdout.read()
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    run_dir = killed_after(tmp_path, sweep, finished=1)
     assert len(_finished_trials(run_dir / "tune")) == 1
     hold.unlink()
 

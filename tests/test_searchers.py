@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import pickle
-import signal
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from ray.tune.search import Searcher
 from ray.tune.search.search_generator import SearchGenerator
 
@@ -23,7 +19,7 @@ from engine.train import searchers
 from sweeps import SweepError, parse_sweep
 from sweeps.space import LogUniform
 from sweeps.trials import configurations, short_number
-from tests.test_resume import _finished_trials, _raysoup, _results
+from tests.test_resume import _finished_trials, _raysoup, _results, killed_after
 from tests.test_sweep_config import sweep_dict
 from tests.test_sweep_run import tiny_sweep
 
@@ -243,18 +239,7 @@ def test_a_killed_sweep_resumes_with_its_searchers_state(tmp_path):
         search={"type": "optuna", "startup_trials": 2},
         resources={"max_concurrent": 1},
     )
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump(sweep))
-    run_dir = tmp_path / "runs" / "killed"
-    driver = _raysoup(
-        "run", str(sweep_file), "--storage", str(tmp_path / "runs"), start_new_session=True
-    )
-    deadline = time.time() + 300
-    while len(_finished_trials(run_dir / "tune")) < 3 and time.time() < deadline:
-        assert driver.poll() is None, driver.stdout.read()
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
+    run_dir = killed_after(tmp_path, sweep, finished=3)
     before = _results(run_dir / "tune")
     finished = _finished_trials(run_dir / "tune")
     assert 3 <= len(finished) < 8, "the sweep finished before it could be killed"
