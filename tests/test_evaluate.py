@@ -239,7 +239,7 @@ def test_loss_matches_the_training_report(one_actor, base):
     from types import SimpleNamespace
 
     from engine.core.batches import mean_loss
-    from engine.prepare.stage import tokenize_batch
+    from engine.prepare.tokenize import tokenize_batch
     from sweeps import DataConfig
 
     model, tok = base

@@ -20,7 +20,7 @@ from engine.core.models import load_tokenizer
 from engine.demo.tiny import save_tiny_model
 from engine.prepare.reference import load_reference, score_task, settings
 from engine.prepare.splits import load_split
-from engine.prepare.stage import tokenize_batch
+from engine.prepare.tokenize import tokenize_batch
 from engine.train.loop import TrialSpec, train
 from engine.train.losses import PairLoss
 from engine.train.objectives import Pairs, orpo, simpo

@@ -210,7 +210,8 @@ def test_text_that_looks_like_a_number_stays_text(suffix, tmp_path):
     from engine.core.rundir import RunDir
     from engine.demo import BASE_DIR
     from engine.prepare.splits import load_split
-    from engine.prepare.stage import prepare, tokenize_batch
+    from engine.prepare.stage import prepare
+    from engine.prepare.tokenize import tokenize_batch
 
     rows = [{"prompt": f"{i}+1=", "completion": f" {i + 1}"} for i in range(40)]
     path = tmp_path / f"train.{suffix}"
@@ -243,7 +244,8 @@ def test_the_selection_split_is_the_eval_file_and_never_the_test_file(tmp_path):
     from engine.core.rundir import RunDir
     from engine.demo import BASE_DIR
     from engine.prepare.splits import load_split
-    from engine.prepare.stage import prepare, tokenize_batch
+    from engine.prepare.stage import prepare
+    from engine.prepare.tokenize import tokenize_batch
 
     files = {}
     for split, start in (("train", 0), ("eval", 100), ("test", 200)):

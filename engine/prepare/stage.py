@@ -19,14 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.core import storage
-from engine.core.encode import encode_examples, fast_path_agrees, text_encoder
+from engine.core.encode import fast_path_agrees
 from engine.core.progress import warn
 from engine.core.rundir import RunDir, write_atomic
 from engine.prepare import reference
-from engine.prepare.keys import KEY_BUCKETS, example_keys
+from engine.prepare.keys import KEY_BUCKETS
 from engine.prepare.manifest import MANIFEST_VERSION, read_manifest
 from engine.prepare.selection import apply_selection
 from engine.prepare.sources import check_fields, read_records, read_texts
+from engine.prepare.tokenize import label_split, tokenize_batch
 from sweeps import Sweep, SweepError
 from sweeps.config import DataConfig
 
@@ -169,22 +170,13 @@ def _task_parts(data: DataConfig, task: str, sweep: Sweep, model_path: str):
                 data,
                 functools.partial(read_texts, on_bad_line=data.on_bad_line),
             )
-        label = functools.partial(_label, cut=cut, task=task)
+        label = functools.partial(label_split, cut=cut, task=task)
         parts.append(
             records.map_batches(tokenize, batch_format="pyarrow").map_batches(
                 label, batch_format="pyarrow"
             )
         )
     return parts, {"selection": selection, "skipped_lines": {p: n for p, n in skipped.items() if n}}
-
-
-def _label(batch: pa.Table, cut: int, task: str) -> pa.Table:
-    """The task, and the split: rows whose key bucket is below `cut` are eval rows (cut 0: all
-    train; KEY_BUCKETS: all eval). The bucket is the key's low digits; the order uses the whole
-    key."""
-    is_eval = pa.compute.less(batch["bucket"], cut)
-    batch = batch.append_column("split", pa.compute.if_else(is_eval, "eval", "train"))
-    return batch.append_column("task", pa.array([task] * batch.num_rows, pa.string()))
 
 
 def _write(dataset, staging: Path) -> None:
@@ -212,28 +204,3 @@ def _publish(staged: Path, final: Path, split: str) -> dict:
     staged.rename(final)
     table = pq.read_table(final, columns=["n_tokens"])
     return {"rows": table.num_rows, "tokens": int(pa.compute.sum(table["n_tokens"]).as_py() or 0)}
-
-
-def tokenize_batch(
-    batch: pa.Table, data: DataConfig, model_path: str, trust_remote_code: bool, fast: bool = False
-) -> pa.Table:
-    """Token ids and labels for one batch; labels are IGNORE on prompt tokens.
-
-    `fast` encodes with the `tokenizers` library alone (see `engine.core.encode`).
-    """
-    enc = text_encoder(model_path, trust_remote_code, fast)
-    columns = [[str(v) for v in batch.column(f).to_pylist()] for f in data.fields()]
-    tokens = encode_examples(enc, data.format, columns)
-    keys = example_keys(["\x1f".join(parts) for parts in zip(*columns)], data.seed)
-    lengths = [len(i) for i in tokens["input_ids"]]
-    if "rejected_ids" in tokens:  # a preference pair trains on both of its sequences
-        lengths = [n + len(r) for n, r in zip(lengths, tokens["rejected_ids"])]
-    # The key's low digits pick held-out rows (`bucket`); the order uses the whole key.
-    return pa.table(
-        {
-            "key": keys,
-            "bucket": keys % KEY_BUCKETS,
-            **{name: pa.array(column, pa.list_(pa.int32())) for name, column in tokens.items()},
-            "n_tokens": pa.array(lengths, pa.int32()),
-        }
-    )
