@@ -77,7 +77,11 @@ class HyperOpt(_Learning):
 SEARCHERS = (Grid, Random, Optuna, HyperOpt)
 SEARCH_TYPES = tuple(s.model_fields["type"].annotation.__args__[0] for s in SEARCHERS)
 Search = Annotated[Union[SEARCHERS], Field(discriminator="type")]  # noqa: UP007 (a tuple)
-NOT_BUILT = {"bohb": "bohb (Tune's BOHB needs hpbandster, last released in 2018)"}
+NOT_BUILT = {
+    "bohb": "bohb (Tune's BOHB learns from every trial's result at each budget of its own "
+    "HyperBand, which pauses and resumes trials; raysoup tells a searcher one score per point, "
+    "the mean over its replicates; use optuna with scheduler asha)"
+}
 
 
 def check_search_type(value):

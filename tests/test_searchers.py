@@ -191,7 +191,10 @@ def test_a_learning_sweep_counts_its_trials_and_keeps_its_spaces():
     "overrides,message",
     [
         ({"search": {"type": "smac"}}, "unknown search type 'smac'; known: grid, random, optuna"),
-        ({"search": {"type": "bohb"}}, "bohb (Tune's BOHB needs hpbandster"),
+        (
+            {"search": {"type": "bohb"}},
+            "bohb (Tune's BOHB learns from every trial's result at each budget",
+        ),
         ({"search": {"seed": 1}}, "unknown search type None"),
         ({"search": {"type": "grid", "seed": 1}}, "search.grid.seed: unknown key"),
         (
