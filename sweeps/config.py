@@ -12,9 +12,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from sweeps.base import DataFile, Strict, absolute
+from sweeps.errors import describe, field_path
 from sweeps.evaluation import (
     EvaluateConfig,
     higher_is_better,
@@ -42,7 +43,8 @@ from sweeps.schedulers import (
 )
 from sweeps.searchers import Grid, Search, check_search_type, check_searcher
 from sweeps.selection import Stage, check_stage_types
-from sweeps.space import Space, grid_size, searchable
+from sweeps.space import SPACES, Space, grid_size, searchable
+from sweeps.space import Grid as GridSpace
 from sweeps.tracking import TrackingConfig
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -472,6 +474,14 @@ class Sweep(Strict):
         "or with a learning searcher (`search.type` optuna, hyperopt) the configurations it "
         "suggests; each is trained on every task, data size and seed.",
     )
+    branches: list[dict[str, Any]] | None = Field(
+        None,
+        description="Conditional spaces: alternative settings of `finetune` and `train`, each a "
+        "partial sweep laid over this one with its own values and spaces (full fine-tuning "
+        "with one range of `lr`, LoRA with its rank and another range). Every branch is tried: "
+        "the sweep's configurations are those of each branch in turn (`num_samples` draws "
+        "each). Grid and random search only. Null: none.",
+    )
     search: Search = Field(
         default_factory=lambda: Grid(type="grid"),
         description="How configurations are chosen: `grid` (drawn before training), `random`, "
@@ -588,6 +598,25 @@ class Sweep(Strict):
                     f"task name {bad[0]!r} is not a usable folder name; use letters, "
                     "digits, '.', '_' and '-'"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _branches_apply(self):
+        if self.branches is None:
+            return self
+        if not self.branches:
+            raise ValueError("branches: give at least one branch, or leave `branches` out")
+        if self.search.learns():
+            raise ValueError(
+                f"branches: search.type {self.search.type} does not search conditional spaces "
+                "yet; use grid or random"
+            )
+        if isinstance(self.scheduler, Population):
+            raise ValueError(
+                f"branches: scheduler.type {self.scheduler.type} perturbs one space; a sweep "
+                "with branches has one per branch"
+            )
+        self.branch_sweeps()  # each branch validated here, its errors named
         return self
 
     @model_validator(mode="after")
@@ -709,12 +738,54 @@ class Sweep(Strict):
         return self.data.model_copy(update=self.tasks[task].model_dump())
 
     def search_space(self) -> dict[str, Space]:
-        """Every search space in the definition, by dotted field path (`train.lr`)."""
-        return dict(_find_spaces(self, ""))
+        """Every search space in the definition, by dotted field path (`train.lr`). With
+        `branches`, every field a branch searches or sets, as one space: the first sampled
+        space a branch gives it, else a grid of the values the branches give it (the columns
+        and grid axes of the sweep's trials)."""
+        if not self.branches:
+            return dict(_find_spaces(self, ""))
+        given: dict[str, list] = {}
+        for branch, fixed in zip(self.branch_sweeps(), self.branch_values()):
+            for path, space in branch.search_space().items():
+                given.setdefault(path, []).append(space)
+            for path, value in fixed.items():
+                given.setdefault(path, []).append(value)
+        order = sorted(given, key=lambda path: _field_rank(Sweep, path))
+        return {path: _one_space(given[path]) for path in order}
+
+    def branch_sweeps(self) -> list[Sweep]:
+        """Each of `branches` laid over this sweep (without its branches), validated; a
+        problem is named by the branch and the field (`branches[1].train.lr`)."""
+        base = self.model_dump(mode="json", exclude={"branches"})
+        found = []
+        for i, branch in enumerate(self.branches or []):
+            other = [key for key in branch if key not in BRANCH_SECTIONS]
+            if other:
+                raise ValueError(
+                    f"branches[{i}].{other[0]}: a branch sets only {' and '.join(BRANCH_SECTIONS)}"
+                )
+            try:
+                found.append(Sweep.model_validate(_laid_over(base, branch)))
+            except ValidationError as err:
+                problems = [
+                    f"branches[{i}].{field_path(e['loc'])}: {describe(e, Sweep)}"
+                    if e["loc"]
+                    else f"branches[{i}]: {describe(e, Sweep)}"
+                    for e in err.errors()
+                ]
+                raise ValueError("; ".join(problems)) from None
+        return found
+
+    def branch_values(self) -> list[dict[str, Any]]:
+        """The values (not spaces) each branch sets, by dotted path: part of every
+        configuration of that branch."""
+        return [dict(_fixed_leaves(branch, "")) for branch in self.branches or []]
 
     def trial_count(self) -> int:
         """How many trials the sweep runs: each grid point and sample, on every task, data
-        size and seed."""
+        size and seed (with `branches`, those of every branch)."""
+        if self.branches:
+            return sum(branch.trial_count() for branch in self.branch_sweeps())
         grids = math.prod(grid_size(s) for s in self.search_space().values())
         return (
             grids
@@ -730,6 +801,7 @@ class Sweep(Strict):
         spaces; and without population-based training, whose mutations need spaces)."""
         data = self.model_dump(mode="json")
         data["search"] = {"type": "grid"}
+        data["branches"] = None  # the trial's values hold what its branch set
         if isinstance(self.scheduler, Population):  # it perturbs spaces a trial has no more
             data["scheduler"] = {"type": "fifo"}
         for path, value in params.items():
@@ -769,6 +841,59 @@ def _find_spaces(node: Any, prefix: str):
     elif isinstance(node, BaseModel):
         for name in type(node).model_fields:
             yield from _find_spaces(getattr(node, name), f"{prefix}.{name}" if prefix else name)
+
+
+BRANCH_SECTIONS = ("finetune", "train")
+
+
+def _laid_over(base: dict, branch: dict) -> dict:
+    """`base` with `branch`'s values in place, section by section (a space replaces whatever
+    stood there)."""
+    merged = dict(base)
+    for key, value in branch.items():
+        inner = merged.get(key)
+        section = isinstance(value, dict) and isinstance(inner, dict) and not _is_space(value)
+        merged[key] = _laid_over(inner, value) if section else value
+    return merged
+
+
+def _is_space(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACES
+
+
+def _fixed_leaves(branch: dict, prefix: str):
+    for key, value in branch.items():
+        if _is_space(value):
+            continue
+        if isinstance(value, dict):
+            yield from _fixed_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _field_rank(model: type[BaseModel] | None, path: str) -> tuple[int, ...]:
+    """Where a dotted field stands in the definition's order (`finetune.lora.r` before
+    `train.lr`), so that the fields of several branches keep the order of one sweep."""
+    rank = []
+    for name in path.split("."):
+        fields = model.model_fields if model is not None else {}
+        rank.append(list(fields).index(name) if name in fields else len(fields))
+        inner = fields[name].annotation if name in fields else None
+        model = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+    return tuple(rank)
+
+
+def _one_space(items: list) -> Space:
+    """One space for a field that several branches search or set (see `search_space`)."""
+    sampled = [s for s in items if isinstance(s, Space) and s.key != "grid"]
+    if sampled:
+        return sampled[0]
+    values: list = []
+    for item in items:
+        for value in item.values() if isinstance(item, Space) else [item]:
+            if value not in values:
+                values.append(value)
+    return GridSpace(grid=values)
 
 
 def _set_path(data: dict, path: str, value: Any) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 
 from pydantic import BaseModel, ValidationError
 
 from sweeps.space import TAG_MARK
+
+NAMED = re.compile(r"[a-z_]+(\[\d+\])?(\.[A-Za-z_][\w]*(\[\d+\])?)*: ")
 
 
 class SweepError(ValueError):
@@ -27,7 +30,8 @@ def field_path(loc: tuple) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _describe(error: dict, model: type[BaseModel] | None = None) -> str:
+def describe(error: dict, model: type[BaseModel] | None = None) -> str:
+    """What is wrong, in words (an unknown key of `model` with the keys allowed there)."""
     kind, msg, given = error["type"], error["msg"], error.get("input")
     if kind == "extra_forbidden":
         return _unknown_key(error["loc"], model)
@@ -46,7 +50,10 @@ def format_validation_error(
     `model` lists the keys allowed where it stands."""
     lines = [f"{source}: {len(err.errors())} problem(s)"]
     for error in err.errors():
-        lines.append(f"  {field_path(error['loc'])}: {_describe(error, model)}")
+        message = describe(error, model)
+        # a model's own check that names its field itself (`branches[1].train.lr: ...`)
+        named = not error["loc"] and NAMED.match(message)
+        lines.append(f"  {message}" if named else f"  {field_path(error['loc'])}: {message}")
     return SweepError("\n".join(lines))
 
 

@@ -66,18 +66,31 @@ def configurations(sweep) -> list[Configuration]:
     learning searcher (`search.type` optuna, hyperopt) has none before the sweep runs."""
     if sweep.search.learns():
         raise ValueError(f"search.type {sweep.search.type} suggests configurations as it runs")
+    seed = getattr(sweep.search, "seed", None)  # random search's own seed
+    rng = np.random.default_rng(sweep.data.seed if seed is None else seed)
+    order = list(sweep.search_space())
+    if sweep.branches:  # each branch's own, with the values it sets, drawn in turn
+        drawn = [
+            {p: {**fixed, **values}[p] for p in order if p in fixed or p in values}
+            for branch, fixed in zip(sweep.branch_sweeps(), sweep.branch_values())
+            for values in _drawn(branch, rng)
+        ]
+    else:
+        drawn = _drawn(sweep, rng)
+    return [Configuration(label, values) for label, values in zip(labels(drawn, order), drawn)]
+
+
+def _drawn(sweep, rng: np.random.Generator) -> list[dict[str, Any]]:
     spaces = sweep.search_space()
     grids = {p: s.values() for p, s in spaces.items() if s.key == "grid"}
     sampled = {p: s for p, s in spaces.items() if s.key != "grid"}
-    seed = getattr(sweep.search, "seed", None)  # random search's own seed
-    rng = np.random.default_rng(sweep.data.seed if seed is None else seed)
     drawn = []
     for _ in range(sweep.num_samples):
         for point in itertools.product(*grids.values()):
             values = dict(zip(grids, point))
             values.update({p: draw(s, rng) for p, s in sampled.items()})
             drawn.append({p: values[p] for p in spaces})  # in the sweep's field order
-    return [Configuration(label, values) for label, values in zip(labels(drawn), drawn)]
+    return drawn
 
 
 def draw(space: Space, rng: np.random.Generator) -> Any:
@@ -94,28 +107,31 @@ def draw(space: Space, rng: np.random.Generator) -> Any:
     raise ValueError(f"cannot draw from a {space.key} space")
 
 
-def labels(configs: list[dict[str, Any]]) -> list[str]:
+def labels(configs: list[dict[str, Any]], order: list[str] | None = None) -> list[str]:
     """A short label per configuration from the fields whose values differ between them (floats
     rounded as `field_digits` says); repeats of one configuration (more samples than a space
     without random fields has) are numbered `r1`, `r2`, ..."""
-    digits = field_digits(configs)
+    digits = field_digits(configs, order)
     seen: dict[str, int] = {}
     found = []
     for config in configs:
-        label = "/".join(value_label(p, config[p], d) for p, d in digits.items())
+        label = "/".join(value_label(p, config[p], d) for p, d in digits.items() if p in config)
         seen[label] = seen.get(label, 0) + 1
         repeat = f"r{seen[label] - 1}" if seen[label] > 1 else ""
         found.append("/".join(part for part in (label, repeat) if part))
     return found
 
 
-def field_digits(configs: list[dict[str, Any]]) -> dict[str, int]:
-    """The fields whose values differ between configurations, each with the fewest significant
-    digits (at least `SIGNIFICANT`) that keep its distinct values apart in a name."""
+def field_digits(configs: list[dict[str, Any]], order: list[str] | None = None) -> dict[str, int]:
+    """The fields whose values differ between configurations (a field that some configurations
+    lack, those of other `branches`, differs too), each with the fewest significant digits (at
+    least `SIGNIFICANT`) that keep its distinct values apart in a name; in `order` (default:
+    as the configurations give them)."""
     digits = {}
-    for path in configs[0] if configs else []:
-        values = list({repr(c[path]): c[path] for c in configs}.values())
-        if len(values) < 2:
+    for path in order or dict.fromkeys(p for c in configs for p in c):
+        values = list({repr(c[path]): c[path] for c in configs if path in c}.values())
+        lacking = any(path not in c for c in configs)
+        if len(values) + lacking < 2:
             continue
         digits[path] = next(
             (
@@ -139,7 +155,7 @@ def group_label(sweep, group: dict[str, Any]) -> str:
     parts += [
         value_label(p, group[p], digits.get(p, SIGNIFICANT))
         for p in sweep.search_space()
-        if p in group
+        if p in group and not (sweep.branches and group[p] is None)  # not in its branch
     ]
     parts += [f"n{group['data_size']}"] if group.get("data_size") is not None else []
     parts += [f"s{group['seed']}"] if group.get("seed") is not None else []
