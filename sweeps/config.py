@@ -478,9 +478,9 @@ class Sweep(Strict):
         None,
         description="Conditional spaces: alternative settings of `finetune` and `train`, each a "
         "partial sweep laid over this one with its own values and spaces (full fine-tuning "
-        "with one range of `lr`, LoRA with its rank and another range). Every branch is tried: "
-        "the sweep's configurations are those of each branch in turn (`num_samples` draws "
-        "each). Grid and random search only. Null: none.",
+        "with one range of `lr`, LoRA with its rank and another range). Grid and random "
+        "search try every branch (`num_samples` draws each); Optuna suggests a branch, then "
+        "its values (`num_samples` points in all). Null: none.",
     )
     search: Search = Field(
         default_factory=lambda: Grid(type="grid"),
@@ -606,17 +606,24 @@ class Sweep(Strict):
             return self
         if not self.branches:
             raise ValueError("branches: give at least one branch, or leave `branches` out")
-        if self.search.learns():
+        if self.search.learns() and self.search.type != "optuna":
             raise ValueError(
                 f"branches: search.type {self.search.type} does not search conditional spaces "
-                "yet; use grid or random"
+                "yet; use optuna, random or grid"
             )
         if isinstance(self.scheduler, Population):
             raise ValueError(
                 f"branches: scheduler.type {self.scheduler.type} perturbs one space; a sweep "
                 "with branches has one per branch"
             )
-        self.branch_sweeps()  # each branch validated here, its errors named
+        branches = self.branch_sweeps()  # each branch validated here, its errors named
+        for i, branch in enumerate(branches if self.search.learns() else []):
+            grids = [path for path, space in branch.search_space().items() if space.key == "grid"]
+            if grids:
+                raise ValueError(
+                    f"branches[{i}].{grids[0]}: search.type {self.search.type} suggests every "
+                    "value itself; give it a `choice` of the same values"
+                )
         return self
 
     @model_validator(mode="after")
@@ -757,6 +764,7 @@ class Sweep(Strict):
         """Each of `branches` laid over this sweep (without its branches), validated; a
         problem is named by the branch and the field (`branches[1].train.lr`)."""
         base = self.model_dump(mode="json", exclude={"branches"})
+        base["search"] = {"type": "grid"}  # the sweep's own searcher chooses among branches
         found = []
         for i, branch in enumerate(self.branches or []):
             other = [key for key in branch if key not in BRANCH_SECTIONS]
@@ -784,9 +792,10 @@ class Sweep(Strict):
     def trial_count(self) -> int:
         """How many trials the sweep runs: each grid point and sample, on every task, data
         size and seed (with `branches`, those of every branch)."""
-        if self.branches:
+        if self.branches and not self.search.learns():  # a searcher's points: num_samples
             return sum(branch.trial_count() for branch in self.branch_sweeps())
-        grids = math.prod(grid_size(s) for s in self.search_space().values())
+        spaces = {} if self.search.learns() else self.search_space()  # learning: no grid
+        grids = math.prod(grid_size(s) for s in spaces.values())
         return (
             grids
             * self.num_samples

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from ray.tune.search.search_generator import SearchGenerator
 
 import engine
+from engine.train import searchers
 from sweeps import SweepError, parse_sweep
 from sweeps.trials import configurations, short_number
 from tests.test_sweep_config import sweep_dict
@@ -72,14 +74,66 @@ def test_a_trial_of_a_branch_trains_with_its_branchs_settings():
          "branches[1].finetune.lorra: unknown key; did you mean `lora`?"),
         ({"branches": [{"data": {"seed": 3}}]}, "branches[0].data: a branch sets only finetune"),
         ({"branches": []}, "branches: give at least one branch"),
+        ({"branches": BRANCHES, "search": {"type": "hyperopt"}},
+         "branches: search.type hyperopt does not search conditional spaces yet"),
         ({"branches": BRANCHES, "search": {"type": "optuna"}},
-         "branches: search.type optuna does not search conditional spaces yet"),
+         "branches[1].finetune.lora.r: search.type optuna suggests every value itself"),
     ],
 )  # fmt: skip
 def test_a_bad_branch_is_named_with_its_field(change, message):
     with pytest.raises(SweepError) as err:
         parse_sweep(sweep_dict(**change))
     assert message in str(err.value)
+
+
+OPTUNA_BRANCHES = [
+    {"finetune": {"method": "full"}, "train": {"lr": {"loguniform": list(FULL_LR)}}},
+    {
+        "finetune": {"method": "lora", "lora": {"r": {"choice": [4, 8]}}},
+        "train": {"lr": {"loguniform": list(LORA_LR)}},
+    },
+]
+
+
+def test_optuna_suggests_a_branch_then_that_branchs_values_and_learns_across_them(tmp_path):
+    sweep = parse_sweep(
+        sweep_dict(
+            branches=OPTUNA_BRANCHES,
+            search={"type": "optuna", "startup_trials": 4, "seed": 0},
+            seeds=[0, 1],
+            num_samples=12,
+        )
+    )
+    assert sweep.trial_count() == 12 * 2  # a searcher's points, not a product of branches
+    generator = SearchGenerator(searchers.build(sweep))
+    search = generator.searcher
+    points = []
+    for i in range(24):
+        cell = search.suggest(f"t{i}")["trial"]
+        values = cell["config"]["values"]
+        if cell["seed"] == 0:
+            points.append(values)
+        else:  # the second seed replicates the point
+            assert values == points[-1]
+        if values["finetune.method"] == "full":
+            assert set(values) == {"finetune.method", "train.lr"} and within(
+                values["train.lr"], FULL_LR
+            )
+            loss = 1.0
+        else:
+            assert list(values) == ["finetune.method", "finetune.lora.r", "train.lr"]
+            assert values["finetune.lora.r"] in (4, 8) and within(values["train.lr"], LORA_LR)
+            loss = 3.0
+        search.on_trial_complete(f"t{i}", {"eval_loss": loss})
+        if i == 11:
+            generator.save_to_dir(str(tmp_path), session_str="half")
+    methods = [v["finetune.method"] for v in points]
+    assert set(methods) == {"full", "lora"}
+    # TPE learned that the full branch scores better (a lower loss) once it had data
+    assert methods[4:].count("full") > methods[4:].count("lora")
+    again = SearchGenerator(searchers.build(sweep))
+    again.restore_from_dir(str(tmp_path))  # a resumed driver: the branched space pickles too
+    assert again.searcher.suggest("t12")["trial"]["config"]["point"] == "p6"
 
 
 @pytest.fixture(scope="module")

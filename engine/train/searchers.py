@@ -1,5 +1,7 @@
 """Tune's searcher for a learning `search` (optuna, hyperopt), each point replicated.
 
+With `branches`, Optuna suggests the branch, then that branch's values (`Branches`).
+
 The searcher suggests a *point* (one value for every searched field); `Replicates` trains it as
 one trial per task, data size and seed, the cells of the point, and tells the searcher the
 point's score once all of them ended: the mean of the sweep's `metric` over the point's trials
@@ -27,8 +29,9 @@ from sweeps.trials import value_label
 
 def build(sweep: Sweep) -> Replicates:
     """The searcher of `sweep.search`, wrapped so that each point runs on every replicate."""
-    inner = BUILDERS[sweep.search.type](sweep, tune_space(sweep))
-    return Replicates(inner, sweep)
+    space = Branches(sweep) if sweep.branches else tune_space(sweep)
+    inner = BUILDERS[sweep.search.type](sweep, space)
+    return Replicates(inner, sweep, space if sweep.branches else None)
 
 
 def tune_space(sweep: Sweep) -> dict[str, Any]:
@@ -49,7 +52,44 @@ def _domain(space: Space):
     raise ValueError(f"a {space.key} space cannot be searched")  # refused at validate
 
 
-def _optuna(sweep: Sweep, space: dict) -> Searcher:
+class Branches:
+    """Optuna's define-by-run space of a sweep with `branches`: the branch first, then that
+    branch's spaces, each named by its branch (`b1:train.lr`), since a field's range differs
+    between branches. A class, not a closure: Tune pickles the searcher with its space."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.order = list(sweep.search_space())
+        # each space as (kind, values or bounds): pydantic's generic spaces do not pickle
+        self.branches = [
+            (fixed, {path: _plain_space(space) for path, space in branch.search_space().items()})
+            for branch, fixed in zip(sweep.branch_sweeps(), sweep.branch_values())
+        ]
+
+    def __call__(self, trial) -> None:
+        index = trial.suggest_categorical("branch", list(range(len(self.branches))))
+        for path, (kind, given) in self.branches[index][1].items():
+            name = f"b{index}:{path}"
+            if kind == "choice":
+                trial.suggest_categorical(name, given)
+            elif kind == "randint":
+                trial.suggest_int(name, *given)
+            else:
+                trial.suggest_float(name, *given, log=kind == "loguniform")
+
+    def values(self, suggested: dict[str, Any]) -> dict[str, Any]:
+        """A suggestion as the values of a configuration: what its branch sets, and the values
+        suggested for that branch's spaces, in the sweep's field order."""
+        index = suggested["branch"]
+        fixed, spaces = self.branches[index]
+        found = {**fixed, **{path: suggested[f"b{index}:{path}"] for path in spaces}}
+        return {path: found[path] for path in self.order if path in found}
+
+
+def _plain_space(space: Space) -> tuple[str, Any]:
+    return (space.key, space.values() if isinstance(space, Choice) else tuple(space.bounds()))
+
+
+def _optuna(sweep: Sweep, space: dict | Branches) -> Searcher:
     import optuna  # only for sweeps that search with it
     from ray.tune.search.optuna import OptunaSearch
 
@@ -77,9 +117,10 @@ BUILDERS = {"optuna": _optuna, "hyperopt": _hyperopt}
 class Replicates(Searcher):
     """Each suggested point as one trial per task, data size and seed (see the module)."""
 
-    def __init__(self, searcher: Searcher, sweep: Sweep) -> None:
+    def __init__(self, searcher: Searcher, sweep: Sweep, branches: Branches | None = None) -> None:
         super().__init__(metric=sweep.metric, mode=sweep.direction())
         self.searcher = searcher  # the name Tune's SearchGenerator looks for to save it
+        self.branches = branches  # a suggestion's values with `branches`
         sizes = sweep.data_scale or [None]
         self.replicas = [
             {"task": task, "data_size": size, "seed": seed}
@@ -100,6 +141,8 @@ class Replicates(Searcher):
             if values is None or values == Searcher.FINISHED:
                 return values
             values = {path: _plain(value) for path, value in values.items()}
+            if self.branches is not None:
+                values = self.branches.values(values)
             label = point_label(point_id, values)
             self.points.append({"id": point_id, "label": label, "trials": {}})
             config = {"label": label, "values": values, "point": point_id}
