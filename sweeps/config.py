@@ -908,5 +908,7 @@ def _one_space(items: list) -> Space:
 def _set_path(data: dict, path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
     for key in parents:
+        if data.get(key) is None:  # a section a branch sets that the base leaves out
+            data[key] = {}
         data = data[key]
     data[leaf] = value

@@ -174,7 +174,11 @@ def value_label(path: str, value: Any, digits: int = SIGNIFICANT) -> str:
     (`lr=0.002`, `r=16`)."""
     if isinstance(value, str):
         return _safe(value)
-    return f"{path.rsplit('.', 1)[-1]}={short_number(value, digits)}"
+    if isinstance(value, (list, tuple)):  # a branch may set a list (LoRA's target modules)
+        text = "+".join(short_number(v, digits) for v in value)
+    else:
+        text = short_number(value, digits)
+    return _safe(f"{path.rsplit('.', 1)[-1]}={text}")
 
 
 def short_number(value: Any, digits: int = SIGNIFICANT) -> str:

@@ -63,6 +63,11 @@ def test_a_trial_of_a_branch_trains_with_its_branchs_settings():
     assert trial.train.lr == lora.values["train.lr"]
     base_only = sweep_dict(branches=[{"train": {"lr": 1e-3}}, {"train": {"lr": 2e-3}}])
     assert [c.label for c in configurations(parse_sweep(base_only))] == ["lr=0.001", "lr=0.002"]
+    modules = {"finetune": {"method": "lora", "lora": {"target_modules": ["q_proj", "v_proj"]}}}
+    listed = parse_sweep(sweep_dict(branches=[{"finetune": {"method": "full"}}, modules]))
+    full, lora = configurations(listed)
+    assert (full.label, lora.label) == ("full", "lora/target_modules=q_proj+v_proj")
+    assert listed.for_trial(lora.values).finetune.lora.target_modules == ["q_proj", "v_proj"]
 
 
 @pytest.mark.parametrize(
