@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sweeps.intervals import Z95
 from sweeps.leaderboard import (
     Ranking,
     board_markdown,
@@ -20,6 +21,7 @@ from sweeps.leaderboard import (
     merge_summary,
     metric_table,
     metrics_markdown,
+    presentable,
     recommendation,
     set_scores,
     sets_markdown,
@@ -387,3 +389,79 @@ def test_metric_table_has_every_metric_of_every_candidate_on_every_set_in_order(
         "leaderboard order.\n\n| candidate | eval_set | split | loss | accuracy | exact_match |"
     )
     assert "| a | add | selection | 2 | 0.6 |  |" in text
+
+
+def test_details_join_each_candidate_and_a_flagged_one_ranks_after_the_rest():
+    """`details` (one row per candidate; its own `kind` is dropped for the board's) joins by
+    candidate name, and a flagged candidate (a NaN loss, a cut-off completion) ranks below
+    every unflagged one whatever its score: here `soup`, the best by selection."""
+    details = pd.DataFrame(
+        {
+            "kind": ["wrong"] * 5,
+            "task": ["add", "add", "add", "add", None],
+            "flag": [None, None, "completions cut off", None, None],
+        },
+        index=pd.Index(["a", "b", "soup", "merge", "base"], name="candidate"),
+    )
+    board = leaderboard(evals_table("accuracy", ACCURACIES), INGREDIENTS, ACCURACY, details)
+    assert list(board["candidate"]) == ["b", "merge", "a", "base", "soup"]
+    assert list(board["rank"]) == [1, 2, 3, 4, 5]
+    by_name = board.set_index("candidate")
+    assert (
+        by_name.loc["soup", "flag"] == "completions cut off" and by_name.loc["a", "task"] == "add"
+    )
+    assert by_name.loc["merge", "kind"] == "task_merge"  # the evals' kind, not the details'
+    assert by_name["tied"].dtype == bool
+    unflagged = leaderboard(evals_table("accuracy", ACCURACIES), INGREDIENTS, ACCURACY)
+    assert list(unflagged["candidate"])[0] == "soup"  # the same board without the flag
+
+
+def test_several_sets_combine_their_standard_errors_and_an_interval_stands_for_a_missing_one():
+    """Two selection sets: the mean of the two scores, and a 95% half width of
+    z * sqrt(se1^2 + se2^2) / 2 (z = 1.96), where set 2 gives no standard error and its
+    interval's half width over z stands for it; one test set keeps its own interval as it is."""
+    rows = [
+        ("a", "s1", 0.5, 0.30, 0.70, 0.10),
+        ("a", "s2", 0.7, 0.60, 0.80, math.nan),
+        ("a", "t1", 0.9, 0.85, 0.99, 0.02),
+    ]
+    evals = pd.DataFrame(
+        [
+            {"candidate": c, "kind": "trial", "eval_set": s, "metric": "accuracy", "value": v,
+             "low": lo, "high": hi, "stderr": se, "status": "ok",
+             "split": "selection" if s.startswith("s") else "test"}
+            for c, s, v, lo, hi, se in rows
+        ]
+    )  # fmt: skip
+    scores = candidate_scores(evals, "accuracy").set_index("candidate").loc["a"]
+    half = Z95 * math.sqrt(0.10**2 + (0.20 / (2 * Z95)) ** 2) / 2
+    assert scores["selection"] == pytest.approx(0.6)
+    assert scores["selection_low"] == pytest.approx(0.6 - half)
+    assert scores["selection_high"] == pytest.approx(0.6 + half)
+    assert (scores["test"], scores["test_low"], scores["test_high"]) == (0.9, 0.85, 0.99)
+    no_intervals = candidate_scores(evals.drop(columns=["low", "high", "stderr"]), "accuracy")
+    assert no_intervals[["selection_low", "test_high"]].isna().all().all()
+
+
+def test_the_board_people_read_marks_ties_and_shows_a_flag_only_when_there_is_one():
+    details = pd.DataFrame(
+        {"task": ["add"] * 5, "flag": [None, None, "nan loss", None, None]},
+        index=pd.Index(["a", "b", "soup", "merge", "base"], name="candidate"),
+    )
+    board = leaderboard(evals_table("accuracy", ACCURACIES), INGREDIENTS, ACCURACY, details)
+    shown = presentable(board, ["train.lr"])
+    assert list(shown.columns) == [
+        "rank", "candidate", "kind", "task", "selection", "tied", "test", "gain_vs_best",
+        "gain_vs_mean", "ingredients", "flag",
+    ]  # fmt: skip
+    assert list(shown["tied"]) == ["tied" if t else "" for t in board["tied"]]
+    assert shown.set_index("candidate").loc["soup", "flag"] == "nan loss"
+    plain = presentable(leaderboard(evals_table("accuracy", ACCURACIES), INGREDIENTS, ACCURACY))
+    assert "flag" not in plain.columns and "task" not in plain.columns
+
+
+def test_a_winner_without_intervals_has_nan_bounds():
+    evals = task_evals(WINNER_ROWS).drop(columns=["low", "high"])
+    winners = task_winners(evals, ["add"], ACCURACY)
+    bounds = winners[["selection_low", "selection_high", "test_low", "test_high"]]
+    assert all(pd.api.types.is_float_dtype(t) for t in bounds.dtypes) and bounds.isna().all().all()

@@ -25,7 +25,9 @@ def _pruner(rescale: bool, generator: torch.Generator | None):
 
 
 def _dare(consensus: bool, doc: str):
-    """One DARE method; `consensus` adds TIES's sign election after the random drop."""
+    """One DARE method; `consensus` adds TIES's sign election after the random drop. The
+    registry reads its parameters from `method`'s signature; the work is in `_merge`, which
+    runs when a merge does (not when this module is imported)."""
 
     def method(
         base: torch.Tensor,
@@ -39,13 +41,41 @@ def _dare(consensus: bool, doc: str):
         lambda_: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        deltas = weighted_deltas(base, models, weight, density, _pruner(rescale, generator))
-        return combine(
-            base, deltas, weight, consensus=consensus, normalize=normalize, lambda_=lambda_
+        # Not mutated: `_dare` runs when the module is imported, before any test, so mutation
+        # testing cannot tell which tests reach this line; it only forwards to `_merge`,
+        # which is mutated and tested like any function.
+        # pragma: no mutate start
+        return _merge(
+            base,
+            models,
+            weight,
+            density,
+            normalize,
+            rescale,
+            lambda_,
+            generator,
+            consensus=consensus,
         )
+        # pragma: no mutate end
 
     method.__doc__ = doc  # the registry reads the summary line from it
     return method
+
+
+def _merge(
+    base: torch.Tensor,
+    models: Sequence[torch.Tensor],
+    weight: PerModel[float],
+    density: PerModel[float],
+    normalize: bool,
+    rescale: bool,
+    lambda_: float,
+    generator: torch.Generator | None,
+    *,
+    consensus: bool,
+) -> torch.Tensor:
+    deltas = weighted_deltas(base, models, weight, density, _pruner(rescale, generator))
+    return combine(base, deltas, weight, consensus=consensus, normalize=normalize, lambda_=lambda_)
 
 
 dare_linear = merge_method("dare_linear", base="required")(
