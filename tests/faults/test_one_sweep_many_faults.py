@@ -84,12 +84,17 @@ def story(tmp_path_factory) -> Story:
     driver = raysoup("run", str(path), "--storage", str(root / "runs"), env=SECRETS)
     first = wait(driver, lambda: next(run.tune.glob("*/attempts.jsonl"), None)).parent
 
-    # The first trial's process, at a random checkpoint of its first attempt.
-    kill_at = random.Random().choice(range(2, STEPS, 2))
+    # The first trial's process, at a random checkpoint of its first attempt: stopped (SIGSTOP)
+    # the moment that checkpoint is there, so it cannot train on to its end before the kill (a
+    # trial of a few seconds could, and its retry would then have nothing left to do).
+    kill_at = random.Random().choice(range(2, STEPS - 2, 2))
     wait(driver, lambda: _newest_step(first) >= kill_at)
     pid = records.read_attempts(first)[0]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    at = _newest_step(first)
     _sigkill(pid)
-    told.killed_trial = {"folder": first, "pid": pid, "at": _newest_step(first)}
+    assert at < STEPS, f"the trial reached its last step ({at}) before it could be killed"
+    told.killed_trial = {"folder": first, "pid": pid, "at": at}
     TALLY.injected("trial process SIGKILLed")
 
     # A second driver of the same sweep, while the first one trains.
