@@ -104,18 +104,19 @@ def check_searcher(sweep) -> None:
     config = sweep.search
     if not config.learns():
         return
-    spaces = {} if sweep.branches else sweep.search_space()  # each branch's: checked there
-    grids = [path for path, space in spaces.items() if space.key == "grid"]
-    if grids:
-        raise ValueError(
-            f"search.type: {config.type} suggests every value itself, but {grids[0]} holds a "
-            "grid; give it a `choice` of the same values (or use search.type grid)"
-        )
-    if not spaces and not sweep.branches:
-        raise ValueError(
-            f"search.type: {config.type} has nothing to search: no field holds a choice, "
-            "uniform, loguniform or randint space"
-        )
+    if not sweep.branches:  # a branched sweep's spaces are checked branch by branch (config.py)
+        spaces = sweep.search_space()
+        grids = [path for path, space in spaces.items() if space.key == "grid"]
+        if grids:
+            raise ValueError(
+                f"search.type: {config.type} suggests every value itself, but {grids[0]} holds "
+                "a grid; give it a `choice` of the same values (or use search.type grid)"
+            )
+        if not spaces:
+            raise ValueError(
+                f"search.type: {config.type} has nothing to search: no field holds a choice, "
+                "uniform, loguniform or randint space"
+            )
     if importlib.util.find_spec(config.package) is None:
         raise ValueError(
             f"search.type: {config.type} needs the package {config.package!r}, which is not "

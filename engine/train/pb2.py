@@ -14,10 +14,10 @@ import math
 import numpy as np
 from ray.tune.schedulers.pb2 import PB2
 
-from engine.train.pbt import COORDS, Exploit
+from engine.train.pbt import COORDS, Exploit, within
 from sweeps import Sweep
 from sweeps.schedulers import Pb2
-from sweeps.space import LogUniform, RandInt, Space
+from sweeps.space import LogUniform, Space
 
 
 class Bandit(Exploit, PB2):
@@ -47,10 +47,7 @@ def to_coordinate(space: Space, value: float) -> float:
 
 def from_coordinate(space: Space, coordinate: float) -> float | int:
     """The value of a coordinate, inside its range (an integer stays one)."""
-    value = 10**coordinate if isinstance(space, LogUniform) else coordinate
-    low, high = space.bounds()
-    value = min(max(value, low), high)
-    return round(value) if isinstance(space, RandInt) else value
+    return within(space, 10**coordinate if isinstance(space, LogUniform) else coordinate)
 
 
 def build(config: Pb2, sweep: Sweep) -> Bandit:

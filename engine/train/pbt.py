@@ -103,9 +103,13 @@ def _within(config: dict, mutations: dict[str, list | Space]) -> dict:
     """A perturbed value (x0.8 or x1.2) kept inside its range; an integer stays one."""
     values = config["trial"]["config"]["values"]
     for path, space in mutations.items():
-        if isinstance(space, list) or path not in values:
-            continue
-        low, high = space.bounds()
-        value = min(max(values[path], low), high)
-        values[path] = round(value) if isinstance(space, RandInt) else value
+        if not isinstance(space, list) and path in values:
+            values[path] = within(space, values[path])
     return config
+
+
+def within(space: Space, value: float) -> float | int:
+    """`value` kept inside the range of `space` (an integer range gives an integer)."""
+    low, high = space.bounds()
+    value = min(max(value, low), high)
+    return round(value) if isinstance(space, RandInt) else value
