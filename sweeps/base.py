@@ -11,9 +11,9 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
 class Strict(BaseModel):
-    """A config section: unknown keys are errors, and defaults are validated too."""
+    """A config section: unknown keys, infinities and NaN are errors; defaults are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 def _known_suffix(value: str | None) -> str | None:

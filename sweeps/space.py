@@ -19,7 +19,7 @@ TAG_MARK = "~"
 class Space(BaseModel):
     """Base of every search-space kind; `key` is the one YAML key that selects it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     key: ClassVar[str]
 
     def values(self) -> list[Any] | None:

@@ -27,7 +27,7 @@ def check_keys(data: dict, allowed: list[str], unsupported: dict[str, str]) -> N
 class WandbModel(BaseModel):
     """A section of a W&B sweep file: an unknown key is an error that lists the allowed ones."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     unsupported: ClassVar[dict[str, str]] = {}  # keys W&B accepts here that raysoup refuses
 
     @model_validator(mode="before")

@@ -2,7 +2,11 @@
 
 A test that uses the `ray_local` fixture (directly, through another fixture or a module's
 `pytestmark`) is marked `ray`, so `-m "not ray"` runs the tests that need no Ray cluster. A test
-marked `slow` (the long fault-injection loops) is skipped unless `--runslow` is given."""
+marked `slow` (the long fault-injection loops) is skipped unless `--runslow` is given.
+
+Property tests (hypothesis) draw the same examples on every run, so CI is reproducible; the
+`explore` profile (`--hypothesis-profile explore`) draws new ones on each run: run it now and
+then to look for inputs nobody has tried."""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("default")
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "engine" / "demo" / "data"
