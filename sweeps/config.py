@@ -479,8 +479,8 @@ class Sweep(Strict):
         description="Conditional spaces: alternative settings of `finetune` and `train`, each a "
         "partial sweep laid over this one with its own values and spaces (full fine-tuning "
         "with one range of `lr`, LoRA with its rank and another range). Grid and random "
-        "search try every branch (`num_samples` draws each); Optuna suggests a branch, then "
-        "its values (`num_samples` points in all). Null: none.",
+        "search try every branch (`num_samples` draws each); Optuna and HyperOpt suggest a "
+        "branch, then its values (`num_samples` points in all). Null: none.",
     )
     search: Search = Field(
         default_factory=lambda: Grid(type="grid"),
@@ -606,11 +606,6 @@ class Sweep(Strict):
             return self
         if not self.branches:
             raise ValueError("branches: give at least one branch, or leave `branches` out")
-        if self.search.learns() and self.search.type != "optuna":
-            raise ValueError(
-                f"branches: search.type {self.search.type} does not search conditional spaces "
-                "yet; use optuna, random or grid"
-            )
         if isinstance(self.scheduler, Population):
             raise ValueError(
                 f"branches: scheduler.type {self.scheduler.type} perturbs one space; a sweep "

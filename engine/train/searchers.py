@@ -1,6 +1,7 @@
 """Tune's searcher for a learning `search` (optuna, hyperopt), each point replicated.
 
-With `branches`, Optuna suggests the branch, then that branch's values (`Branches`).
+With `branches`, the searcher suggests the branch, then that branch's values (`Branches`):
+Optuna through a define-by-run space, HyperOpt through a nested `hp.choice` of the branches.
 
 The searcher suggests a *point* (one value for every searched field); `Replicates` trains it as
 one trial per task, data size and seed, the cells of the point, and tells the searcher the
@@ -53,9 +54,10 @@ def _domain(space: Space):
 
 
 class Branches:
-    """Optuna's define-by-run space of a sweep with `branches`: the branch first, then that
-    branch's spaces, each named by its branch (`b1:train.lr`), since a field's range differs
-    between branches. A class, not a closure: Tune pickles the searcher with its space."""
+    """The space of a sweep with `branches`: the branch first, then that branch's spaces, each
+    named by its branch (`b1:train.lr`), since a field's range differs between branches. Called,
+    it is Optuna's define-by-run space (a class, not a closure: Tune pickles the searcher with
+    its space); `hyperopt()` gives HyperOpt's."""
 
     def __init__(self, sweep: Sweep) -> None:
         self.order = list(sweep.search_space())
@@ -76,9 +78,32 @@ class Branches:
             else:
                 trial.suggest_float(name, *given, log=kind == "loguniform")
 
+    def hyperopt(self) -> dict[str, Any]:
+        """HyperOpt's space: a choice of the branches, each a dict of its index and its spaces
+        (HyperOpt then models each branch's values only from the points of that branch)."""
+        from hyperopt import hp  # only for sweeps that search with it
+
+        def domain(name: str, kind: str, given):
+            if kind == "choice":
+                return hp.choice(name, given)
+            if kind == "randint":
+                return hp.randint(name, given[0], given[1] + 1)  # upper bound excluded there
+            if kind == "loguniform":
+                return hp.loguniform(name, math.log(given[0]), math.log(given[1]))
+            return hp.uniform(name, *given)
+
+        options = [
+            {"branch": index, **{f"b{index}:{p}": domain(f"b{index}:{p}", *s) for p, s in spaces}}
+            for index, (_, branch) in enumerate(self.branches)
+            for spaces in [branch.items()]
+        ]
+        return {"branch": hp.choice("branch", options)}
+
     def values(self, suggested: dict[str, Any]) -> dict[str, Any]:
         """A suggestion as the values of a configuration: what its branch sets, and the values
         suggested for that branch's spaces, in the sweep's field order."""
+        if isinstance(suggested["branch"], dict):  # HyperOpt's: the chosen branch's dict
+            suggested = suggested["branch"]
         index = suggested["branch"]
         fixed, spaces = self.branches[index]
         found = {**fixed, **{path: suggested[f"b{index}:{path}"] for path in spaces}}
@@ -98,12 +123,12 @@ def _optuna(sweep: Sweep, space: dict | Branches) -> Searcher:
     return OptunaSearch(space, metric=sweep.metric, mode=sweep.direction(), sampler=sampler)
 
 
-def _hyperopt(sweep: Sweep, space: dict) -> Searcher:
+def _hyperopt(sweep: Sweep, space: dict | Branches) -> Searcher:
     from ray.tune.search.hyperopt import HyperOptSearch  # only for sweeps that search with it
 
     config = sweep.search
     return HyperOptSearch(
-        space,
+        space.hyperopt() if isinstance(space, Branches) else space,
         metric=sweep.metric,
         mode=sweep.direction(),
         n_initial_points=config.startup_trials,
@@ -140,9 +165,9 @@ class Replicates(Searcher):
             values = self.searcher.suggest(point_id)
             if values is None or values == Searcher.FINISHED:
                 return values
-            values = {path: _plain(value) for path, value in values.items()}
             if self.branches is not None:
                 values = self.branches.values(values)
+            values = {path: _plain(value) for path, value in values.items()}
             label = point_label(point_id, values)
             self.points.append({"id": point_id, "label": label, "trials": {}})
             config = {"label": label, "values": values, "point": point_id}
