@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from sweeps import SweepError, load_sweep
+from sweeps.evaluation import BATCH_SIZE, BATCH_TOKENS
 from sweeps.load import YAML_SUFFIXES, convert_wandb, script_sweep_data
 
 
@@ -327,7 +328,12 @@ def eval_(
     actors: str = typer.Option(
         "auto", "--actors", help="Evaluation actors (a number, or auto: one per free CPU)."
     ),
-    batch_size: int = typer.Option(16, "--batch-size", help="Examples per model batch."),
+    batch_size: int = typer.Option(
+        BATCH_SIZE, "--batch-size", help="Most examples per model batch."
+    ),
+    batch_tokens: int = typer.Option(
+        BATCH_TOKENS, "--batch-tokens", help="Most tokens per model batch, padding counted."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Only the first n rows of each set."),
     max_new_tokens: int = typer.Option(
         32, "--max-new-tokens", help="Generation limit for exact_match."
@@ -352,6 +358,7 @@ def eval_(
         },
         actors=int(actors) if actors.isdigit() else actors,
         batch_size=batch_size,
+        batch_tokens=batch_tokens,
         gpus_per_actor=gpus_per_actor,
     )
     candidates = candidates_from_paths([str(m) for m in models], kind="model", names=name)

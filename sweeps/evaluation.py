@@ -19,6 +19,9 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from sweeps.base import DataFile, Strict, absolute
 
 OBSERVATIONS = ("tokens", "choices", "generation")
+# A model batch holds at most this many examples and this many tokens, padding counted.
+BATCH_SIZE = 64
+BATCH_TOKENS = 8192
 
 # What each built-in metric needs the model to produce, by name. `engine.evaluate.metrics` holds the
 # implementations; user metrics are added by `declare_metric`.
@@ -311,7 +314,14 @@ class EvaluateConfig(Strict):
         "Default: loss, or preference_accuracy when a preference objective trains.",
     )
     batch_size: Annotated[int, Field(gt=0)] = Field(
-        16, description="Examples per model batch (examples of similar length go together)."
+        BATCH_SIZE,
+        description="Most examples per model batch (examples of similar length go together).",
+    )
+    batch_tokens: Annotated[int, Field(gt=0)] = Field(
+        BATCH_TOKENS,
+        description="Most tokens per model batch, padding counted (examples x the longest); "
+        "an example longer than this goes alone. Short examples fill batches of `batch_size`, "
+        "long ones fewer, so memory stays bounded.",
     )
     actors: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",

@@ -15,9 +15,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from engine.core.batches import token_nll
+from engine.core.batches import Batching, token_nll
 from engine.core.models import load_tokenizer
 from engine.demo import BASE_DIR
 from engine.evaluate.metrics import get_metric, metric
@@ -182,7 +184,8 @@ def two_actors(ray_local, candidates, sets, models, tmp_path_factory):
     table = evaluate_candidates(
         [candidates[0], broken, *candidates[1:]],
         [sets[0], em, ghost],
-        EvaluateConfig(actors=2, batch_size=5),
+        # Batches cut by tokens (1 to 3 examples), where `one_actor` cuts them by count.
+        EvaluateConfig(actors=2, batch_size=64, batch_tokens=60),
         splits=["selection"],
         out=out,
     )
@@ -464,6 +467,22 @@ def test_token_nll_is_cross_entropy_per_row():
         )
         assert float(nll[row]) == pytest.approx(float(ce), rel=1e-6)
         assert int(count[row]) == int((labels[row, 1:] != -100).sum())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 50), max_size=40), st.integers(1, 8), st.integers(1, 120))
+def test_batches_keep_order_and_both_limits_and_are_as_full_as_the_limits_allow(
+    lengths, size, tokens
+):
+    spans = Batching(size, tokens).spans(lengths)
+    assert [i for span in spans for i in span] == list(range(len(lengths)))
+    for span, after in zip(spans, [*spans[1:], None]):
+        widest = max(lengths[i] for i in span)
+        assert len(span) <= size
+        assert len(span) == 1 or len(span) * widest <= tokens
+        if after is not None:  # the next sequence would break a limit
+            longer = max(widest, lengths[after.start])
+            assert len(span) == size or (len(span) + 1) * longer > tokens
 
 
 def test_pick_sums_or_normalises_and_breaks_ties_to_the_first():

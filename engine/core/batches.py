@@ -3,10 +3,38 @@ loss per row."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from engine.core.encode import IGNORE
+from sweeps.evaluation import BATCH_SIZE, BATCH_TOKENS
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How evaluation cuts a run of sequences into model batches: at most `size` sequences and
+    at most `tokens` tokens, padding counted (sequences x the longest); a sequence longer than
+    `tokens` goes alone."""
+
+    size: int = BATCH_SIZE
+    tokens: int = BATCH_TOKENS
+
+    def spans(self, lengths: list[int]) -> list[range]:
+        """Consecutive batches of the sequences of these lengths, in order (sorted by length,
+        as evaluation sorts them, they waste the least padding)."""
+        out, start = [], 0
+        while start < len(lengths):
+            end, widest = start + 1, lengths[start]
+            while end < len(lengths) and end - start < self.size:
+                wider = max(widest, lengths[end])
+                if wider * (end - start + 1) > self.tokens:
+                    break
+                end, widest = end + 1, wider
+            out.append(range(start, end))
+            start = end
+        return out
 
 
 def collate(data: dict, idx, seq_len: int, pad: int, device, keep_end: bool = False) -> dict:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from engine.core.batches import autocast
+from engine.core.batches import Batching, autocast
 from engine.evaluate import prefix_tree
 from engine.evaluate.prefix_tree import Tree
 
@@ -40,7 +40,7 @@ class Scorer:
     tokenizer: object
     device: torch.device
     precision: str = "fp32"
-    batch_size: int = 16
+    batching: Batching = Batching()
     trees: bool = True
 
     def __post_init__(self):
@@ -157,8 +157,8 @@ def score_items(
     out: list[list[tuple[float, bool]]] = [[] for _ in items]
     trees = {i: _tree(scorer, *item) for i, item in enumerate(items)}
     fitted = [i for i, found in trees.items() if found is not None]
-    for start in range(0, len(fitted), scorer.batch_size):
-        chunk = fitted[start : start + scorer.batch_size]
+    for span in scorer.batching.spans([len(trees[i][0].tokens) for i in fitted]):
+        chunk = fitted[span.start : span.stop]
         with autocast(scorer.precision, scorer.device):
             scored = prefix_tree.score(
                 scorer.model, [trees[i][0] for i in chunk], scorer.tokenizer.pad_token_id
@@ -188,8 +188,8 @@ def _separate(scorer: Scorer, pairs: list[tuple[list[int], list[int]]]):
     """lm-eval's own way: (context + continuation) cut to the model's length plus one from the
     left, the last token dropped, right-padded batches."""
     out = []
-    for start in range(0, len(pairs), scorer.batch_size):
-        chunk = pairs[start : start + scorer.batch_size]
+    for span in scorer.batching.spans([min(len(h) + len(c), scorer.max_len) for h, c in pairs]):
+        chunk = pairs[span.start : span.stop]
         inputs = [(head + cont)[-(scorer.max_len + 1) :][:-1] for head, cont in chunk]
         logits = _logits(scorer, inputs)
         for row, (ids, (_, cont)) in enumerate(zip(inputs, chunk)):
@@ -219,8 +219,8 @@ def generations(scorer: Scorer, examples: list[dict]) -> tuple[list[dict], list[
     shared = [False] * len(examples)
     for size in sorted({e["max_gen_toks"] for e in examples}):
         group = [i for i, e in enumerate(examples) if e["max_gen_toks"] == size]
-        for start in range(0, len(group), scorer.batch_size):
-            chunk = group[start : start + scorer.batch_size]
+        for span in scorer.batching.spans([len(contexts[i]) + size for i in group]):
+            chunk = group[span.start : span.stop]
             found = _greedy(
                 scorer,
                 [contexts[i] for i in chunk],

@@ -14,7 +14,7 @@ from engine.core.models import load_tokenizer
 from engine.evaluate.metrics import get_metric
 from engine.evaluate.sets import by_length, plan_file_set
 from engine.evaluate.worker import EvalActor, Loaded
-from sweeps.evaluation import EvalSetConfig
+from sweeps.evaluation import BATCH_SIZE, BATCH_TOKENS, EvalSetConfig
 
 
 class LocalScorer:
@@ -27,13 +27,14 @@ class LocalScorer:
         metric: str,
         device: torch.device,
         precision: str = "fp32",
-        batch_size: int = 16,
+        batch_size: int = BATCH_SIZE,
+        batch_tokens: int = BATCH_TOKENS,
     ) -> None:
         self.metric = get_metric(metric)
         self.plans = [plan_file_set(s.model_copy(update={"metrics": [metric]})) for s in sets]
         specs = [plan.spec for plan in self.plans]
         self.actor = EvalActor(
-            [], specs, str(device), torch.get_num_threads(), precision, batch_size
+            [], specs, str(device), torch.get_num_threads(), precision, batch_size, batch_tokens
         )
         self._tokenizers: dict[str, tuple] = {}  # loaded once per folder: a trial scores often
 

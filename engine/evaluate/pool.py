@@ -216,6 +216,7 @@ def run_pool(
         "threads": threads,
         "precision": config.precision,
         "batch_size": config.batch_size,
+        "batch_tokens": config.batch_tokens,
     }
     # With `engine: vllm`, a set that only generates leaves the actors nothing to do.
     dataset = _pool_dataset(units, actors, config, settings) if units else None

@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 
 from engine.core import storage
-from engine.core.batches import autocast, collate, token_nll
+from engine.core.batches import Batching, autocast, collate, token_nll
 from engine.core.encode import IGNORE, TextEncoder, text_encoder, training_layout
 from engine.core.models import load_for_eval, load_tokenizer
 from engine.evaluate import answers, example_trees, prefix_tree
 from engine.evaluate.sets import REQUESTS
+from sweeps.evaluation import BATCH_SIZE, BATCH_TOKENS
 
 
 class LoadError(Exception):
@@ -49,11 +50,12 @@ class EvalActor:
         device: str,
         threads: int,
         precision: str = "fp32",
-        batch_size: int = 16,
+        batch_size: int = BATCH_SIZE,
+        batch_tokens: int = BATCH_TOKENS,
     ):
         self.candidates, self.sets = candidates, sets
         self.device = torch.device(device)
-        self.precision, self.batch_size = precision, batch_size
+        self.precision, self.batching = precision, Batching(batch_size, batch_tokens)
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.held: tuple[int, Loaded | str] | None = None
@@ -139,7 +141,7 @@ class EvalActor:
         if needs == [REQUESTS]:
             trees = self._shares(loaded)
             scorer = answers.Scorer(
-                loaded.model, loaded.tokenizer, self.device, self.precision, self.batch_size, trees
+                loaded.model, loaded.tokenizer, self.device, self.precision, self.batching, trees
             )
             return answers.answer(scorer, examples)
         observations = [{} for _ in examples]
@@ -217,8 +219,8 @@ class EvalActor:
         tok = loaded.tokenizer
         pad, eos, decode = tok.pad_token_id, (loaded.enc.eos or [None])[0], _decoder(tok)
         out = []
-        for start in range(0, len(trees), self.batch_size):
-            chunk = trees[start : start + self.batch_size]
+        for span in self.batching.spans([len(t.tree.tokens) for t in trees]):
+            chunk, start = trees[span.start : span.stop], span.start
             plain = [t.tree for t in chunk]
             drafts = [t.draft for t in chunk] if chunk[0].draft is not None else None
             with autocast(self.precision, self.device):
@@ -245,11 +247,10 @@ class EvalActor:
         seq_len: int,
         precision: str | None = None,
     ) -> list[tuple[float, int]]:
-        """Summed loss and labelled-token count of each sequence, in chunks of batch_size."""
+        """Summed loss and labelled-token count of each sequence, batched by `batching`."""
         pad, out = loaded.tokenizer.pad_token_id, []
         data = {"input_ids": ids, "labels": labels}
-        for start in range(0, len(ids), self.batch_size):
-            idx = range(start, min(start + self.batch_size, len(ids)))
+        for idx in self.batching.spans([min(len(x), seq_len) for x in ids]):
             batch = collate(data, idx, seq_len, pad, self.device)
             with autocast(precision or self.precision, self.device):
                 logits = loaded.model(
@@ -293,8 +294,8 @@ class EvalActor:
             (loaded.enc.bos + p)[-keep:] for p in loaded.enc.encode([e["prompt"] for e in examples])
         ]
         out = []
-        for start in range(0, len(prompts), self.batch_size):
-            out += self._generate(loaded, prompts[start : start + self.batch_size], new)
+        for span in self.batching.spans([len(p) + new for p in prompts]):
+            out += self._generate(loaded, prompts[span.start : span.stop], new)
         return [{"prediction": p, "reference": e["reference"]} for p, e in zip(out, examples)]
 
     def _generate(self, loaded: Loaded, prompts: list[list[int]], new: int) -> list[str]:

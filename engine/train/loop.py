@@ -168,7 +168,8 @@ def selection_scorer(spec: TrialSpec, device: torch.device) -> LocalScorer | Non
     if not sweep.metric_is_evaluated():
         return None
     sets = [s for s in sweep_sets(sweep) if s.name == spec.task and s.split == "selection"]
-    return LocalScorer(sets, sweep.metric, device, sweep.train.precision, sweep.evaluate.batch_size)
+    batching = (sweep.evaluate.batch_size, sweep.evaluate.batch_tokens)
+    return LocalScorer(sets, sweep.metric, device, sweep.train.precision, *batching)
 
 
 def _schedule(cfg, total: int):
