@@ -540,3 +540,45 @@ def test_gpu_actor_gives_the_cpu_values(one_actor, candidates, sets, ray_local):
     )
     for _, row in table.iterrows():
         assert row.value == pytest.approx(value(one_actor, "demo", "add", row.metric), rel=1e-3)
+
+
+def test_an_interrupted_evaluate_stage_keeps_every_pair_that_finished(tmp_path, monkeypatch):
+    """`evals.parquet` is written for the first pair, then at most every `WRITE_EVERY_S`, and
+    whatever ends the stage writes the pairs that came: here the pool (a stand-in that hands
+    three finished pairs to the stage, then a Ctrl-C) is interrupted between two writes."""
+    from engine.core.rundir import RunDir
+    from engine.evaluate import stage
+    from sweeps import parse_sweep
+
+    sweep = parse_sweep(
+        {
+            "name": "j",
+            "model": {"preset": "tiny-random"},
+            "data": {"train": str(ADD), "eval": str(ADD), "format": "prompt_completion"},
+        }
+    )
+    run = RunDir(tmp_path)
+    merges = pd.DataFrame(
+        {
+            "candidate": ["m0", "m1", "m2"],
+            "kind": "soup",
+            "path": ["/m0", "/m1", "/m2"],
+            "status": "done",
+            "reused": True,
+        }
+    )
+    trials = pd.DataFrame({"name": [], "status": [], "checkpoint": []})
+    seen = []
+    monkeypatch.setattr(stage, "WRITE_EVERY_S", 3600.0)
+
+    def pool(todo, sets, config, *, on_result, **_):
+        for candidate in todo[:3]:
+            on_result(pd.DataFrame([{"candidate": candidate.name, "eval_set": "default"}]))
+            seen.append(set(pd.read_parquet(run.evals)["candidate"]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "evaluate_candidates", pool)
+    with pytest.raises(KeyboardInterrupt):
+        stage.eval_stage(sweep, run, trials, merges, str(BASE_DIR), progress=False)
+    assert seen == [{"base"}, {"base"}, {"base"}]  # the first pair at once, then none
+    assert set(pd.read_parquet(run.evals)["candidate"]) == {"base", "m0", "m1"}

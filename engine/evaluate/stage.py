@@ -2,12 +2,14 @@
 every evaluation set, through the actor pool of `engine.evaluate.pool`.
 
 The sets are each task's `eval` file (split `selection`) and `test` file (split `test`), then the
-sweep's own `evaluate.sets`. Each (candidate, set) is written to `evals.parquet` as it finishes,
-and a resumed sweep evaluates only the pairs that have no `ok` results there yet.
+sweep's own `evaluate.sets`. Finished (candidate, set) pairs are written to `evals.parquet` as
+they come (at most every `WRITE_EVERY_S` seconds, and whatever ends the stage), and a resumed
+sweep evaluates only the pairs that have no `ok` results there yet.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import pandas as pd
@@ -19,6 +21,9 @@ from engine.evaluate.sets import sweep_sets
 from sweeps import Sweep
 from sweeps.evaluation import EvalSetConfig, HarnessSetConfig
 from sweeps.trials import with_result
+
+# `evals.parquet` is rewritten whole; every pair would make the stage quadratic in candidates.
+WRITE_EVERY_S = 2.0
 
 
 def sweep_candidates(
@@ -44,9 +49,10 @@ def eval_stage(
     progress: bool = True,
 ) -> pd.DataFrame | None:
     """Evaluate what is missing: every (candidate, set) without `ok` results in
-    `evals.parquet`, and every set of a merge made in this run. Each (candidate, set) is added
-    to `evals.parquet` as soon as it is done, so a run stopped here loses none of them;
-    returns the whole table."""
+    `evals.parquet`, and every set of a merge made in this run. Finished pairs are added to
+    `evals.parquet` as they come and whatever ends the stage (a Ctrl-C, an error), so a run
+    stopped here loses none of them, and a killed driver at most the last `WRITE_EVERY_S`
+    seconds; returns the whole table."""
     sets = sweep_sets(sweep)
     if not sets:
         return None
@@ -61,31 +67,37 @@ def eval_stage(
     todo = [c for c in candidates if only[c.name]]
     journal = _Journal(run, previous, candidates, sets)
     started = time.time()
-    if todo:
-        evaluate_candidates(
-            todo, sets, sweep.evaluate, progress=progress, only=only, on_result=journal.add
-        )
+    try:
+        if todo:
+            evaluate_candidates(
+                todo, sets, sweep.evaluate, progress=progress, only=only, on_result=journal.add
+            )
+    finally:  # also what came before a Ctrl-C or an error
+        table = journal.write()
     if progress and todo:
         finished(
             f"evaluating {len(todo)} candidate(s) on {len(sets)} set(s) "
             f"({sum(len(only[c.name]) for c in todo)} candidate-set pairs)",
             started,
         )
-    return journal.write()
+    return table
 
 
 class _Journal:
     """`evals.parquet` as it grows: the rows kept from earlier runs, then each (candidate, set)
-    as it finishes, rewritten atomically each time, in candidate and set order."""
+    as it finishes, rewritten atomically (at once for the first pair, then at most every
+    `WRITE_EVERY_S` seconds), in candidate and set order."""
 
     def __init__(self, run: RunDir, previous: pd.DataFrame, candidates, sets) -> None:
         self.run, self.parts = run, [previous] if not previous.empty else []
         self.candidates = {c.name: i for i, c in enumerate(candidates)}
         self.sets = {name: i for i, s in enumerate(sets) for name in s.result_names()}
+        self.written = -math.inf
 
     def add(self, rows: pd.DataFrame) -> None:
         self.parts.append(rows)
-        self.write()
+        if time.monotonic() - self.written >= WRITE_EVERY_S:
+            self.write()
 
     def write(self) -> pd.DataFrame:
         parts = self.parts or [pd.DataFrame(columns=COLUMNS)]
@@ -96,6 +108,7 @@ class _Journal:
             ).fillna(9_999)
             table = table.iloc[order.argsort(kind="stable")].reset_index(drop=True)
         write_table(table, self.run.evals)
+        self.parts, self.written = [table], time.monotonic()
         return table
 
 
