@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -416,12 +417,21 @@ def test_a_submitted_sweep_runs_on_both_nodes_and_jobs_lists_logs_and_stops(clus
     assert second in rows and "long" in rows[second]
     logs = raysoup("jobs", "logs", job, "--address", url, env=env)
     assert logs.returncode == 0 and "remote" in logs.stdout
-    # Ctrl-C while following stops the following, not the job.
+    # Ctrl-C while following stops the following, not the job. Ctrl-C in a terminal reaches a
+    # foreground process, whose SIGINT is not ignored; a test runner started in the background
+    # by a script passes SIGINT on ignored, so the follower sets it back before it starts.
+    follow = [str(BIN / "raysoup"), "jobs", "logs", second, "--follow", "--address", url]
+    as_in_a_terminal = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
     follower = subprocess.Popen(
-        [str(BIN / "raysoup"), "jobs", "logs", second, "--follow", "--address", url],
+        [sys.executable, "-c", as_in_a_terminal, *follow],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(5)
+    # Ctrl-C once it follows (its first line is out), not while it still imports.
+    assert select.select([follower.stdout], [], [], 120)[0], "the follower printed nothing"
+    assert follower.stdout.readline()
     follower.send_signal(signal.SIGINT)
     _, err = follower.communicate(timeout=60)
     assert follower.returncode == 130, err
