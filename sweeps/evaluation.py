@@ -20,7 +20,7 @@ from sweeps.base import DataFile, Strict, absolute
 
 OBSERVATIONS = ("tokens", "choices", "generation")
 # A model batch holds at most this many examples and this many tokens, padding counted.
-BATCH_SIZE = 64
+BATCH_SIZE = 128
 BATCH_TOKENS = 8192
 
 # What each built-in metric needs the model to produce, by name. `engine.evaluate.metrics` holds the
