@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import pickle
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from ray.tune.search.search_generator import SearchGenerator
 
 import engine
 from engine.core.errors import RunError
-from engine.train import searchers
+from engine.train import records, searchers
 from sweeps import SweepError, parse_sweep
 from sweeps.space import LogUniform
 from sweeps.trials import configurations, short_number
@@ -24,6 +25,10 @@ from tests.test_sweep_config import sweep_dict
 from tests.test_sweep_run import tiny_sweep
 
 SPACE = {"train__lr": {"loguniform": [1e-4, 1e-2]}, "train__batch_size": {"choice": [4, 8]}}
+BRANCHES_SEARCHED = [
+    {"finetune": {"method": "full"}},
+    {"finetune": {"method": "lora", "lora": {"r": {"choice": [4, 8]}}}},
+]
 
 
 def searched(kind: str, **extra) -> dict:
@@ -278,12 +283,91 @@ def test_random_search_draws_from_its_own_seed():
     assert all(1e-4 <= c["train.lr"] <= 1e-2 for c in other)
 
 
-def test_a_searched_sweep_is_never_rebuilt_without_its_searcher(optuna_run):
-    """Rebuilding from the trial folders would start the search again: refused, and Tune's
-    files are left where they are."""
-    tune_dir = Path(optuna_run.run_dir) / "tune"
-    saved = sorted(p.name for p in tune_dir.iterdir() if p.is_file())
+@pytest.mark.parametrize("branched", [False, True])
+def test_a_search_rebuilt_from_its_trials_keeps_its_points_and_tells_the_finished_ones(branched):
+    """As the folders of a killed sweep tell it: p0's two seeds finished, p1's first seed
+    finished and its second was interrupted, p2's first seed was interrupted and its second
+    never started."""
+    extra = {"branches": BRANCHES_SEARCHED} if branched else {}
+    sweep = parse_sweep(searched("optuna", seeds=[0, 1], num_samples=4, **extra))
+    first = searchers.build(sweep)
+    cells = [first.suggest(f"t{i}")["trial"] for i in range(5)]
+    assert [c["config"]["point"] for c in cells] == ["p0", "p0", "p1", "p1", "p2"]
+    started = [
+        (cells[0], "a", True, 1.0),
+        (cells[1], "b", True, 3.0),
+        (cells[2], "c", True, 5.0),
+        (cells[3], "d", False, None),
+        (cells[4], "e", False, None),
+    ]
+    search = searchers.rebuilt(sweep, started)
+    study = search.searcher._ot_study
+    assert [t.value for t in study.trials] == [2.0]  # p0's mean, told to the new study
+    told, values = dict(study.trials[0].params), dict(cells[0]["config"]["values"])
+    if branched:  # the branch, then its spaces under names of the branch
+        index = told.pop("branch")
+        assert values.pop("finetune.method") == ["full", "lora"][index]
+        assert told == {f"b{index}:{path}": value for path, value in values.items()}
+    else:
+        assert told == values
+    # The cells left come first, under their points: p1's second seed, then p2's two seeds.
+    again = [search.suggest(f"n{i}")["trial"] for i in range(3)]
+    assert again == [cells[3], cells[4], {**cells[4], "seed": 1}]
+    search.on_trial_complete("n0", {"eval_loss": 7.0})  # p1 ends: (5 + 7) / 2
+    assert [t.value for t in study.trials] == [2.0, 6.0]
+    search.on_trial_complete("n1", {"eval_loss": 1.0})
+    search.on_trial_complete("n2", None, error=True)  # p2: its one score left
+    assert [t.value for t in study.trials] == [2.0, 6.0, 1.0]
+    new = search.suggest("n3")["trial"]["config"]
+    assert new["point"] == "p3"
+    assert new["values"] not in [c["config"]["values"] for c in cells]
+
+
+def test_a_hyperopt_search_is_never_rebuilt_from_its_folders(ray_local, tmp_path):
+    """HyperOpt's trials object takes no point it did not suggest: refused, not restarted."""
+    from engine.core.rundir import RunDir
+    from engine.train import experiment
+
+    (tmp_path / "tune").mkdir()
     with pytest.raises(RunError) as err:
-        engine.resume(optuna_run.run_dir, progress=False, rebuild_state=True)
-    assert "cannot be rebuilt from its trial folders" in str(err.value)
-    assert sorted(p.name for p in tune_dir.iterdir() if p.is_file()) == saved
+        experiment.tuner(
+            parse_sweep(searched("hyperopt")), "m", RunDir(tmp_path), {}, [], "rebuild"
+        )
+    assert "only an optuna search can" in str(err.value)
+
+
+def test_an_optuna_sweep_is_rebuilt_from_its_trial_folders(optuna_run, tmp_path):
+    """The finished optuna sweep, as a killed driver with cut Tune files would leave it: the
+    last point's trials never started and the second point's second seed stopped at step 2.
+    `--rebuild-state` trains only what is missing, keeps the points' numbers and values, and
+    the new study is told every point's mean."""
+    run_dir = tmp_path / "optuna"
+    shutil.copytree(optuna_run.run_dir, run_dir)
+    before = pd.read_parquet(run_dir / "trials.parquet").set_index("name")
+    tune_dir = run_dir / "tune"
+    for folder in tune_dir.iterdir():
+        name = records.recorded_name(folder) if folder.is_dir() else None
+        if name is None:
+            continue
+        point = before.loc[name, "point"]
+        if point == "p2":
+            shutil.rmtree(folder)
+        elif point == "p1" and before.loc[name, "seed"] == 1:
+            shutil.rmtree(folder / "checkpoint_000004")
+    for state_file in [p for p in tune_dir.iterdir() if p.is_file()]:
+        state_file.unlink()  # no Tune state left
+    result = engine.resume(str(run_dir), progress=False, rebuild_state=True)
+    trials = result.trials.set_index("name")
+    assert set(trials["status"]) == {"done"} and len(trials) == 6, trials["error"].tolist()
+    kept = before[before["point"] != "p2"]
+    for name, row in kept.iterrows():
+        assert trials.loc[name, "train.lr"] == row["train.lr"]
+        retrained = row["point"] == "p1" and row["seed"] == 1
+        assert trials.loc[name, "attempts"] == row["attempts"] + retrained, name
+        if not retrained:
+            assert trials.loc[name, "eval_loss"] == row["eval_loss"]
+    assert sorted(set(trials["point"])) == ["p0", "p1", "p2"]
+    assert trials["train.lr"].nunique() == 3  # p2 suggested anew, not a repeat
+    study = _searcher_state(tune_dir)["_ot_study"]
+    means = trials.groupby("point")["eval_loss"].mean()
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(means), rel=1e-9)

@@ -184,21 +184,26 @@ def tuner(
                 f"{err}); `raysoup resume {run.root} --rebuild-state` rebuilds it from the "
                 "trial folders"
             ) from err
-    todo = None
-    if mode == "rebuild":
-        if sweep.search.learns():
-            raise RunError(
-                f"Tune's saved state in {run.tune} cannot be restored, and a sweep whose "
-                f"configurations {sweep.search.type} suggests cannot be rebuilt from its trial "
-                "folders (the searcher's state is part of Tune's); start it again under a new "
-                "name, or restore Tune's files from a copy"
-            )
-        if state.saved(run.tune):
-            state.set_aside(run.tune)
-        todo = unfinished(sweep, run, sizes)
-        if not todo:
+    if mode != "rebuild":
+        return _new_tuner(fn, sweep, run, sizes, callbacks)
+    if sweep.search.learns() and sweep.search.type != "optuna":
+        raise RunError(
+            f"Tune's saved state in {run.tune} cannot be restored, and a sweep whose "
+            f"configurations {sweep.search.type} suggests cannot be rebuilt from its trial "
+            "folders (only an optuna search can: its points are told to a new study); start "
+            "it again under a new name, or restore Tune's files from a copy"
+        )
+    if state.saved(run.tune):
+        state.set_aside(run.tune)
+    if sweep.search.learns():
+        started = searched_trials(sweep, run, sizes)
+        left = sweep.trial_count() - sum(finished for _, _, finished, _ in started)
+        if left <= 0:
             return None
-    return _new_tuner(fn, sweep, run, sizes, callbacks, todo)
+        searcher = searchers.rebuilt(sweep, started)
+        return _new_tuner(fn, sweep, run, sizes, callbacks, searcher=searcher, samples=left)
+    todo = unfinished(sweep, run, sizes)
+    return _new_tuner(fn, sweep, run, sizes, callbacks, todo) if todo else None
 
 
 def unfinished(sweep: Sweep, run: RunDir, sizes: Sizes) -> list[dict]:
@@ -212,9 +217,34 @@ def unfinished(sweep: Sweep, run: RunDir, sizes: Sizes) -> list[dict]:
     ]
 
 
+def searched_trials(
+    sweep: Sweep, run: RunDir, sizes: Sizes
+) -> list[tuple[dict, str, bool, float | None]]:
+    """Every trial a searcher's sweep started, from its folder, in the order they started: its
+    cell, name, whether it finished, and the sweep's metric at its last checkpoint then."""
+    found = []
+    for cell in records.recorded_cells(run.tune):
+        name = identify(sweep, cell, sizes).name
+        folders = records.trial_folders(run.tune, name)
+        finished, done = records.is_finished(folders), records.complete_checkpoints(folders)
+        score = records.checkpoint_info(done[-1]).get(sweep.metric) if finished and done else None
+        found.append((cell, name, finished, score))
+    return found
+
+
 def _new_tuner(
-    fn, sweep: Sweep, run: RunDir, sizes: Sizes, callbacks: list, todo: list[dict] | None
+    fn,
+    sweep: Sweep,
+    run: RunDir,
+    sizes: Sizes,
+    callbacks: list,
+    todo: list[dict] | None = None,
+    searcher: searchers.Replicates | None = None,
+    samples: int | None = None,
 ) -> tune.Tuner:
+    """A new experiment: of the cells `todo` (default: the sweep's), or with a learning
+    searcher of `samples` trials (default: the sweep's count) from `searcher` (default: a new
+    one)."""
     if sweep.scheduler.stops_trials():
         # first, so the other callbacks read the stopped trial's folder as stopped
         callbacks = [schedulers.StopRecorder(run.tune, sweep.scheduler.type), *callbacks]
@@ -235,8 +265,8 @@ def _new_tuner(
     tune_config = tune.TuneConfig(
         # Drawn samples are in the cells; a learning searcher makes every trial's cell. Tune
         # knows the metric only for the scheduler and searcher; raysoup ranks trials itself.
-        num_samples=sweep.trial_count() if learns else 1,
-        search_alg=searchers.build(sweep) if learns else None,
+        num_samples=(samples or sweep.trial_count()) if learns else 1,
+        search_alg=(searcher or searchers.build(sweep)) if learns else None,
         scheduler=scheduler,
         reuse_actors=True,
         max_concurrent_trials=max_concurrent(sweep),

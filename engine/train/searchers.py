@@ -11,7 +11,9 @@ or never reported the metric is left out of the mean; a point with no score left
 to the searcher as failed. A point is told once: a failed trial that a resume trains again
 later does not change what the searcher learned. Its state (the points, their trials and
 scores) is saved with Tune's experiment, so a resumed sweep goes on with the searcher where it
-was.
+was. Where Tune's files are lost, an Optuna search is rebuilt from the trials' folders
+(`rebuilt`): every point they record keeps its number and values, the points whose trials all
+finished are told to a new study, and the trials left run next.
 """
 
 from __future__ import annotations
@@ -99,6 +101,27 @@ class Branches:
         ]
         return {"branch": hp.choice("branch", options)}
 
+    def optuna_point(self, values: dict[str, Any]) -> tuple[dict, dict]:
+        """A configuration's values as Optuna's parameters and their distributions: the first
+        branch whose set values it has, and that branch's spaces (the inverse of `values`)."""
+        import optuna  # only for sweeps that search with it
+
+        kinds = {
+            "choice": lambda given: optuna.distributions.CategoricalDistribution(given),
+            "randint": lambda given: optuna.distributions.IntDistribution(*given),
+            "uniform": lambda given: optuna.distributions.FloatDistribution(*given),
+            "loguniform": lambda given: optuna.distributions.FloatDistribution(*given, log=True),
+        }
+        for index, (fixed, spaces) in enumerate(self.branches):
+            if all(values.get(path) == value for path, value in fixed.items()) and set(
+                spaces
+            ) <= set(values):
+                params = {"branch": index, **{f"b{index}:{p}": values[p] for p in spaces}}
+                found = {f"b{index}:{p}": kinds[kind](given) for p, (kind, given) in spaces.items()}
+                found["branch"] = kinds["choice"](list(range(len(self.branches))))
+                return params, found
+        raise ValueError(f"no branch of this sweep gives the values {values}")
+
     def values(self, suggested: dict[str, Any]) -> dict[str, Any]:
         """A suggestion as the values of a configuration: what its branch sets, and the values
         suggested for that branch's spaces, in the sweep's field order."""
@@ -155,13 +178,14 @@ class Replicates(Searcher):
         ]
         self.scored_size = sizes[-1]  # data-scale values are sorted, largest last
         self.points: list[dict] = []  # {"id", "label", "trials": {trial id: score}, "told"}
-        self.queue: deque = deque()  # cells of the newest point not yet given to Tune
+        self.queue: deque = deque()  # (point index, cell) not yet given to Tune
         self.point_of: dict[str, int] = {}  # trial id -> index in `points`
         self.scored: set[str] = set()  # the trials at the scored data size
 
     def suggest(self, trial_id: str) -> dict | None:
         if not self.queue:
-            point_id = f"p{len(self.points)}"
+            # numbered past every point so far (a rebuilt search may lack some numbers)
+            point_id = f"p{max((int(p['id'][1:]) + 1 for p in self.points), default=0)}"
             values = self.searcher.suggest(point_id)
             if values is None or values == Searcher.FINISHED:
                 return values
@@ -171,9 +195,9 @@ class Replicates(Searcher):
             label = point_label(point_id, values)
             self.points.append({"id": point_id, "label": label, "trials": {}})
             config = {"label": label, "values": values, "point": point_id}
-            self.queue.extend({"config": config, **replica} for replica in self.replicas)
-        cell = self.queue.popleft()
-        index = len(self.points) - 1
+            index = len(self.points) - 1
+            self.queue.extend((index, {"config": config, **replica}) for replica in self.replicas)
+        index, cell = self.queue.popleft()
         self.point_of[trial_id] = index
         self.points[index]["trials"][trial_id] = None
         if cell["data_size"] == self.scored_size:
@@ -187,15 +211,73 @@ class Replicates(Searcher):
         point = self.points[index]
         score = (result or {}).get(self.metric) if trial_id in self.scored else None
         point["trials"][trial_id] = _finite(score, error)
+        self._tell_if_ended(point)
+
+    def _tell_if_ended(self, point: dict) -> None:
+        """Tell the searcher the point's score once all its replicates ended (once: a searcher
+        refuses a second score)."""
         ended = len(point["trials"]) == len(self.replicas) and None not in point["trials"].values()
-        if ended and not point.get("told"):  # once: a searcher refuses a second score
-            point["told"] = True
-            scores = [s for s in point["trials"].values() if not math.isnan(s)]
-            if scores:
-                mean = sum(scores) / len(scores)
-                self.searcher.on_trial_complete(point["id"], {self.metric: mean})
-            else:
-                self.searcher.on_trial_complete(point["id"], None, error=True)
+        if not ended or point.get("told"):
+            return
+        point["told"] = True
+        scores = [s for s in point["trials"].values() if not math.isnan(s)]
+        mean = sum(scores) / len(scores) if scores else None
+        if "values" in point:  # a rebuilt point: the new study never suggested it
+            self._add_to_study(point["values"], mean)
+        elif mean is not None:
+            self.searcher.on_trial_complete(point["id"], {self.metric: mean})
+        else:
+            self.searcher.on_trial_complete(point["id"], None, error=True)
+
+    def _add_to_study(self, values: dict, mean: float | None) -> None:
+        """A point the Optuna study did not suggest, told as an evaluated trial."""
+        if self.branches is None:
+            self.searcher.add_evaluated_point(values, mean or 0.0, error=mean is None)
+            return
+        import optuna  # only for sweeps that search with it
+
+        params, distributions = self.branches.optuna_point(values)
+        state = optuna.trial.TrialState
+        self.searcher._ot_study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=distributions,
+                value=mean,
+                state=state.FAIL if mean is None else state.COMPLETE,
+            )
+        )
+
+    def restart(self, started: list[tuple[dict, str, bool, float | None]]) -> None:
+        """Take up the points a search recorded in its trials' folders (its Tune state lost):
+        `started` holds each trial in the order it started, as (cell, name, finished, score).
+        Each point keeps its number, label and values; a finished trial keeps its score; the
+        cells not finished (or never started) of every point are handed out first; a point
+        whose trials all finished is told to the searcher now, the others when they end."""
+        by_point: dict[str, list] = {}
+        for entry in started:
+            by_point.setdefault(entry[0]["config"]["point"], []).append(entry)
+        for point_id in sorted(by_point, key=lambda p: int(p[1:])):
+            entries = by_point[point_id]
+            config = entries[0][0]["config"]
+            index = len(self.points)
+            point = {"id": point_id, "label": config["label"], "trials": {}}
+            point["values"] = config["values"]
+            self.points.append(point)
+            for cell, name, finished, score in entries:
+                if not finished:
+                    self.queue.append((index, cell))
+                    continue
+                key = f"rebuilt:{name}"
+                self.point_of[key] = index
+                scored = cell["data_size"] == self.scored_size
+                if scored:
+                    self.scored.add(key)
+                point["trials"][key] = _finite(score if scored else None, False)
+            recorded = {(c["task"], c["data_size"], c["seed"]) for c, *_ in entries}
+            for replica in self.replicas:
+                if (replica["task"], replica["data_size"], replica["seed"]) not in recorded:
+                    self.queue.append((index, {"config": config, **replica}))
+            self._tell_if_ended(point)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the searcher was built with the sweep's space, metric and mode
@@ -211,6 +293,20 @@ class Replicates(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.searcher.restore(checkpoint_path)
+
+
+def rebuilt(sweep: Sweep, started: list[tuple[dict, str, bool, float | None]]) -> Replicates:
+    """The searcher of an Optuna sweep whose Tune state is rebuilt from its trials' folders
+    (see `Replicates.restart`). Its sampler's seed moves on by the points recorded: with the
+    sweep's own seed, the new study's first random draws would be the first points again."""
+    points = len({cell["config"]["point"] for cell, *_ in started})
+    seed = sweep.search.seed
+    if seed is not None:
+        search = sweep.search.model_copy(update={"seed": seed + points})
+        sweep = sweep.model_copy(update={"search": search})
+    rebuilt = build(sweep)
+    rebuilt.restart(started)
+    return rebuilt
 
 
 def point_label(point_id: str, values: dict[str, Any]) -> str:
