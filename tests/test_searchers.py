@@ -7,6 +7,7 @@ import importlib.util
 import math
 import pickle
 import shutil
+from collections import deque
 from pathlib import Path
 
 import pandas as pd
@@ -131,6 +132,15 @@ def test_a_point_is_scored_by_the_mean_at_the_largest_data_size():
         failed = key not in scores  # (160, 2) fails: left out of the mean
         search.on_trial_complete(trial_id, {"eval_loss": scores.get(key)}, error=failed)
         assert inner.told == ([] if trial_id != "t5" else [("p0", {"eval_loss": 3.0}, False)])
+
+
+def test_a_state_saved_before_queued_cells_carried_their_point_still_restores():
+    search = searchers.build(parse_sweep(searched("optuna", seeds=[0, 1])))
+    cell = search.suggest("t0")["trial"]
+    older = {**search.get_state(), "queue": deque([{**cell, "seed": 1}])}  # a bare cell
+    search.set_state(older)
+    assert search.suggest("t1") == {"trial": {**cell, "seed": 1}}
+    assert search.point_of["t1"] == 0
 
 
 def test_a_point_whose_scored_replicates_all_failed_is_told_as_failed():

@@ -287,6 +287,9 @@ class Replicates(Searcher):
 
     def set_state(self, state: dict) -> None:
         self.__dict__.update(state)
+        # saved before queued cells carried their point: all were the newest point's
+        newest = len(self.points) - 1
+        self.queue = deque(c if isinstance(c, tuple) else (newest, c) for c in self.queue)
 
     def save(self, checkpoint_path: str) -> None:
         self.searcher.save(checkpoint_path)
