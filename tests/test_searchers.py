@@ -304,11 +304,11 @@ def test_a_search_rebuilt_from_its_trials_keeps_its_points_and_tells_the_finishe
     cells = [first.suggest(f"t{i}")["trial"] for i in range(5)]
     assert [c["config"]["point"] for c in cells] == ["p0", "p0", "p1", "p1", "p2"]
     started = [
-        (cells[0], "a", True, 1.0),
-        (cells[1], "b", True, 3.0),
-        (cells[2], "c", True, 5.0),
-        (cells[3], "d", False, None),
-        (cells[4], "e", False, None),
+        searchers.Started(cells[0], "a", True, 1.0),
+        searchers.Started(cells[1], "b", True, 3.0),
+        searchers.Started(cells[2], "c", True, 5.0),
+        searchers.Started(cells[3], "d", False, None),
+        searchers.Started(cells[4], "e", False, None),
     ]
     search = searchers.rebuilt(sweep, started)
     study = search.searcher._ot_study

@@ -197,7 +197,7 @@ def tuner(
         state.set_aside(run.tune)
     if sweep.search.learns():
         started = searched_trials(sweep, run, sizes)
-        left = sweep.trial_count() - sum(finished for _, _, finished, _ in started)
+        left = sweep.trial_count() - sum(trial.finished for trial in started)
         if left <= 0:
             return None
         searcher = searchers.rebuilt(sweep, started)
@@ -217,18 +217,16 @@ def unfinished(sweep: Sweep, run: RunDir, sizes: Sizes) -> list[dict]:
     ]
 
 
-def searched_trials(
-    sweep: Sweep, run: RunDir, sizes: Sizes
-) -> list[tuple[dict, str, bool, float | None]]:
-    """Every trial a searcher's sweep started, from its folder, in the order they started: its
-    cell, name, whether it finished, and the sweep's metric at its last checkpoint then."""
+def searched_trials(sweep: Sweep, run: RunDir, sizes: Sizes) -> list[searchers.Started]:
+    """Every trial a searcher's sweep started, as its folder records it, in the order they
+    started."""
     found = []
     for cell in records.recorded_cells(run.tune):
         name = identify(sweep, cell, sizes).name
         folders = records.trial_folders(run.tune, name)
         finished, done = records.is_finished(folders), records.complete_checkpoints(folders)
         score = records.checkpoint_info(done[-1]).get(sweep.metric) if finished and done else None
-        found.append((cell, name, finished, score))
+        found.append(searchers.Started(cell, name, finished, score))
     return found
 
 

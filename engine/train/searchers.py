@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from ray import tune
 from ray.tune.search import Searcher
@@ -28,6 +28,16 @@ from ray.tune.search import Searcher
 from sweeps import Sweep
 from sweeps.space import Choice, LogUniform, RandInt, Space, Uniform
 from sweeps.trials import value_label
+
+
+class Started(NamedTuple):
+    """A trial as its folder records it: its cell, name, whether it finished, and the sweep's
+    metric at its last checkpoint (None when it did not finish)."""
+
+    cell: dict
+    name: str
+    finished: bool
+    score: float | None
 
 
 def build(sweep: Sweep) -> Replicates:
@@ -247,18 +257,18 @@ class Replicates(Searcher):
             )
         )
 
-    def restart(self, started: list[tuple[dict, str, bool, float | None]]) -> None:
+    def restart(self, started: list[Started]) -> None:
         """Take up the points a search recorded in its trials' folders (its Tune state lost):
-        `started` holds each trial in the order it started, as (cell, name, finished, score).
+        `started` holds each trial in the order it started.
         Each point keeps its number, label and values; a finished trial keeps its score; the
         cells not finished (or never started) of every point are handed out first; a point
         whose trials all finished is told to the searcher now, the others when they end."""
         by_point: dict[str, list] = {}
-        for entry in started:
-            by_point.setdefault(entry[0]["config"]["point"], []).append(entry)
+        for trial in started:
+            by_point.setdefault(trial.cell["config"]["point"], []).append(trial)
         for point_id in sorted(by_point, key=lambda p: int(p[1:])):
             entries = by_point[point_id]
-            config = entries[0][0]["config"]
+            config = entries[0].cell["config"]
             index = len(self.points)
             point = {"id": point_id, "label": config["label"], "trials": {}}
             point["values"] = config["values"]
@@ -273,7 +283,7 @@ class Replicates(Searcher):
                 if scored:
                     self.scored.add(key)
                 point["trials"][key] = _finite(score if scored else None, False)
-            recorded = {(c["task"], c["data_size"], c["seed"]) for c, *_ in entries}
+            recorded = {(t.cell["task"], t.cell["data_size"], t.cell["seed"]) for t in entries}
             for replica in self.replicas:
                 if (replica["task"], replica["data_size"], replica["seed"]) not in recorded:
                     self.queue.append((index, {"config": config, **replica}))
@@ -298,11 +308,11 @@ class Replicates(Searcher):
         self.searcher.restore(checkpoint_path)
 
 
-def rebuilt(sweep: Sweep, started: list[tuple[dict, str, bool, float | None]]) -> Replicates:
+def rebuilt(sweep: Sweep, started: list[Started]) -> Replicates:
     """The searcher of an Optuna sweep whose Tune state is rebuilt from its trials' folders
     (see `Replicates.restart`). Its sampler's seed moves on by the points recorded: with the
     sweep's own seed, the new study's first random draws would be the first points again."""
-    points = len({cell["config"]["point"] for cell, *_ in started})
+    points = len({trial.cell["config"]["point"] for trial in started})
     seed = sweep.search.seed
     if seed is not None:
         search = sweep.search.model_copy(update={"seed": seed + points})
