@@ -47,6 +47,7 @@ q, mode = config.get("q", config.get("model", {}).get("q", 1)), config.get("mode
 stubborn = q >= config.get("stubborn_from", float("inf"))  # ignores SIGTERM, lingers
 
 def stopped(signum, frame):
+    time.sleep(config.get("tidy_s", 0))  # what a script does on SIGTERM: save, close files
     open(f"seen/{run.id}.terminated", "w").close()
     if not stubborn:
         sys.exit(143)
@@ -184,6 +185,27 @@ def test_hyperband_by_min_iter_stops_the_worse_trials_at_a_band(tmp_path):
     assert (by_q.loc[1, "status"], by_q.loc[1, "logged"]) == ("done", 7)
     assert (by_q.loc[3, "status"], by_q.loc[3, "logged"]) == ("stopped", 2)
     assert 3 in stopped_early(result, tmp_path, bands={2, 6})["config/q"].tolist()
+
+
+def test_a_stopped_script_has_its_grace_period_to_tidy_up_before_its_trial_ends(tmp_path):
+    # q = 3 is stopped at the first band; its SIGTERM handler takes 2 of its 5 seconds' grace
+    # before it leaves its marker: the trial's actor must not end (and take the script with
+    # it) before then
+    parameters = {"q": {"values": [1, 2, 3]}, "steps": {"value": 7}, "pause": {"value": 0.3}}
+    path = sweep_file(
+        tmp_path,
+        early_terminate={"type": "hyperband", "min_iter": 2, "eta": 3},
+        parameters={**parameters, "tidy_s": {"value": 2.0}},
+    )
+    result = run_file(path, tmp_path)
+    by_q = result.table.set_index("config/q")
+    assert result.failures() == [] and by_q.loc[3, "status"] == "stopped"
+    stopped = stopped_early(result, tmp_path, bands={2, 6})
+    for run_id in stopped["wandb_run_id"]:  # each ended by its handler's exit, not a SIGKILL
+        folder = (
+            result.run_dir / "trials" / stopped.set_index("wandb_run_id").loc[run_id, "trial_id"]
+        )
+        assert read_run(run_files(folder / "wandb")[0]).exit_code == 143
 
 
 def test_hyperband_by_max_iter_and_s_stops_at_wandbs_bands_and_lets_the_best_run_on(tmp_path):

@@ -12,7 +12,8 @@ can read the metric's values while the script runs.
 
 Each new value of the metric in the script's run file is reported to Tune, so Tune's
 `training_iteration` counts the values the script logged: W&B's hyperband iteration. When Tune
-stops the trial, the script gets SIGTERM, and SIGKILL (its process group) a few seconds later.
+stops the trial, the script gets SIGTERM, and SIGKILL (its process group) `grace_s` seconds
+later; the trial's actor waits for that before it exits (`EndsItsScript`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ METRIC = "metric"  # the key of the metric's value in each report (its name may 
 FLUSH_S = "0.25"  # WANDB__TRANSACTION_LOG_FLUSH_INTERVAL: W&B's default is 15 seconds
 STDERR_TAIL = 20  # lines of the script's stderr in a failed trial's error
 DRAIN_S = 5.0  # how long the run file may still grow after its script exited
+SETTLE_S = 5.0  # how long a stopped trial's actor waits for its thread to record the stop
 
 
 class ScriptFailed(RuntimeError):
@@ -84,17 +86,24 @@ def run_trial(config: dict, spec: ScriptSpec) -> None:
     folder = records.trial_folder(spec.run_root, tune.get_context().get_trial_id())
     launch = prepare(spec, config["params"], folder)
     values = Values(goal=spec.goal)
+    script = Script(launch, spec.grace_s, config["params"])
     try:
-        with Script(launch, spec.grace_s, config["params"]) as script:
-            follow(script, spec, launch, values)
-    except SystemExit:  # Tune stopped the trial: its scheduler, or the metric's target
-        records.write_outcome(folder, "stopped", values, None, None)
-        raise
-    except OSError as err:  # the command could not start
-        message = f"could not run {launch.argv[0]}: {err}"
-        records.write_outcome(folder, "error", values, None, message)
-        raise ScriptFailed(message) from err
-    conclude(folder, script.process.returncode, spec.metric, values)
+        try:
+            with script:
+                follow(script, spec, launch, values)
+        except SystemExit:  # Tune stopped the trial: its scheduler, or the metric's target
+            records.write_outcome(folder, "stopped", values, script.process.returncode, None)
+            raise
+        except OSError as err:  # the command could not start
+            message = f"could not run {launch.argv[0]}: {err}"
+            records.write_outcome(folder, "error", values, None, message)
+            raise ScriptFailed(message) from err
+        if script.stopped:  # by its actor, as Tune ended the trial
+            records.write_outcome(folder, "stopped", values, script.process.returncode, None)
+            return
+        conclude(folder, script.process.returncode, spec.metric, values)
+    finally:
+        script.settled.set()
 
 
 def prepare(spec: ScriptSpec, params: dict, folder: Path) -> Launch:
@@ -156,6 +165,8 @@ class Script:
         self.launch, self.grace_s, self.params = launch, grace_s, params
         self.lock = threading.Lock()
         self.started = time.time()
+        self.stopped = False  # ended by `stop`: Tune ended the trial
+        self.settled = threading.Event()  # the trial recorded how it ended
 
     def __enter__(self) -> Script:
         folder, launch = self.launch.folder, self.launch
@@ -185,17 +196,23 @@ class Script:
     def __exit__(self, *exc) -> None:
         self.end()
 
+    def stop(self) -> None:
+        """Ends the script because Tune ended its trial."""
+        self.stopped = True
+        self.end()
+
     def end(self) -> None:
-        """Ends the script if it still runs (SIGTERM, then SIGKILL to its group)."""
+        """Ends the script if it still runs (SIGTERM, then SIGKILL to its group after
+        `grace_s`), and what it started and left behind."""
         with self.lock:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
                 try:
                     self.process.wait(self.grace_s)
                 except subprocess.TimeoutExpired:
-                    self._kill_group()
-                    self.process.wait()
-                self._kill_group()  # what the script started and left behind
+                    pass
+            self._kill_group()
+            self.process.wait()
             LIVE.discard(self)
 
     def _kill_group(self) -> None:
@@ -208,10 +225,30 @@ class Script:
 LIVE: set[Script] = set()
 
 
+class EndsItsScript:
+    """Mixed into the trial's Tune trainable (Tune's `wrap_function` reads `__mixins__`): when
+    Tune ends the trial, its actor ends the script and waits for the trial's thread to record
+    the stop before it exits. Tune's own `cleanup` returns at once (`session.finish(timeout=0)`)
+    and an exiting Ray worker SIGKILLs its child processes, so without this the script could be
+    killed before its SIGTERM handler ran."""
+
+    def cleanup(self) -> None:
+        running = list(LIVE)
+        for script in running:
+            script.stop()
+        try:
+            super().cleanup()  # releases a thread waiting in `tune.report`
+        finally:
+            for script in running:
+                script.settled.wait(SETTLE_S)
+
+
+run_trial.__mixins__ = (EndsItsScript,)
+
+
 @atexit.register
 def _end_live() -> None:
-    # Tune ends a stopped trial's actor without waiting for the trial's thread; Ray runs atexit
-    # handlers when an actor exits, so a script is never left running without its trial.
+    # A last resort, for a trial process that exits another way than through Tune's stop.
     for script in list(LIVE):
         script.end()
 
@@ -223,7 +260,7 @@ def follow(script: Script, spec: ScriptSpec, launch: Launch, values: Values) -> 
         return
     tail = MetricTail(launch.folder / "wandb", launch.run_id, spec.metric, script.started)
     ended_at = None
-    while True:
+    while not script.stopped:
         if ended_at is None and script.process.poll() is not None:
             ended_at = time.monotonic()
         for value in tail.new_values():
