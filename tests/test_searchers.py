@@ -16,7 +16,6 @@ from ray.tune.search import Searcher
 from ray.tune.search.search_generator import SearchGenerator
 
 import engine
-from engine.core.errors import RunError
 from engine.train import records, searchers
 from sweeps import SweepError, parse_sweep
 from sweeps.space import LogUniform
@@ -293,13 +292,40 @@ def test_random_search_draws_from_its_own_seed():
     assert all(1e-4 <= c["train.lr"] <= 1e-2 for c in other)
 
 
+def told(search: searchers.Replicates) -> list[tuple[dict, float]]:
+    """The points a searcher was told the score of, as configuration values and scores, read
+    back through the searcher's own space (HyperOpt keeps a choice's index, and each branch's
+    values under its own labels)."""
+    if search.kind == "optuna":
+        trials = search.searcher._ot_study.trials
+        found = [(dict(t.params), t.value) for t in trials if t.state.is_finished()]
+    else:
+        import hyperopt
+
+        space = search.searcher.domain.expr
+        found = [
+            (
+                hyperopt.space_eval(space, {k: v[0] for k, v in t["misc"]["vals"].items() if v}),
+                t["result"]["loss"],
+            )
+            for t in search.searcher._hpopt_trials.trials
+            if t["state"] == hyperopt.JOB_STATE_DONE
+        ]
+    if search.branches is not None:
+        found = [(search.branches.values(values), score) for values, score in found]
+    return found
+
+
+@pytest.mark.parametrize("kind", ["optuna", "hyperopt"])
 @pytest.mark.parametrize("branched", [False, True])
-def test_a_search_rebuilt_from_its_trials_keeps_its_points_and_tells_the_finished_ones(branched):
+def test_a_search_rebuilt_from_its_trials_keeps_its_points_and_tells_the_finished_ones(
+    kind, branched
+):
     """As the folders of a killed sweep tell it: p0's two seeds finished, p1's first seed
     finished and its second was interrupted, p2's first seed was interrupted and its second
     never started."""
     extra = {"branches": BRANCHES_SEARCHED} if branched else {}
-    sweep = parse_sweep(searched("optuna", seeds=[0, 1], num_samples=4, **extra))
+    sweep = parse_sweep(searched(kind, seeds=[0, 1], num_samples=6, **extra))
     first = searchers.build(sweep)
     cells = [first.suggest(f"t{i}")["trial"] for i in range(5)]
     assert [c["config"]["point"] for c in cells] == ["p0", "p0", "p1", "p1", "p2"]
@@ -311,39 +337,35 @@ def test_a_search_rebuilt_from_its_trials_keeps_its_points_and_tells_the_finishe
         searchers.Started(cells[4], "e", False, None),
     ]
     search = searchers.rebuilt(sweep, started)
-    study = search.searcher._ot_study
-    assert [t.value for t in study.trials] == [2.0]  # p0's mean, told to the new study
-    told, values = dict(study.trials[0].params), dict(cells[0]["config"]["values"])
-    if branched:  # the branch, then its spaces under names of the branch
-        index = told.pop("branch")
-        assert values.pop("finetune.method") == ["full", "lora"][index]
-        assert told == {f"b{index}:{path}": value for path, value in values.items()}
-    else:
-        assert told == values
+    values = [cells[i]["config"]["values"] for i in (0, 2, 4)]  # p0, p1, p2
+    assert told(search) == [(values[0], 2.0)]  # p0's mean, told to the new searcher
     # The cells left come first, under their points: p1's second seed, then p2's two seeds.
     again = [search.suggest(f"n{i}")["trial"] for i in range(3)]
     assert again == [cells[3], cells[4], {**cells[4], "seed": 1}]
     search.on_trial_complete("n0", {"eval_loss": 7.0})  # p1 ends: (5 + 7) / 2
-    assert [t.value for t in study.trials] == [2.0, 6.0]
+    assert told(search) == [(values[0], 2.0), (values[1], 6.0)]
     search.on_trial_complete("n1", {"eval_loss": 1.0})
     search.on_trial_complete("n2", None, error=True)  # p2: its one score left
-    assert [t.value for t in study.trials] == [2.0, 6.0, 1.0]
-    new = search.suggest("n3")["trial"]["config"]
-    assert new["point"] == "p3"
-    assert new["values"] not in [c["config"]["values"] for c in cells]
+    assert told(search) == [(values[0], 2.0), (values[1], 6.0), (values[2], 1.0)]
+    # New points past the startup draws, from a model of the three told: none a repeat
+    new = [search.suggest(f"m{i}")["trial"]["config"] for i in range(6)][::2]  # 2 seeds each
+    assert [c["point"] for c in new] == ["p3", "p4", "p5"]
+    assert all(c["values"] not in values for c in new)
+    for i in range(6):  # the searcher learns from them as from its own
+        search.on_trial_complete(f"m{i}", {"eval_loss": 4.0})
+    assert told(search)[3:] == [(c["values"], 4.0) for c in new]
 
 
-def test_a_hyperopt_search_is_never_rebuilt_from_its_folders(ray_local, tmp_path):
-    """HyperOpt's trials object takes no point it did not suggest: refused, not restarted."""
+def test_a_hyperopt_search_is_rebuilt_when_tunes_files_are_gone(ray_local, tmp_path):
+    """No refusal: a HyperOpt sweep with no Tune state left starts a rebuilt experiment."""
     from engine.core.rundir import RunDir
     from engine.train import experiment
 
     (tmp_path / "tune").mkdir()
-    with pytest.raises(RunError) as err:
-        experiment.tuner(
-            parse_sweep(searched("hyperopt")), "m", RunDir(tmp_path), {}, [], "rebuild"
-        )
-    assert "only an optuna search can" in str(err.value)
+    tuner = experiment.tuner(
+        parse_sweep(searched("hyperopt")), "m", RunDir(tmp_path), {}, [], "rebuild"
+    )
+    assert tuner is not None
 
 
 def test_an_optuna_sweep_is_rebuilt_from_its_trial_folders(optuna_run, tmp_path):

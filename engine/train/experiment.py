@@ -186,13 +186,6 @@ def tuner(
             ) from err
     if mode != "rebuild":
         return _new_tuner(fn, sweep, run, sizes, callbacks)
-    if sweep.search.learns() and sweep.search.type != "optuna":
-        raise RunError(
-            f"Tune's saved state in {run.tune} cannot be restored, and a sweep whose "
-            f"configurations {sweep.search.type} suggests cannot be rebuilt from its trial "
-            "folders (only an optuna search can: its points are told to a new study); start "
-            "it again under a new name, or restore Tune's files from a copy"
-        )
     if state.saved(run.tune):
         state.set_aside(run.tune)
     if sweep.search.learns():

@@ -11,9 +11,10 @@ or never reported the metric is left out of the mean; a point with no score left
 to the searcher as failed. A point is told once: a failed trial that a resume trains again
 later does not change what the searcher learned. Its state (the points, their trials and
 scores) is saved with Tune's experiment, so a resumed sweep goes on with the searcher where it
-was. Where Tune's files are lost, an Optuna search is rebuilt from the trials' folders
-(`rebuilt`): every point they record keeps its number and values, the points whose trials all
-finished are told to a new study, and the trials left run next.
+was. Where Tune's files are lost, the search is rebuilt from the trials' folders (`rebuilt`):
+every point they record keeps its number and values, the points whose trials all finished are
+told to a new searcher (a new Optuna study, or new HyperOpt trials), and the trials left run
+next.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ class Branches:
         return {"branch": hp.choice("branch", options)}
 
     def optuna_point(self, values: dict[str, Any]) -> tuple[dict, dict]:
-        """A configuration's values as Optuna's parameters and their distributions: the first
-        branch whose set values it has, and that branch's spaces (the inverse of `values`)."""
+        """A configuration's values as Optuna's parameters and their distributions: its
+        branch, and that branch's spaces (the inverse of `values`)."""
         import optuna  # only for sweeps that search with it
 
         kinds = {
@@ -122,14 +123,28 @@ class Branches:
             "uniform": lambda given: optuna.distributions.FloatDistribution(*given),
             "loguniform": lambda given: optuna.distributions.FloatDistribution(*given, log=True),
         }
+        index, spaces = self._branch_of(values)
+        params = {"branch": index, **{f"b{index}:{p}": values[p] for p in spaces}}
+        found = {f"b{index}:{p}": kinds[kind](given) for p, (kind, given) in spaces.items()}
+        found["branch"] = kinds["choice"](list(range(len(self.branches))))
+        return params, found
+
+    def hyperopt_point(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A configuration's values as HyperOpt's, by label (see `hyperopt_values`)."""
+        index, spaces = self._branch_of(values)
+        named = {f"b{index}:{path}": space for path, space in spaces.items()}
+        return {
+            "branch": index,
+            **hyperopt_values(named, {f"b{index}:{p}": values[p] for p in spaces}),
+        }
+
+    def _branch_of(self, values: dict[str, Any]) -> tuple[int, dict]:
+        """The first branch whose set values `values` has, and its spaces."""
         for index, (fixed, spaces) in enumerate(self.branches):
             if all(values.get(path) == value for path, value in fixed.items()) and set(
                 spaces
             ) <= set(values):
-                params = {"branch": index, **{f"b{index}:{p}": values[p] for p in spaces}}
-                found = {f"b{index}:{p}": kinds[kind](given) for p, (kind, given) in spaces.items()}
-                found["branch"] = kinds["choice"](list(range(len(self.branches))))
-                return params, found
+                return index, spaces
         raise ValueError(f"no branch of this sweep gives the values {values}")
 
     def values(self, suggested: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +160,14 @@ class Branches:
 
 def _plain_space(space: Space) -> tuple[str, Any]:
     return (space.key, space.values() if isinstance(space, Choice) else tuple(space.bounds()))
+
+
+def hyperopt_values(spaces: dict[str, tuple[str, Any]], values: dict[str, Any]) -> dict[str, Any]:
+    """Values as HyperOpt records them for its labels: a choice's as its index."""
+    return {
+        label: spaces[label][1].index(value) if spaces[label][0] == "choice" else value
+        for label, value in values.items()
+    }
 
 
 def _optuna(sweep: Sweep, space: dict | Branches) -> Searcher:
@@ -179,6 +202,12 @@ class Replicates(Searcher):
         super().__init__(metric=sweep.metric, mode=sweep.direction())
         self.searcher = searcher  # the name Tune's SearchGenerator looks for to save it
         self.branches = branches  # a suggestion's values with `branches`
+        self.kind = sweep.search.type
+        self.spaces = (  # (kind, values or bounds) by path, without `branches`
+            {}
+            if branches
+            else {path: _plain_space(space) for path, space in sweep.search_space().items()}
+        )
         sizes = sweep.data_scale or [None]
         self.replicas = [
             {"task": task, "data_size": size, "seed": seed}
@@ -240,7 +269,10 @@ class Replicates(Searcher):
             self.searcher.on_trial_complete(point["id"], None, error=True)
 
     def _add_to_study(self, values: dict, mean: float | None) -> None:
-        """A point the Optuna study did not suggest, told as an evaluated trial."""
+        """A point the searcher did not suggest, told as an evaluated trial."""
+        if self.kind == "hyperopt":
+            self._add_to_hyperopt(values, mean)
+            return
         if self.branches is None:
             self.searcher.add_evaluated_point(values, mean or 0.0, error=mean is None)
             return
@@ -256,6 +288,38 @@ class Replicates(Searcher):
                 state=state.FAIL if mean is None else state.COMPLETE,
             )
         )
+
+    def _add_to_hyperopt(self, values: dict, mean: float | None) -> None:
+        """A point HyperOpt did not suggest, as a finished trial of its trials object (Tune's
+        `HyperOptSearch` offers no public way to add one: its `_hpopt_trials` is written as
+        HyperOpt's `fmin` writes a trial, every label of the space listed, those of another
+        branch empty)."""
+        import hyperopt  # only for sweeps that search with it
+
+        labelled = (
+            self.branches.hyperopt_point(values)
+            if self.branches is not None
+            else hyperopt_values(self.spaces, {p: values[p] for p in self.spaces})
+        )
+        trials = self.searcher._hpopt_trials
+        tid = trials.new_trial_ids(1)[0]
+        labels = self.searcher.domain.params
+        misc = {
+            "tid": tid,
+            "cmd": ("domain_attachment", "FMinIter_Domain"),
+            "workdir": None,
+            "idxs": {label: [tid] if label in labelled else [] for label in labels},
+            "vals": {label: [labelled[label]] if label in labelled else [] for label in labels},
+        }
+        if mean is None:
+            result, state = {"status": hyperopt.STATUS_FAIL}, hyperopt.JOB_STATE_ERROR
+        else:  # HyperOpt minimises: Tune's searcher gives it the metric times `metric_op`
+            loss = self.searcher.metric_op * mean
+            result, state = {"loss": loss, "status": hyperopt.STATUS_OK}, hyperopt.JOB_STATE_DONE
+        doc = trials.new_trial_docs([tid], [None], [result], [misc])[0]
+        doc["state"] = state
+        trials.insert_trial_docs([doc])
+        trials.refresh()
 
     def restart(self, started: list[Started]) -> None:
         """Take up the points a search recorded in its trials' folders (its Tune state lost):
@@ -309,9 +373,9 @@ class Replicates(Searcher):
 
 
 def rebuilt(sweep: Sweep, started: list[Started]) -> Replicates:
-    """The searcher of an Optuna sweep whose Tune state is rebuilt from its trials' folders
-    (see `Replicates.restart`). Its sampler's seed moves on by the points recorded: with the
-    sweep's own seed, the new study's first random draws would be the first points again."""
+    """The searcher of a sweep whose Tune state is rebuilt from its trials' folders (see
+    `Replicates.restart`). Its seed moves on by the points recorded: with the sweep's own
+    seed, the new searcher's first random draws would be the first points again."""
     points = len({trial.cell["config"]["point"] for trial in started})
     seed = sweep.search.seed
     if seed is not None:
