@@ -71,3 +71,31 @@ def test_the_torch_free_encoder_matches_the_transformers_tokenizer():
     slow = tokenize_batch(table, data, str(BASE_DIR), False, fast=False)
     assert fast.equals(slow)
     assert fast["labels"][0].as_py()[0] == -100  # the prompt is masked
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcde"), max_size=8), max_size=6), st.integers(1, 6))
+def test_a_remembering_encoder_gives_what_its_encoder_gives(batches, limit):
+    """Whatever it kept or had to forget, each batch's ids are its encoder's, and a caller
+    that changes a returned list changes nothing kept."""
+    from engine.core.encode import TextEncoder, remembering
+
+    encoded = []
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        encoded.extend(texts)
+        return [[ord(c) for c in text] for text in texts]
+
+    enc = remembering(TextEncoder(encode, [1], [2]), limit=limit)
+    for batch in batches:
+        texts = ["".join(b) for b in batch]
+        got = enc.encode(texts)
+        assert got == [[ord(c) for c in text] for text in texts]
+        for ids in got:
+            ids.append(-1)
+    again = [["".join(b) for b in batch] for batch in batches]
+    if all(len(set(t)) <= limit for t in again) and len({t for b in again for t in b}) <= limit:
+        encoded.clear()
+        for texts in again:
+            assert enc.encode(texts) == [[ord(c) for c in text] for text in texts]
+        assert encoded == []  # every text was kept: none encoded twice

@@ -3,6 +3,10 @@ evaluation actor's observations, on every tiny architecture and both attention k
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -194,3 +198,32 @@ def test_a_model_that_ignores_the_mask_is_scored_as_separate_sequences(folders):
     model.forward = blind
     _, used = actor.observe(actor._loaded(), EXAMPLES, NEEDS, {"seq_len": 40, "max_new_tokens": 4})
     assert not any(used) and actor.tree_checked == {"LlamaForCausalLM": False}
+
+
+def test_an_actor_loads_a_tokenizer_once_for_the_candidates_that_share_it(folders, tmp_path):
+    """Candidates whose folders hold the same tokenizer files (a sweep's trials) share one
+    tokenizer and its encodings; a candidate whose tokenizer differs gets its own: it is
+    observed exactly as an actor that never saw the others observes it."""
+    base = Path(folders["llama"])
+    same, other = tmp_path / "same", tmp_path / "other"
+    shutil.copytree(base, same)
+    shutil.copytree(base, other)
+    (same / "trial.json").write_text('{"name": "another trial"}')  # not a tokenizer file
+    spec = json.loads((other / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    vocab["4"], vocab["7"] = vocab["7"], vocab["4"]  # ids in range, encodings different
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    paths = [str(base), str(same), str(other)]
+    actor = EvalActor([{"path": p, "base": None} for p in paths], [], "cpu", threads=1)
+    sizes = {"seq_len": 40, "max_new_tokens": 4}
+    tokenizers, observed = [], []
+    for index in range(3):
+        actor._hold(index)
+        tokenizers.append(actor._loaded().tokenizer)
+        observed.append(actor.observe(actor._loaded(), EXAMPLES, NEEDS, sizes)[0])
+    assert tokenizers[1] is tokenizers[0] and tokenizers[2] is not tokenizers[0]
+    assert observed[1] == observed[0]  # the same weights, encoded from what was kept
+    fresh = EvalActor([{"path": str(other), "base": None}], [], "cpu", threads=1)
+    fresh._hold(0)
+    assert observed[2] == fresh.observe(fresh._loaded(), EXAMPLES, NEEDS, sizes)[0]
+    assert observed[2] != observed[0]  # the swapped ids change what the model is given

@@ -212,6 +212,8 @@ class Script:
                 except subprocess.TimeoutExpired:
                     pass
             self._kill_group()
+            if self.process.poll() is None:  # it left its group
+                self.process.kill()
             self.process.wait()
             LIVE.discard(self)
 

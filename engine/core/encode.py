@@ -47,12 +47,33 @@ def text_encoder(
     # Imported here: it imports torch, which a data worker on the fast path never needs.
     from engine.core.models import load_tokenizer
 
-    tok = load_tokenizer(model_path, trust_remote_code)
+    return tokenizer_encoder(load_tokenizer(model_path, trust_remote_code))
+
+
+def tokenizer_encoder(tok) -> TextEncoder:
+    """The encoder of a loaded `transformers` tokenizer."""
 
     def encode(texts: list[str]) -> list[list[int]]:
         return tok(texts, add_special_tokens=False)["input_ids"]
 
     return TextEncoder(encode, _ids(tok.bos_token_id), _ids(tok.eos_token_id))
+
+
+def remembering(enc: TextEncoder, limit: int = 500_000) -> TextEncoder:
+    """`enc` that keeps each text's ids (at most `limit` texts, then it starts afresh): an
+    evaluation actor scores every candidate on the same examples, with one tokenizer."""
+    known: dict[str, list[int]] = {}
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        new = [text for text in dict.fromkeys(texts) if text not in known]
+        if len(known) + len(new) > limit:
+            known.clear()
+            new = list(dict.fromkeys(texts))
+        if new:
+            known.update(zip(new, enc.encode(new)))
+        return [list(known[text]) for text in texts]  # copies: a caller may change its list
+
+    return TextEncoder(encode, enc.bos, enc.eos)
 
 
 def fast_path_agrees(model_path: str, trust_remote_code: bool = False) -> bool:

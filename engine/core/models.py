@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,6 +196,36 @@ def tokenizer_folder(path: str, base: str | None = None) -> str:
     folder = Path(path)
     has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     return path if adapter_of is None or has_tokenizer else adapter_of
+
+
+# What `AutoTokenizer` reads from a model folder: the tokenizer's own files, and config.json,
+# which can name the tokenizer's class.
+TOKENIZER_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "config.json",
+    "vocab*",
+    "merges*",
+    "*.model",
+    "*.tiktoken",
+    "spiece*",
+    "chat_template*",
+    "additional_chat_templates/*",
+)
+
+
+def tokenizer_digest(path: str) -> str:
+    """A hash of the names and bytes of the files `AutoTokenizer` reads from a model folder:
+    two folders with the same digest load the same tokenizer."""
+    folder = Path(path)
+    digest = hashlib.sha256()
+    found = {p for pattern in TOKENIZER_FILES for p in folder.glob(pattern) if p.is_file()}
+    for file in sorted(found):
+        name = file.relative_to(folder).as_posix().encode()
+        digest.update(len(name).to_bytes(4, "big") + name)
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _load_weights(path: str):

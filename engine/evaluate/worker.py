@@ -20,11 +20,19 @@ import torch
 
 from engine.core import storage
 from engine.core.batches import Batching, autocast, collate, token_nll
-from engine.core.encode import IGNORE, TextEncoder, text_encoder, training_layout
-from engine.core.models import load_for_eval, load_tokenizer
+from engine.core.encode import (
+    IGNORE,
+    TextEncoder,
+    remembering,
+    tokenizer_encoder,
+    training_layout,
+)
+from engine.core.models import load_for_eval, load_tokenizer, tokenizer_digest
 from engine.evaluate import answers, example_trees, prefix_tree
 from engine.evaluate.sets import REQUESTS
 from sweeps.evaluation import BATCH_SIZE, BATCH_TOKENS
+
+KEEP_TOKENIZERS = 4  # tokenizers an actor keeps; a sweep's candidates mostly share one
 
 
 class LoadError(Exception):
@@ -59,6 +67,7 @@ class EvalActor:
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.held: tuple[int, Loaded | str] | None = None
+        self.tokenizers: dict[str, tuple[object, TextEncoder]] = {}  # by `tokenizer_digest`
         self.tree_checked: dict[str, bool] = {}
         self.actor = f"{os.uname().nodename}:{os.getpid()}"
 
@@ -113,18 +122,23 @@ class EvalActor:
             if self.device.type == "cuda" and not torch.cuda.is_available():
                 raise RuntimeError("gpus_per_actor is set but this actor sees no CUDA device")
             model.to(self.device).eval()
-            self.held = (
-                candidate,
-                Loaded(
-                    model,
-                    load_tokenizer(tokenizer_path),
-                    text_encoder(tokenizer_path, False, False),
-                ),
-            )
+            self.held = (candidate, Loaded(model, *self._tokenizer(tokenizer_path)))
         except Exception as err:
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
             self.held = (candidate, f"cannot load {spec['path']}: {reason}")
         return 1
+
+    def _tokenizer(self, folder: str) -> tuple[object, TextEncoder]:
+        """A model folder's tokenizer and its encoder, which keeps the ids of the texts it
+        encoded: loaded once for every candidate whose folder holds the same tokenizer files
+        (a sweep's trials and merges share their base's), so the examples are encoded once."""
+        key = tokenizer_digest(folder)
+        if key not in self.tokenizers:
+            if len(self.tokenizers) >= KEEP_TOKENIZERS:
+                del self.tokenizers[next(iter(self.tokenizers))]  # the oldest
+            tokenizer = load_tokenizer(folder)
+            self.tokenizers[key] = (tokenizer, remembering(tokenizer_encoder(tokenizer)))
+        return self.tokenizers[key]
 
     def _loaded(self) -> Loaded:
         if isinstance(self.held[1], str):
