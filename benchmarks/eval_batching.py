@@ -43,8 +43,11 @@ SETTINGS = {  # name: (examples, tokens) at most per batch
 }
 
 
-def per_candidate(paths: list[str], size: int, tokens: int) -> float:
-    """Seconds per candidate (load and score) with batches of `size` examples and `tokens`."""
+def per_candidate(
+    paths: list[str], size: int = BATCH_SIZE, tokens: int = BATCH_TOKENS, forget: bool = False
+) -> float:
+    """Seconds per candidate (load and score) with batches of `size` examples and `tokens`;
+    `forget`: the actor drops its tokenizers before each candidate."""
     candidates = [Candidate(f"c{i}", "trial", p) for i, p in enumerate(paths)]
     eval_set = EvalSetConfig(
         name="add", path=str(DATA_DIR / "add" / "eval.jsonl"), split="selection", seq_len=64
@@ -58,8 +61,21 @@ def per_candidate(paths: list[str], size: int, tokens: int) -> float:
     actor(pd.DataFrame([units[0]]))  # warm-up: the first pass pays one-off costs
     started = time.perf_counter()
     for unit in units[1:]:
+        if forget:
+            actor.tokenizers.clear()
         actor(pd.DataFrame([unit]))
     return (time.perf_counter() - started) / (len(units) - 1)
+
+
+def model_copies(work: Path, candidates: int, model: Path | None = None) -> list[str]:
+    """`model` (default: the tiny random Llama), copied into one folder per candidate, and one
+    more: the warm-up."""
+    model = model or save_tiny_model(work / "model", arch="llama", seed=0)
+    paths = []
+    for i in range(candidates + 1):
+        shutil.copytree(model, work / f"c{i}")
+        paths.append(str(work / f"c{i}"))
+    return paths
 
 
 def main() -> None:
@@ -67,11 +83,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=6)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="raysoup-batching-"))
-    model = save_tiny_model(work / "model", arch="llama", seed=0)
-    paths = []
-    for i in range(args.candidates + 1):  # one more: the warm-up
-        shutil.copytree(model, work / f"c{i}")
-        paths.append(str(work / f"c{i}"))
+    paths = model_copies(work, args.candidates)
     seconds = {}
     for name, (size, tokens) in SETTINGS.items():
         seconds[name] = round(per_candidate(paths, size, tokens), 4)
