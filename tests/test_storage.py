@@ -326,6 +326,7 @@ def test_a_sweep_on_s3_runs_on_two_nodes_that_share_no_disk_folder(two_caches, t
     import engine
     from engine.submit.inputs import stage_inputs
     from sweeps import load_sweep
+    from tests import rendezvous
 
     node, head_cache, second_cache = two_caches
     sweep = {
@@ -336,6 +337,8 @@ def test_a_sweep_on_s3_runs_on_two_nodes_that_share_no_disk_folder(two_caches, t
         "seeds": [0, 1],
         "resources": {"cpus_per_trial": 1, "max_failures": 0},
         "merge": [{"type": "soup", "method": "uniform", "across": ["seed"], "name": "seeds"}],
+        # Each trial waits at its first score for the other: one node's CPU each, at once.
+        "metric": "tests.rendezvous:together",
     }
     # As a submitted job runs it: its data files staged into the run directory's inputs/, and
     # read from storage by Ray Data's tasks, wherever they run.
@@ -346,7 +349,10 @@ def test_a_sweep_on_s3_runs_on_two_nodes_that_share_no_disk_folder(two_caches, t
     storage_ = f"s3://{BUCKET}/nodes"
     staged = stage_inputs(tmp_path / "sweep.yaml", load_sweep(tmp_path / "sweep.yaml"), storage_)
     assert staged.data.train.startswith(str(head_cache))
-    result = engine.run(staged, storage=storage_, progress=False)
+    try:
+        result = engine.run(staged, storage=storage_, progress=False)
+    finally:
+        shutil.rmtree(rendezvous.ROOT, ignore_errors=True)
     trials = result.trials
     assert list(trials["status"]) == ["done", "done"], trials["error"].tolist()
     assert trials["node_id"].nunique() == 2  # one trial on each node

@@ -425,9 +425,6 @@ def test_a_submitted_sweep_runs_on_both_nodes_and_jobs_lists_logs_and_stops(clus
     )
     assert done.returncode == 0, done.stderr
     second = done.stdout.strip()
-    # Its trials never end while the test runs, and each takes its node's one CPU: the second
-    # starts on the other node, whatever the load.
-    assert set(started_on(storage / "long", trials=2)) == nodes  # one trial on each node
     listed = raysoup("jobs", "list", "--address", url, env=env | {"COLUMNS": "200"})
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[1]: line for line in listed.stdout.splitlines() if "raysoup-" in line}
@@ -457,6 +454,9 @@ def test_a_submitted_sweep_runs_on_both_nodes_and_jobs_lists_logs_and_stops(clus
     assert f"stopped following; job {second} goes on" in err and "Traceback" not in err
     status = raysoup("jobs", "status", second, "--address", url, env=env)
     assert "RUNNING" in status.stdout or "PENDING" in status.stdout, status.stdout
+    # Its trials never end while the test runs, and each takes its node's one CPU: the second
+    # starts on the other node, whatever the load.
+    assert set(started_on(storage / "long", trials=2)) == nodes  # one trial on each node
     stopped = raysoup("jobs", "stop", second, "--address", url, env=env)
     assert stopped.returncode == 0 and "STOPPED" in stopped.stdout, stopped.stderr
     status = raysoup("jobs", "status", second, "--address", url, env=env)
