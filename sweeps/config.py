@@ -38,6 +38,7 @@ from sweeps.schedulers import (
     Population,
     Scheduler,
     check_grace,
+    check_hyperband,
     check_pbt,
     check_scheduler_type,
 )
@@ -471,7 +472,7 @@ class Sweep(Strict):
     num_samples: PositiveInt = Field(
         1,
         description="Draws from the sampled spaces (choice, uniform, ...) for each grid point, "
-        "or with a learning searcher (`search.type` optuna, hyperopt) the configurations it "
+        "or with a learning searcher (`search.type` optuna, hyperopt, bohb) the configurations it "
         "suggests; each is trained on every task, data size and seed.",
     )
     branches: list[dict[str, Any]] | None = Field(
@@ -485,7 +486,7 @@ class Sweep(Strict):
     search: Search = Field(
         default_factory=lambda: Grid(type="grid"),
         description="How configurations are chosen: `grid` (drawn before training), `random`, "
-        "or a searcher that learns from finished trials, `optuna` or `hyperopt` (see "
+        "or a searcher that learns from finished trials, `optuna`, `hyperopt` or `bohb` (see "
         "docs/search.md).",
     )
     metric: str = Field(
@@ -505,7 +506,8 @@ class Sweep(Strict):
     scheduler: Scheduler = Field(
         default_factory=lambda: Fifo(type="fifo"),
         description="Early stopping of trials that fall behind by `metric`: `fifo` (none), "
-        "`asha`, `median` (see docs/search.md).",
+        "`asha`, `median`, `hyperband` (with search.type bohb), or population-based training, "
+        "`pbt` and `pb2` (see docs/search.md).",
     )
     checkpoint: CheckpointConfig = Field(
         default_factory=CheckpointConfig, description="Checkpoint schedule."
@@ -660,6 +662,7 @@ class Sweep(Strict):
     def _scheduler_fits(self):
         check_grace(self)
         check_pbt(self)
+        check_hyperband(self)
         if self.scheduler.stops_trials() and self.uses_worker_group():
             raise ValueError(
                 f"scheduler.type: {self.scheduler.type} stops trials early, which is not "
@@ -760,6 +763,8 @@ class Sweep(Strict):
         problem is named by the branch and the field (`branches[1].train.lr`)."""
         base = self.model_dump(mode="json", exclude={"branches"})
         base["search"] = {"type": "grid"}  # the sweep's own searcher chooses among branches
+        if self.scheduler.type == "hyperband":  # BOHB's, which goes with its searcher
+            base["scheduler"] = {"type": "fifo"}
         found = []
         for i, branch in enumerate(self.branches or []):
             other = [key for key in branch if key not in BRANCH_SECTIONS]
@@ -802,11 +807,12 @@ class Sweep(Strict):
     def for_trial(self, params: dict[str, Any]) -> Sweep:
         """This sweep with each search space replaced by the trial's value, re-validated (with
         nothing left to search, as a grid: a learning searcher refuses a sweep without
-        spaces; and without population-based training, whose mutations need spaces)."""
+        spaces; without population-based training, whose mutations need spaces; and without
+        BOHB's HyperBand, which goes with its searcher)."""
         data = self.model_dump(mode="json")
         data["search"] = {"type": "grid"}
         data["branches"] = None  # the trial's values hold what its branch set
-        if isinstance(self.scheduler, Population):  # it perturbs spaces a trial has no more
+        if isinstance(self.scheduler, Population) or self.scheduler.type == "hyperband":
             data["scheduler"] = {"type": "fifo"}
         for path, value in params.items():
             _set_path(data, path, value)

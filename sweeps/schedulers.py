@@ -92,6 +92,26 @@ class Median(SchedulerConfig):
     )
 
 
+class HyperBand(SchedulerConfig):
+    """Synchronous HyperBand, the scheduler of `search.type: bohb` (Tune's `HyperBandForBOHB`).
+
+    Brackets of trials train to a budget and are paused there; once a bracket's trials all got
+    there, the best 1/`reduction_factor` continue (each from the checkpoint of its report at
+    the budget) and the others stop. BOHB learns from every result at each budget.
+    """
+
+    type: Literal["hyperband"] = Field(..., description="`hyperband`.")
+    time: Time = Field("step", description=TIME_HELP)
+    max_t: PositiveInt | None = Field(
+        None,
+        description="The largest budget (in `time` units), from which the brackets' smaller "
+        "ones are cut; null: `train.max_steps` (with `time: step`).",
+    )
+    reduction_factor: Annotated[float, Field(gt=1)] = Field(
+        3.0, description="Keep the best 1/reduction_factor of a bracket's trials at each budget."
+    )
+
+
 RANGES = ("uniform", "loguniform", "randint")
 
 
@@ -212,7 +232,7 @@ class Pb2(Population):
     space = staticmethod(bound_space)
 
 
-SCHEDULERS = (Fifo, Asha, Median, Pbt, Pb2)
+SCHEDULERS = (Fifo, Asha, Median, HyperBand, Pbt, Pb2)
 SCHEDULER_TYPES = tuple(s.model_fields["type"].annotation.__args__[0] for s in SCHEDULERS)
 Scheduler = Annotated[Union[SCHEDULERS], Field(discriminator="type")]  # noqa: UP007 (a tuple)
 
@@ -222,8 +242,7 @@ def check_scheduler_type(value):
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     if kind not in SCHEDULER_TYPES:
         raise ValueError(
-            f"type: unknown scheduler type {kind!r}; known: {', '.join(SCHEDULER_TYPES)} "
-            "(hyperband: use asha with brackets > 1, its asynchronous form)"
+            f"type: unknown scheduler type {kind!r}; known: {', '.join(SCHEDULER_TYPES)}"
         )
     return value
 
@@ -310,11 +329,72 @@ def check_pbt(sweep) -> None:
         )
 
 
+def hyperband_max_t(sweep) -> int | None:
+    """HyperBand's largest budget: `scheduler.max_t`, or `train.max_steps` counted in steps
+    (None where neither gives one)."""
+    config = sweep.scheduler
+    if config.max_t is not None:
+        return config.max_t
+    steps = sweep.train.max_steps
+    return steps if config.time == "step" and isinstance(steps, int) else None
+
+
+def check_hyperband(sweep) -> None:
+    """Refuse a synchronous HyperBand without BOHB (use ASHA: it needs no pause), BOHB without
+    it, a sweep that gives no largest budget, a cap on trials at once (paused ones count), and
+    checkpoints that are not saved at each report (a paused trial continues from the
+    checkpoint of its last report)."""
+    config, searcher = sweep.scheduler, sweep.search.type
+    if searcher == "bohb" and config.type != "hyperband":
+        raise ValueError(
+            "search.type: bohb learns from every trial's result at each budget of its own "
+            "HyperBand; set scheduler: {type: hyperband} (its max_t and reduction_factor "
+            f"set the budgets), not {config.type}"
+        )
+    if config.type != "hyperband":
+        return
+    if searcher != "bohb":
+        raise ValueError(
+            "scheduler.type: hyperband is synchronous HyperBand, offered as the scheduler of "
+            f"search.type bohb; with search.type {searcher}, use asha with brackets > 1 "
+            "(HyperBand's asynchronous form, which pauses no trial)"
+        )
+    max_t = hyperband_max_t(sweep)
+    if max_t is None:
+        raise ValueError(
+            "scheduler.max_t: HyperBand needs its largest budget: set max_t (in "
+            f"{config.time} units), or train.max_steps to one value with time: step"
+        )
+    first = first_report(sweep, config.time)
+    if max_t < first:
+        raise ValueError(
+            f"scheduler.max_t: {max_t} ends trials before their first report "
+            f"({first} {config.time}, from train.eval_every)"
+        )
+    for field, cap in (
+        ("search.max_concurrent", sweep.search.max_concurrent),
+        ("resources.max_concurrent", sweep.resources.max_concurrent),
+    ):
+        if cap is not None:
+            raise ValueError(
+                f"{field}: hyperband pauses trials, and Tune counts a paused trial against this "
+                "cap until it ends, so each bracket would shrink to the cap; leave it out (the "
+                "resources cap the trials running at once)"
+            )
+    every = sweep.train.eval_every
+    if sweep.checkpoint.every != every:
+        raise ValueError(
+            "checkpoint.every: hyperband pauses a trial at a report and continues it later "
+            "from the checkpoint of that report, so checkpoint.every must equal "
+            f"train.eval_every ({every}), not {sweep.checkpoint.every}"
+        )
+
+
 def check_grace(sweep) -> None:
     """Refuse a `max_t` that ends trials before the default grace period (their first report)."""
     config = sweep.scheduler
-    if getattr(config, "max_t", None) is None or config.grace_period is not None:
-        return
+    if getattr(config, "max_t", None) is None or getattr(config, "grace_period", 0) is not None:
+        return  # no limit, or a grace period of its own (HyperBand has none: check_hyperband)
     grace = first_report(sweep, config.time)
     if config.max_t < grace:
         raise ValueError(

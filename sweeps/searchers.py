@@ -1,10 +1,11 @@
 """Searchers: how a sweep chooses its configurations, chosen by `search.type`.
 
-`grid` and `random` draw every configuration before training (`sweeps.trials`); `optuna` and
-`hyperopt` suggest each one from the scores of the configurations that finished before it, so
-the sampled spaces (`choice`, `uniform`, `loguniform`, `randint`) are theirs to explore and
-`num_samples` is how many configurations they suggest. Every configuration, drawn or suggested,
-is trained on every task, data size and seed (docs/search.md).
+`grid` and `random` draw every configuration before training (`sweeps.trials`); `optuna`,
+`hyperopt` and `bohb` suggest each one from the scores of the configurations before it (bohb
+from every result at each budget of its HyperBand), so the sampled spaces (`choice`, `uniform`,
+`loguniform`, `randint`) are theirs to explore and `num_samples` is how many configurations they
+suggest. Every configuration, drawn or suggested, is trained on every task, data size and seed
+(docs/search.md).
 """
 
 from __future__ import annotations
@@ -74,21 +75,28 @@ class HyperOpt(_Learning):
     )
 
 
-SEARCHERS = (Grid, Random, Optuna, HyperOpt)
+class Bohb(_Learning):
+    """BOHB (Tune's `TuneBOHB`, hpbandster): HyperBand's brackets (`scheduler: {type:
+    hyperband}`), each new point drawn from a model of the results at the largest budget that
+    has enough of them."""
+
+    type: Literal["bohb"] = Field(..., description="`bohb`.")
+    package: ClassVar[str] = "hpbandster"
+    startup_trials: PositiveInt | None = Field(
+        None,
+        description="Results at a budget before BOHB models it (points before then are "
+        "drawn at random); null: the number of searched fields plus one.",
+    )
+
+
+SEARCHERS = (Grid, Random, Optuna, HyperOpt, Bohb)
 SEARCH_TYPES = tuple(s.model_fields["type"].annotation.__args__[0] for s in SEARCHERS)
 Search = Annotated[Union[SEARCHERS], Field(discriminator="type")]  # noqa: UP007 (a tuple)
-NOT_BUILT = {
-    "bohb": "bohb (Tune's BOHB learns from every trial's result at each budget of its own "
-    "HyperBand, which pauses and resumes trials; raysoup tells a searcher one score per point, "
-    "the mean over its replicates; use optuna with scheduler asha)"
-}
 
 
 def check_search_type(value):
     """Name an unknown or missing `type` with the known ones (before pydantic's union error)."""
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    if kind in NOT_BUILT:
-        raise ValueError(f"type: {NOT_BUILT[kind]} is not supported yet; known: " + _known())
     if kind not in SEARCH_TYPES:
         raise ValueError(f"type: unknown search type {kind!r}; known: {_known()}")
     return value
@@ -104,6 +112,11 @@ def check_searcher(sweep) -> None:
     config = sweep.search
     if not config.learns():
         return
+    if sweep.branches and config.type == "bohb":
+        raise ValueError(
+            "branches: search.type bohb searches one space (Tune's BOHB has no conditional "
+            "spaces); use optuna or hyperopt, which suggest a branch, then its values"
+        )
     if not sweep.branches:  # a branched sweep's spaces are checked branch by branch (config.py)
         spaces = sweep.search_space()
         grids = [path for path, space in spaces.items() if space.key == "grid"]

@@ -146,7 +146,7 @@ def test_scheduler_settings_reach_tune():
 @pytest.mark.parametrize(
     "scheduler,message",
     [
-        ({"type": "hyperband"}, "unknown scheduler type 'hyperband'; known: fifo, asha, median"),
+        ({"type": "bohb"}, "unknown scheduler type 'bohb'; known: fifo, asha, median, hyperband"),
         ({"grace_period": 2}, "unknown scheduler type None"),
         ({"type": "asha", "grace_period": 50, "max_t": 10}, "grace_period 50 exceeds max_t 10"),
         ({"type": "asha", "reduction_factor": 1}, "scheduler.asha.reduction_factor"),
@@ -273,6 +273,86 @@ def test_an_unreadable_saved_scheduler_starts_afresh():
     fresh = build(parse_sweep(sweep_dict(scheduler={"type": "asha"})))
     again, _ = restored(fresh, {"scheduler": b"not a pickle"}, ("a",))
     assert again._trial_info.keys() == {"a"}  # as Tune alone would have it
+
+
+def bohb_sweep(steps: int = 8):
+    """BOHB's HyperBand over `steps` steps with a report each step: with 8, its first bracket
+    holds 8 trials, with budgets 1, 2, 4 and 8; with 2, 2 trials and budgets 1 and 2."""
+    return parse_sweep(
+        sweep_dict(
+            train={"lr": {"loguniform": [1e-4, 1e-2]}, "max_steps": steps, "eval_every": 1},
+            checkpoint={"every": 1},
+            search={"type": "bohb"},
+            scheduler={"type": "hyperband", "reduction_factor": 2},
+        )
+    )
+
+
+def as_tune_reports(scheduler, controller, trial: Trial, step: int, loss: float) -> str:
+    """A report as Tune's controller handles it: the scheduler decides, and the searcher is
+    told the result unless the decision stops the trial."""
+    result = {"step": step, "eval_loss": loss}
+    decision = scheduler.on_trial_result(controller, trial, result)
+    if decision != "STOP":
+        controller.search_alg.on_trial_result(trial.trial_id, result)
+    return decision
+
+
+def test_bohb_learns_every_result_at_a_budget_even_the_one_that_stops_its_trial():
+    """Tune tells the searcher no result of a trial stopped on it: the worse trial whose
+    report closes the bracket would be missing from BOHB's model (it would see only the
+    better points). The pause before goes through Tune's ConcurrencyLimiter to raysoup's
+    searcher (HyperBand tells the searcher of each pause)."""
+    sweep = bohb_sweep(steps=2)
+    scheduler = build(sweep)
+    assert scheduler._max_t_attr == 2  # max_t: train.max_steps
+    good, worse = trials = tune_trials("good", "worse")
+    controller, search = bohb_controller(sweep, trials)
+    for trial in trials:
+        scheduler.on_trial_add(controller, trial)
+        trial.set_status(Trial.RUNNING)
+    assert as_tune_reports(scheduler, controller, good, 1, 0.5) == "PAUSE"
+    good.set_status(Trial.PAUSED)
+    assert as_tune_reports(scheduler, controller, worse, 1, 0.9) == "STOP"
+    assert search.searcher.bohber.losses == {1: [0.5, 0.9]}
+
+
+def bohb_controller(sweep, trials: list[Trial]):
+    """What BOHB's HyperBand asks of Tune's controller, with raysoup's searcher behind Tune's
+    ConcurrencyLimiter, each of `trials` suggested by it; and that searcher."""
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.search_generator import SearchGenerator
+
+    from engine.train import searchers
+
+    search = searchers.build(sweep)
+    limited = ConcurrencyLimiter(search, max_concurrent=len(trials))
+    for trial in trials:
+        limited.suggest(trial.trial_id)
+    controller = SimpleNamespace(search_alg=SearchGenerator(limited), get_live_trials=lambda: [])
+    return controller, search
+
+
+def test_a_restored_hyperband_keeps_its_brackets_without_trials_tune_did_not_restore():
+    sweep = bohb_sweep()
+    fresh = build(sweep)
+    before = cloudpickle.loads(cloudpickle.dumps(fresh))
+    trials = tune_trials("a", "b", "added_after_the_checkpoint")
+    controller, _ = bohb_controller(sweep, trials)
+    for trial in trials:
+        before.on_trial_add(controller, trial)
+    for trial, loss in zip(trials, (0.4, 0.9, 0.7)):
+        assert as_tune_reports(before, controller, trial, 1, loss) == "PAUSE"
+    state = KeepState(before).get_state()
+
+    kept, (a, b) = restored(fresh, state, ("a", "b"))
+    bracket = kept._trial_info[a][0]
+    assert kept._trial_info[b][0] is bracket and kept._state["bracket"] is bracket
+    assert {t.trial_id: r["eval_loss"] for t, r in bracket._live_trials.items()} == {
+        "a": 0.4, "b": 0.9
+    }  # fmt: skip
+    assert [t.trial_id for t in bracket._all_trials] == ["a", "b"]
+    assert kept._hyperbands == [[bracket]]
 
 
 HOLD = "RAYSOUP_TEST_HOLD"

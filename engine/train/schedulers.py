@@ -23,12 +23,17 @@ from pathlib import Path
 import ray.cloudpickle as cloudpickle
 from ray import tune
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import AsyncHyperBandScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.schedulers import (
+    AsyncHyperBandScheduler,
+    HyperBandForBOHB,
+    MedianStoppingRule,
+    TrialScheduler,
+)
 
 from engine.core import storage
 from engine.train import pbt, records
 from sweeps import Sweep
-from sweeps.schedulers import Asha, Median, first_report
+from sweeps.schedulers import Asha, HyperBand, Median, first_report, hyperband_max_t
 
 logger = logging.getLogger(__name__)
 NO_LIMIT = 10**12  # ASHA's max_t when none is given: trials end at their own last step
@@ -63,13 +68,44 @@ def _median(config: Median, sweep: Sweep) -> MedianStoppingRule:
     )
 
 
+class BohbBands(HyperBandForBOHB):
+    """Tune's HyperBand for BOHB, telling BOHB the results that end trials too. Tune's
+    controller tells the searcher no result of a trial the scheduler stops with it, so the
+    result at a budget of the trial whose report closes a bracket and loses, and of each trial
+    that reaches `max_t`, would never reach BOHB: its models would miss the worse points."""
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and "budget" in result.get("hyperband_info", {}):
+            tune_controller.search_alg.on_trial_result(trial.trial_id, result)
+        return decision
+
+
+def _hyperband(config: HyperBand, sweep: Sweep) -> HyperBandForBOHB:
+    """Synchronous HyperBand for BOHB: a paused trial's process ends, and it continues from
+    its own checkpoint when its bracket lets it (`run_trial`)."""
+    return BohbBands(
+        time_attr=config.time,
+        metric=sweep.metric,
+        mode=sweep.direction(),
+        max_t=hyperband_max_t(sweep),
+        reduction_factor=config.reduction_factor,
+    )
+
+
 def _pb2(config, sweep: Sweep) -> TrialScheduler:
     from engine.train import pb2  # Tune's PB2 needs scikit-learn: imported only when chosen
 
     return pb2.build(config, sweep)
 
 
-BUILDERS = {"asha": _asha, "median": _median, "pbt": pbt.build, "pb2": _pb2}
+BUILDERS = {
+    "asha": _asha,
+    "median": _median,
+    "hyperband": _hyperband,
+    "pbt": pbt.build,
+    "pb2": _pb2,
+}
 
 
 class StopRecorder(tune.Callback):
@@ -138,16 +174,32 @@ class _Gone:
     """A trial the saved state names but Tune did not restore."""
 
 
-def _without_gone(value):
-    """`value` without what names a trial Tune did not restore (in a dict's keys, a set or a
-    list: how Tune's schedulers hold trials)."""
+def _without_gone(value, seen: set[int] | None = None):
+    """`value` without what names a trial Tune did not restore: in a dict's keys, a set or a
+    list (how Tune's schedulers hold trials), at any depth, and inside the objects of Tune's
+    schedulers that hold trials themselves (HyperBand's brackets)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return value
+    seen.add(id(value))
     if isinstance(value, dict):
         for key in [k for k in value if isinstance(k, _Gone)]:
             del value[key]
+        parts = list(value.values())
     elif isinstance(value, set):
         value.difference_update([v for v in value if isinstance(v, _Gone)])
+        parts = list(value)
     elif isinstance(value, list):
         value[:] = [v for v in value if not isinstance(v, _Gone)]
+        parts = value
+    elif isinstance(value, tuple):
+        parts = list(value)
+    elif type(value).__module__.startswith("ray.tune.schedulers"):
+        parts = [vars(value)] if hasattr(value, "__dict__") else []
+    else:
+        parts = []
+    for part in parts:
+        _without_gone(part, seen)
     return value
 
 

@@ -1,20 +1,21 @@
-"""Tune's searcher for a learning `search` (optuna, hyperopt), each point replicated.
+"""Tune's searcher for a learning `search` (optuna, hyperopt, bohb), each point replicated.
 
 With `branches`, the searcher suggests the branch, then that branch's values (`Branches`):
 Optuna through a define-by-run space, HyperOpt through a nested `hp.choice` of the branches.
 
-The searcher suggests a *point* (one value for every searched field); `Replicates` trains it as
-one trial per task, data size and seed, the cells of the point, and tells the searcher the
-point's score once all of them ended: the mean of the sweep's `metric` over the point's trials
-at the largest data size (every task and seed), as each last reported it. A trial that failed
-or never reported the metric is left out of the mean; a point with no score left is reported
-to the searcher as failed. A point is told once: a failed trial that a resume trains again
-later does not change what the searcher learned. Its state (the points, their trials and
-scores) is saved with Tune's experiment, so a resumed sweep goes on with the searcher where it
-was. Where Tune's files are lost, the search is rebuilt from the trials' folders (`rebuilt`):
-every point they record keeps its number and values, the points whose trials all finished are
-told to a new searcher (a new Optuna study, or new HyperOpt trials), and the trials left run
-next.
+The searcher suggests a *point* (one value for every searched field); `Replicates` trains it as one
+trial per task, data size and seed, the cells of the point, and tells the searcher the point's
+score once all of them ended: the mean of the sweep's `metric` over the point's trials at the
+largest data size (every task and seed), as each last reported it. A trial that failed or never
+reported the metric is left out of the mean; a point with no score left is reported to the searcher
+as failed. BOHB also learns from every scored replicate's result at each budget of its HyperBand,
+as it comes (`Replicates.on_trial_result`). A point is told once: a failed trial that a resume
+trains again later does not change what the searcher learned. Its state (the points, their trials
+and scores) is saved with Tune's experiment, so a resumed sweep goes on with the searcher where it
+was. Where Tune's files are lost, the search is rebuilt from the trials' folders (`rebuilt`): every
+point they record keeps its number and values, the points whose trials all finished are told to a
+new searcher (a new Optuna study, new HyperOpt trials, or BOHB results at its largest budget), and
+the trials left run next.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from sweeps import Sweep
+from sweeps.schedulers import hyperband_max_t
 from sweeps.space import Choice, LogUniform, RandInt, Space, Uniform
 from sweeps.trials import value_label
 
@@ -192,7 +194,31 @@ def _hyperopt(sweep: Sweep, space: dict | Branches) -> Searcher:
     )
 
 
-BUILDERS = {"optuna": _optuna, "hyperopt": _hyperopt}
+def _bohb(sweep: Sweep, space: dict) -> Searcher:
+    from ray.tune.search.bohb import TuneBOHB  # only for sweeps that search with it
+
+    config = sweep.search
+    return TuneBOHB(
+        space=TuneBOHB.convert_search_space(space),  # ConfigSpace's, as TuneBOHB wants it
+        metric=sweep.metric,
+        mode=sweep.direction(),
+        seed=config.seed,  # ConfigSpace's random draws; BOHB's model draws from numpy's own
+        bohb_config={"min_points_in_model": config.startup_trials}
+        if config.startup_trials
+        else None,
+    )
+
+
+BUILDERS = {"optuna": _optuna, "hyperopt": _hyperopt, "bohb": _bohb}
+
+
+class _BudgetResult:
+    """A result as hpbandster's BOHB reads one: a loss at a budget for a configuration."""
+
+    def __init__(self, loss: float, budget: float, config: dict) -> None:
+        self.result = {"loss": loss}
+        self.kwargs = {"budget": budget, "config": config}
+        self.exception = None
 
 
 class Replicates(Searcher):
@@ -203,6 +229,7 @@ class Replicates(Searcher):
         self.searcher = searcher  # the name Tune's SearchGenerator looks for to save it
         self.branches = branches  # a suggestion's values with `branches`
         self.kind = sweep.search.type
+        self.max_t = hyperband_max_t(sweep) if self.kind == "bohb" else None
         self.spaces = (  # (kind, values or bounds) by path, without `branches`
             {}
             if branches
@@ -243,6 +270,30 @@ class Replicates(Searcher):
             self.scored.add(trial_id)
         return {"trial": cell}
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """BOHB learns from every result at a budget of its HyperBand (the scheduler marks
+        them): each replicate's at the scored data size is told under its point's id, one
+        observation of the point's values each. The other searchers learn from the points'
+        means only."""
+        index = self.point_of.get(trial_id)
+        budget = (result.get("hyperband_info") or {}).get("budget")
+        if self.kind != "bohb" or index is None or budget is None or trial_id not in self.scored:
+            return
+        point = self.points[index]
+        # Left out: a rebuilt point's (BOHB never suggested it), and a point's told already
+        # (a replicate trained again by a resume: BOHB has let go of the point).
+        if "values" in point or point.get("told") or self.metric not in result:
+            return
+        self.searcher.on_trial_result(point["id"], result)  # NaN: BOHB takes it as the worst
+
+    def on_pause(self, trial_id: str) -> None:
+        """BOHB's HyperBand paused the trial (it tells the searcher, through Tune's
+        `ConcurrencyLimiter` where there is one). Nothing to do: TuneBOHB counts paused
+        trials only against a cap of its own, which raysoup does not give it."""
+
+    def on_unpause(self, trial_id: str) -> None:
+        """See `on_pause`."""
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         index = self.point_of.get(trial_id)
         if index is None:  # not ours (a trial of an experiment this one replaced)
@@ -272,6 +323,11 @@ class Replicates(Searcher):
         """A point the searcher did not suggest, told as an evaluated trial."""
         if self.kind == "hyperopt":
             self._add_to_hyperopt(values, mean)
+            return
+        if self.kind == "bohb":  # as a result at the largest budget (a failed point: none)
+            if mean is not None:
+                loss = self.searcher._metric_op * mean  # BOHB minimises, as Tune's TuneBOHB
+                self.searcher.bohber.new_result(_BudgetResult(loss, self.max_t, dict(values)))
             return
         if self.branches is None:
             self.searcher.add_evaluated_point(values, mean or 0.0, error=mean is None)
