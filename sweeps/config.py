@@ -663,11 +663,11 @@ class Sweep(Strict):
         check_grace(self)
         check_pbt(self)
         check_hyperband(self)
-        if self.scheduler.stops_trials() and self.uses_worker_group():
+        if self.scheduler.type == "hyperband" and self.uses_worker_group():
             raise ValueError(
-                f"scheduler.type: {self.scheduler.type} stops trials early, which is not "
-                "supported yet for worker-group trials (resources.workers > 1 or deepspeed): "
-                "stopping one must also stop its Ray Train workers; use fifo"
+                "scheduler.type: hyperband pauses and continues trials, which is not supported "
+                "yet for worker-group trials (resources.workers > 1 or deepspeed); asha and "
+                "median stop them early"
             )
         return self
 

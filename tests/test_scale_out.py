@@ -20,6 +20,7 @@ from engine.core.models import base_model_path
 from engine.core.rundir import RunDir
 from engine.train import records
 from engine.train.loop import TrialSpec, train
+from engine.train.stops import LIVE, GroupStops, StopSeen, end_groups, group_key, running
 from engine.train.workers import WORKERS_FILE, run_workers
 from sweeps import parse_sweep
 from tests.conftest import DEMO_DATA
@@ -279,11 +280,87 @@ def test_a_killed_worker_fails_its_group_and_the_trial_resumes_exactly(storage, 
 
     run = RunDir(Path(result.run_dir))
     alone = tmp_path / "alone"
-    run_workers(trial_spec(run, run.load_sweep(), row), alone, None, None, tmp_path / "g", False)
+    spec = trial_spec(run, run.load_sweep(), row)
+    run_workers(spec, alone, None, None, tmp_path / "g", in_tune=False)
     reference = records.complete_checkpoints([alone])[-1]
     assert_close(weights(Path(row["checkpoint"])), weights(reference), atol=1e-5)
     info = records.checkpoint_info(Path(row["checkpoint"]))
     assert info["tokens_seen"] == records.checkpoint_info(reference)["tokens_seen"]
+
+
+def test_a_stop_reaches_its_own_group_only_and_the_trial_waits_for_its_group():
+    stops = GroupStops.remote()
+    first, again = group_key("t1"), group_key("t1")  # two starts of one trial's group
+    seen, seen_again = StopSeen(stops, first), StopSeen(stops, again)
+    steps = []
+
+    def fit() -> None:  # the trial's thread, waiting on a group that trains until stopped
+        with running(stops, first):
+            while not seen():
+                time.sleep(0.01)
+            time.sleep(0.2)  # the group's end
+            steps.append("ended")
+
+    thread = threading.Thread(target=fit)
+    thread.start()
+    wait_for(lambda: stops_live())
+    end_groups()  # what the trainable's cleanup does when Tune stops the trial
+    assert steps == ["ended"] and not stops_live()
+    assert not seen_again()
+    thread.join()
+
+
+def stops_live() -> bool:
+    return bool(LIVE)
+
+
+# Slow (about 2 minutes on 2 cores: three worker groups started one after another); ASHA's
+# stops of one-process trials run on every CI run in test_schedulers.py.
+@pytest.mark.slow
+def test_asha_stops_worker_group_trials_and_each_stopped_group_ends(storage):
+    """One learning rate that learns and two that barely move the model, one group at a time:
+    ASHA stops the two at a rung, each stopped trial's result is its checkpoint at the stop
+    (a later one its group saved before it ended does not count), the sweep ends (a stopped
+    group that kept waiting on Tune would hold the cluster forever), and the stopped groups'
+    processes and placement groups are gone."""
+    import ray
+
+    sweep = group_sweep(
+        "asha",
+        train={
+            "lr": {"grid": [3e-3, 1e-7, 2e-7]},
+            "max_steps": 6,
+            "batch_size": BATCH,
+            "seq_len": 24,
+            "eval_every": EVERY,
+        },
+        scheduler={"type": "asha", "grace_period": EVERY, "reduction_factor": 2},
+    )
+    result = engine.run(parse_sweep(sweep), storage=str(storage), progress=False)
+    trials = result.trials.set_index("train.lr")
+    assert trials.loc[3e-3, "status"] == "done", trials["error"].tolist()
+    stopped = trials.loc[[1e-7, 2e-7]]
+    assert set(stopped["status"]) == {"stopped"} and set(stopped["stopped_by"]) == {"asha"}
+    for row in stopped.itertuples():
+        assert row.stopped_at < 6 and row.steps == row.stopped_at
+        assert records.checkpoint_info(Path(row.checkpoint))["step"] == row.stopped_at
+    assert result.candidates()["selection"].notna().all()  # stopped trials evaluated too
+    states = {pg["state"] for pg in ray.util.placement_group_table().values()}
+    assert states == {"REMOVED"}
+    pids = [w["pid"] for row in stopped.itertuples() for w in group_of(row.path)]
+    assert wait_for(lambda: not any(alive(pid) for pid in pids), timeout=60)
+
+
+def group_of(trial_path: str) -> list[dict]:
+    return json.loads((Path(trial_path) / WORKERS_FILE).read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_for(found, timeout: float = 300):

@@ -20,6 +20,7 @@ from ray.tune.experiment import Trial
 import engine
 from engine.evaluate.stage import sweep_candidates
 from engine.train import records
+from engine.train.experiment import reuses_processes
 from engine.train.schedulers import KeepState, StopRecorder, build, first_report
 from sweeps import SweepError, parse_sweep
 from sweeps.trials import search_progress
@@ -161,10 +162,15 @@ def test_bad_scheduler_settings_name_the_field(scheduler, message):
     assert message in str(err.value)
 
 
-def test_early_stopping_of_worker_group_trials_is_refused():
+def test_worker_group_trials_stop_early_but_are_not_paused():
+    for kind in ("asha", "median"):
+        sweep = parse_sweep(sweep_dict(scheduler={"type": kind}, resources={"workers": 2}))
+        assert sweep.uses_worker_group() and not reuses_processes(sweep)
+    assert reuses_processes(parse_sweep(sweep_dict(resources={"workers": 2})))
+    assert reuses_processes(parse_sweep(sweep_dict(scheduler={"type": "asha"})))
     with pytest.raises(SweepError) as err:
-        parse_sweep(sweep_dict(scheduler={"type": "asha"}, resources={"workers": 2}))
-    assert "scheduler.type: asha stops trials early" in str(err.value)
+        bohb_sweep(resources={"workers": 2})
+    assert "scheduler.type: hyperband pauses and continues trials" in str(err.value)
 
 
 def test_search_progress_counts_a_stopped_trial_up_to_its_stop():
@@ -275,7 +281,7 @@ def test_an_unreadable_saved_scheduler_starts_afresh():
     assert again._trial_info.keys() == {"a"}  # as Tune alone would have it
 
 
-def bohb_sweep(steps: int = 8):
+def bohb_sweep(steps: int = 8, **extra):
     """BOHB's HyperBand over `steps` steps with a report each step: with 8, its first bracket
     holds 8 trials, with budgets 1, 2, 4 and 8; with 2, 2 trials and budgets 1 and 2."""
     return parse_sweep(
@@ -284,6 +290,7 @@ def bohb_sweep(steps: int = 8):
             checkpoint={"every": 1},
             search={"type": "bohb"},
             scheduler={"type": "hyperband", "reduction_factor": 2},
+            **extra,
         )
     )
 

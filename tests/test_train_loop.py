@@ -159,6 +159,24 @@ def test_tokens_seen_counts_every_real_token_once_per_epoch(model_path, data_dir
     assert result["tokens_seen"] == sum(min(len(ids), 24) for ids in subset)
 
 
+class StoppedAfter(RecordingSession):
+    """A session whose trial is stopped from outside once it reported `step`."""
+
+    def __init__(self, root: Path, step: int) -> None:
+        super().__init__(root)
+        self.step = step
+
+    def stopping(self) -> bool:
+        return any(r["step"] >= self.step for r in self.reports)
+
+
+def test_a_trial_stopped_from_outside_ends_before_its_next_step(model_path, data_dir, tmp_path):
+    session = StoppedAfter(tmp_path, step=3)
+    last = train(_spec(model_path, data_dir, eval_every=1), session)
+    assert [r["step"] for r in session.reports] == [1, 2, 3] and last["step"] == 3
+    assert [c.name for c in session.checkpoints] == ["step3"]
+
+
 def test_a_resumed_trial_reports_the_same_tokens_seen(model_path, data_dir, tmp_path):
     straight = RecordingSession(tmp_path / "a")
     final = train(_spec(model_path, data_dir), straight)

@@ -58,6 +58,20 @@ def test_only_checkpoints_with_a_matching_marker_count(tmp_path):
     assert records.complete_checkpoints([trial]) == []
 
 
+def test_a_stopped_trial_is_its_checkpoint_at_the_stop_even_with_later_ones(tmp_path):
+    # A worker group can publish a checkpoint after the step its scheduler stopped it at.
+    trial = tmp_path / "tune" / "abc_00000-s0"
+    records.record_attempt(trial, "s0", None)
+    at_stop = records.publish(checkpoint(tmp_path, 2), trial, 2)
+    for step in (3, 4):  # 4 is the last step: alone it would make the trial done
+        records.publish(checkpoint(tmp_path, step), trial, step)
+    records.record_stop(trial, 2, "asha", {"step": 2})
+    assert records.complete_checkpoints([trial]) == [at_stop]
+    record = records.read_trial([trial])
+    assert (record.status, record.checkpoint, record.metrics["step"]) == ("stopped", at_stop, 2)
+    assert records.is_finished([trial])
+
+
 def test_a_failed_trial_keeps_data_sizes_whole_and_merge_names_unchanged(tmp_path):
     sweep, run = sweep_of_four(), RunDir(tmp_path / "run")
     trials = identities(sweep, SIZES)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray import tune
+from ray.actor import ActorHandle
 
 from engine.core import storage
 from engine.core.errors import RunError
@@ -16,6 +17,7 @@ from engine.core.rundir import RunDir
 from engine.train import pbt, records, schedulers, searchers, state
 from engine.train.axes import Sizes, cells, identify
 from engine.train.loop import TrialSpec, train
+from engine.train.stops import EndsItsGroup, GroupStops
 from sweeps import Sweep
 
 
@@ -41,13 +43,21 @@ class TuneSession:
         return self.resume_from
 
 
-def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, sizes: Sizes) -> None:
+def run_trial(
+    config: dict,
+    sweep_json: str,
+    model_path: str,
+    run_root: str,
+    sizes: Sizes,
+    stops: ActorHandle | None = None,
+) -> None:
     """A Tune function trainable: one trial of the sweep, its cell in `config["trial"]`.
 
     `sizes` turns the data-size axis value (a count or a fraction) into the task's exact count.
     A trial whose folders already hold its last checkpoint, or say that the scheduler stopped
     it (it ended before Tune's state said so), is not trained again: it reports the metrics of
     its newest checkpoint once, which a searcher and a scheduler expect of every trial.
+    `stops`: where the scheduler's stops of worker-group trials are told (`engine/train/stops.py`).
     """
     sweep, run = Sweep.model_validate_json(sweep_json), RunDir.at(run_root)
     model_path = storage.local(model_path)
@@ -83,10 +93,13 @@ def run_trial(config: dict, sweep_json: str, model_path: str, run_root: str, siz
     if sweep.uses_worker_group():
         from engine.train.workers import run_workers
 
-        run_workers(spec, here, keep, latest, run.worker_groups)  # each rank fetches
+        run_workers(spec, here, keep, latest, run.worker_groups, stops)  # each rank fetches
     else:
         with storage.fetched(spec.data_dir, model_path, latest):  # on object storage
             train(spec, TuneSession(here, keep, latest))
+
+
+run_trial.__mixins__ = (EndsItsGroup,)
 
 
 class Mirror(tune.Callback):
@@ -126,6 +139,7 @@ def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes):
         model_path=storage.shown(model_path),
         run_root=run.location,
         sizes=sizes,
+        stops=GroupStops.remote() if not reuses_processes(sweep) else None,
     )
     res = sweep.resources
     if sweep.uses_worker_group():  # the worker group reserves the resources itself
@@ -250,8 +264,6 @@ def _new_tuner(
         # Trials keep their own checkpoints (`TuneSession`); Tune keeps none.
         failure_config=tune.FailureConfig(max_failures=sweep.resources.max_failures),
     )
-    # Reusing trial processes saves each trial the start of a Ray worker and the import of
-    # torch and transformers; every trial seeds everything it uses, so results do not change.
     learns = sweep.search.learns()
     tune_config = tune.TuneConfig(
         # Drawn samples are in the cells; a learning searcher makes every trial's cell. Tune
@@ -259,12 +271,22 @@ def _new_tuner(
         num_samples=(samples or sweep.trial_count()) if learns else 1,
         search_alg=(searcher or searchers.build(sweep)) if learns else None,
         scheduler=scheduler,
-        reuse_actors=True,
+        reuse_actors=reuses_processes(sweep),
         max_concurrent_trials=max_concurrent(sweep),
         trial_dirname_creator=functools.partial(trial_folder, sweep=sweep, sizes=sizes),
     )
     space = param_space(sweep) if todo is None else {"trial": tune.grid_search(todo)}
     return tune.Tuner(fn, param_space=space, tune_config=tune_config, run_config=run_config)
+
+
+def reuses_processes(sweep: Sweep) -> bool:
+    """Whether a trial's process runs the next trial too. Reusing saves each trial the start
+    of a Ray worker and the import of torch and transformers; every trial seeds everything it
+    uses, so results do not change. Not when the scheduler stops worker-group trials: Tune
+    keeps a stopped trial's process for the next trial without telling it anything until
+    then, so its group would train on; a process Tune ends instead ends its group first
+    (`engine/train/stops.py`)."""
+    return not (sweep.uses_worker_group() and sweep.scheduler.stops_trials())
 
 
 def max_concurrent(sweep: Sweep) -> int | None:

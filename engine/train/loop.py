@@ -36,6 +36,9 @@ class Session(Protocol):
 
     def restore_dir(self) -> Path | None: ...
 
+    # A session whose trial can be stopped from outside while it trains (a worker group's)
+    # also has `stopping() -> bool`.
+
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -96,6 +99,7 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
     pairs = spec.sweep.data.format == "preference"
     started, losses, last = time.time(), [], {}
     trained_s, trained_tokens = 0.0, 0  # time in training steps (not evaluating), and tokens
+    stopping = getattr(session, "stopping", lambda: False)
     while step < total:
         tick = time.perf_counter()
         if half is not None:
@@ -104,7 +108,10 @@ def train(spec: TrialSpec, session: Session, parallel: Single | None = None) -> 
         mine = np.array_split(batches(step), par.world)[par.rank]
         micro = [objective.batch(data, idx) for idx in np.array_split(mine, cfg.grad_accum)]
         counts = np.sum([objective.counts(b) for b in micro], axis=0).tolist()
-        *totals, real = par.total(*counts, sum(int(b["attention_mask"].sum()) for b in micro))
+        real = sum(int(b["attention_mask"].sum()) for b in micro)
+        *totals, real, stop = par.total(*counts, real, float(stopping()))
+        if stop:  # the scheduler stopped the trial: every rank of a group learns it here
+            break
         summed = 0.0
         for batch in micro:
             with par.autocast(cfg.precision, device):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import socket
@@ -138,14 +139,18 @@ def marker(checkpoint: Path) -> dict | None:
 
 def complete_checkpoints(folders: list[Path]) -> list[Path]:
     """The complete checkpoints in `folders`, by step (the newest folder's, for a step saved in
-    several)."""
+    several), up to the step at which the scheduler stopped the trial: a worker group can
+    save another before its process is ended, and the scheduler judged the trial by the
+    step it stopped it at."""
     by_step: dict[int, Path] = {}
     for folder in folders:
         for path in sorted(folder.glob(f"{PREFIX}*")):
             found = marker(path)
             if found is not None:
                 by_step[int(found["step"])] = path
-    return [by_step[step] for step in sorted(by_step)]
+    stop = read_stop(folders)
+    last = stop["step"] if stop is not None else math.inf
+    return [by_step[step] for step in sorted(by_step) if step <= last]
 
 
 def checkpoint_info(checkpoint: Path) -> dict:
