@@ -33,14 +33,28 @@ class SearchConfig(Strict):
         return self.package is not None
 
 
-class Grid(SearchConfig):
+ORDER_HELP = (
+    "The order the configurations start in: `given` (as drawn: the grid's values in the order "
+    "the sweep lists them) or `shuffled` (drawn from `order_seed`; each configuration's tasks, "
+    "data sizes and seeds stay together). An early-stopping scheduler judges a trial against "
+    "those that reached its rung before it, so a sorted grid (the small learning rates first) "
+    "gives it a biased first sample: shuffle with asha, median or hyperband (docs/search.md)."
+)
+
+
+class _Drawn(SearchConfig):
+    order: Literal["given", "shuffled"] = Field("given", description=ORDER_HELP)
+    order_seed: NonNegInt = Field(0, description="Seed of the `shuffled` order.")
+
+
+class Grid(_Drawn):
     """Every grid point, with the sampled spaces drawn `num_samples` times for each from
     `data.seed`, all before training (the default)."""
 
     type: Literal["grid"] = Field(..., description="`grid`.")
 
 
-class Random(SearchConfig):
+class Random(_Drawn):
     """As `grid`, drawn from a seed of its own: random search, whose seed can change without
     changing the data's."""
 

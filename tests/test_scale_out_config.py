@@ -5,6 +5,9 @@ how many groups a cluster holds."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +16,7 @@ from engine.preflight import check
 from engine.train.parallel import deepspeed_config
 from engine.train.workers import group_capacity
 from sweeps import SweepError, load_sweep, parse_sweep
+from tests.test_submit import free_port
 from tests.test_sweep_config import sweep_dict
 
 BAD = [
@@ -102,6 +106,39 @@ def test_a_good_zero_sweep_passes_validate_on_cpu():
     check(sweep)
     assert sweep.uses_worker_group()
     assert not parse_sweep(sweep_dict()).uses_worker_group()
+
+
+# What a DeepSpeed worker does before `deepspeed.initialize`, in a process of its own (the
+# process group would stay in this one): DeepSpeed starts its communication backend on the
+# CPU, as in a worker group, and builds nothing into the extensions folder.
+STARTS_DEEPSPEED = """
+import deepspeed.comm
+from engine.train.parallel import _without_shared_memory_all_reduce
+_without_shared_memory_all_reduce()
+deepspeed.comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
+print("op:", deepspeed.comm.comm.cdb.shm_comm_op)
+"""
+
+
+def test_a_deepspeed_group_on_cpu_compiles_no_op(tmp_path):
+    """DeepSpeed compiles a shared-memory all-reduce (52 s on 2 cores) when its backend starts
+    on a CPU, unless told not to; training never calls it."""
+    extensions = tmp_path / "torch_extensions"
+    env = os.environ | {
+        "TORCH_EXTENSIONS_DIR": str(extensions),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", STARTS_DEEPSPEED], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "op: None" in done.stdout, done.stdout
+    assert not extensions.exists() or not any(extensions.rglob("*.so"))
 
 
 def test_deepspeed_config_takes_the_train_section_and_the_raw_keys_over_it():

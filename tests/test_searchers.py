@@ -17,6 +17,8 @@ from ray.tune.search.search_generator import SearchGenerator
 
 import engine
 from engine.train import records, searchers
+from engine.train.axes import cells
+from engine.train.experiment import param_space
 from sweeps import SweepError, parse_sweep
 from sweeps.space import LogUniform
 from sweeps.trials import configurations, short_number
@@ -391,6 +393,35 @@ def test_random_search_draws_from_its_own_seed():
     other = drawn({"type": "random", "seed": 8})
     assert other != grid and other == drawn({"type": "random", "seed": 8})
     assert all(1e-4 <= c["train.lr"] <= 1e-2 for c in other)
+
+
+def test_a_shuffled_order_starts_whole_configurations_in_an_order_drawn_from_its_seed():
+    grid = {
+        "train__lr": {"grid": [1e-4, 1e-3, 1e-2]},
+        "train__warmup_steps": {"grid": [0, 10]},
+        "seeds": [0, 1],
+    }
+
+    def started(**order):
+        sweep = parse_sweep(sweep_dict(search={"type": "grid", **order}, **grid))
+        return [
+            (c["config"]["label"], c["seed"]) for c in param_space(sweep)["trial"]["grid_search"]
+        ]
+
+    given = started()
+    assert given == [
+        (c["config"]["label"], c["seed"]) for c in cells(parse_sweep(sweep_dict(**grid)))
+    ]
+    assert [label for label, _ in given[:4]] == ["lr=0.0001/warmup_steps=0"] * 2 + [
+        "lr=0.0001/warmup_steps=10"
+    ] * 2  # the grid as listed: the smallest learning rate first
+    shuffled = started(order="shuffled", order_seed=3)
+    assert sorted(shuffled) == sorted(given) and shuffled != given
+    # each configuration's seeds start together, one after the other
+    assert all(shuffled[i][0] == shuffled[i + 1][0] for i in range(0, len(shuffled), 2))
+    assert [seed for _, seed in shuffled] == [0, 1] * 6
+    assert started(order="shuffled", order_seed=3) == shuffled  # again on resume
+    assert started(order="shuffled", order_seed=4) != shuffled
 
 
 def told(search: searchers.Replicates) -> list[tuple[dict, float]]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.train import records
 from sweeps import Sweep
 from sweeps.trials import configurations, trial_name
@@ -43,6 +45,20 @@ def cells(sweep: Sweep) -> list[dict]:
         for size in sweep.data_scale or [None]
         for seed in sweep.seeds
     ]
+
+
+def in_start_order(sweep: Sweep, found: list[dict]) -> list[dict]:
+    """`found` (cells in the order of `cells`) in the order their trials start: as given, or
+    with `search.order: shuffled` each configuration's cells together at a place drawn from
+    `search.order_seed` (the same order again on resume)."""
+    if getattr(sweep.search, "order", "given") == "given":
+        return found
+    groups: dict[str, list[dict]] = {}
+    for cell in found:
+        groups.setdefault(cell["config"]["label"], []).append(cell)
+    labels = list(groups)
+    drawn = np.random.default_rng(sweep.search.order_seed).permutation(len(labels))
+    return [cell for i in drawn for cell in groups[labels[i]]]
 
 
 def identify(sweep: Sweep, cell: dict, sizes: Sizes) -> TrialIdentity:

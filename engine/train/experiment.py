@@ -15,7 +15,7 @@ from engine.core import storage
 from engine.core.errors import RunError
 from engine.core.rundir import RunDir
 from engine.train import pbt, records, schedulers, searchers, state
-from engine.train.axes import Sizes, cells, identify
+from engine.train.axes import Sizes, cells, identify, in_start_order
 from engine.train.loop import TrialSpec, train
 from engine.train.stops import EndsItsGroup, GroupStops
 from sweeps import Sweep
@@ -122,12 +122,13 @@ class Mirror(tune.Callback):
 
 def param_space(sweep: Sweep) -> dict | None:
     """Tune's param space: one grid axis, `trial`, whose values are the sweep's cells (each
-    drawn configuration on every task, data size and seed; `engine.train.axes.cells`), so
-    that each configuration is trained unchanged on every task, data size and seed. None with
+    drawn configuration on every task, data size and seed; `engine.train.axes.cells`) in the
+    order they start, so that each configuration is trained unchanged on every task, data size
+    and seed. None with
     a learning searcher: it gives each trial its cell (`engine/train/searchers.py`)."""
     if sweep.search.learns():
         return None
-    return {"trial": tune.grid_search(cells(sweep))}
+    return {"trial": tune.grid_search(in_start_order(sweep, cells(sweep)))}
 
 
 def trainable(sweep: Sweep, model_path: str, run: RunDir, sizes: Sizes):
@@ -214,10 +215,11 @@ def tuner(
 
 
 def unfinished(sweep: Sweep, run: RunDir, sizes: Sizes) -> list[dict]:
-    """The cells of the trials that are neither done nor stopped by the scheduler."""
+    """The cells of the trials that are neither done nor stopped by the scheduler, in the
+    order they start."""
     return [
         cell
-        for cell in cells(sweep)
+        for cell in in_start_order(sweep, cells(sweep))
         if not records.is_finished(
             records.trial_folders(run.tune, identify(sweep, cell, sizes).name)
         )

@@ -209,6 +209,7 @@ class DeepSpeed(DDP):
     def prepare(self, model, optimizer, scheduler):
         import deepspeed
 
+        _without_shared_memory_all_reduce()
         self.optimizer, self.scheduler = optimizer, scheduler
         self.model, *_ = deepspeed.initialize(
             model=model,
@@ -256,6 +257,20 @@ class DeepSpeed(DDP):
         if loaded is None:
             raise FileNotFoundError(f"{folder}: no DeepSpeed state to resume from")
         return models.load_trainer_state(folder)
+
+
+SHARED_MEMORY_OP = "deepspeed_shm_comm"  # DeepSpeed's name for its CPU all-reduce op
+
+
+def _without_shared_memory_all_reduce() -> None:
+    """Tell DeepSpeed not to build its shared-memory all-reduce. On a CPU, DeepSpeed compiles
+    that C++ op when its process group starts (52 s on 2 cores the first time on a machine, and
+    a compiler is needed), for tensor-parallel inference (`inference_all_reduce`), which
+    training never calls; the group's collectives go through torch.distributed either way.
+    DeepSpeed reads the ops it may build from one dict, kept for the process."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHARED_MEMORY_OP] = False
 
 
 def deepspeed_config(sweep: Sweep) -> dict:
