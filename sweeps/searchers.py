@@ -38,7 +38,7 @@ ORDER_HELP = (
     "the sweep lists them) or `shuffled` (drawn from `order_seed`; each configuration's tasks, "
     "data sizes and seeds stay together). An early-stopping scheduler judges a trial against "
     "those that reached its rung before it, so a sorted grid (the small learning rates first) "
-    "gives it a biased first sample: shuffle with asha, median or hyperband (docs/search.md)."
+    "gives it a biased first sample: shuffle with asha or median (docs/search.md)."
 )
 
 

@@ -124,8 +124,8 @@ def param_space(sweep: Sweep) -> dict | None:
     """Tune's param space: one grid axis, `trial`, whose values are the sweep's cells (each
     drawn configuration on every task, data size and seed; `engine.train.axes.cells`) in the
     order they start, so that each configuration is trained unchanged on every task, data size
-    and seed. None with
-    a learning searcher: it gives each trial its cell (`engine/train/searchers.py`)."""
+    and seed. None with a learning searcher: it gives each trial its cell
+    (`engine/train/searchers.py`)."""
     if sweep.search.learns():
         return None
     return {"trial": tune.grid_search(in_start_order(sweep, cells(sweep)))}
