@@ -663,12 +663,6 @@ class Sweep(Strict):
         check_grace(self)
         check_pbt(self)
         check_hyperband(self)
-        if self.scheduler.type == "hyperband" and self.uses_worker_group():
-            raise ValueError(
-                "scheduler.type: hyperband pauses and continues trials, which is not supported "
-                "yet for worker-group trials (resources.workers > 1 or deepspeed); asha and "
-                "median stop them early"
-            )
         return self
 
     @model_validator(mode="after")

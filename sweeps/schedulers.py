@@ -35,6 +35,10 @@ class SchedulerConfig(Strict):
         """Whether this scheduler may end a trial before its last step."""
         return True
 
+    def pauses_trials(self) -> bool:
+        """Whether this scheduler may pause a trial and continue it later."""
+        return False
+
 
 class Fifo(SchedulerConfig):
     """Every trial runs to its end (the default)."""
@@ -111,6 +115,9 @@ class HyperBand(SchedulerConfig):
         3.0, description="Keep the best 1/reduction_factor of a bracket's trials at each budget."
     )
 
+    def pauses_trials(self) -> bool:
+        return True
+
 
 RANGES = ("uniform", "loguniform", "randint")
 
@@ -179,6 +186,9 @@ class Population(SchedulerConfig):
 
     def stops_trials(self) -> bool:
         return False
+
+    def pauses_trials(self) -> bool:
+        return True
 
 
 class Pbt(Population):
@@ -302,11 +312,6 @@ def check_pbt(sweep) -> None:
         raise ValueError(
             f"scheduler.type: {kind} chooses its own configurations; search.type "
             f"{sweep.search.type} would too (use grid or random for the first population)"
-        )
-    if sweep.uses_worker_group():
-        raise ValueError(
-            f"scheduler.type: {kind} is not supported yet for worker-group trials "
-            "(resources.workers > 1 or deepspeed)"
         )
     searched = sweep.search_space()
     for path in config.perturbed():

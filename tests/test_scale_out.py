@@ -370,3 +370,76 @@ def wait_for(found, timeout: float = 300):
             return result
         time.sleep(0.05)
     raise TimeoutError(f"nothing happened within {timeout} s")
+
+
+# Slow (a few minutes on 2 cores: two groups at once, each started twice): the pause itself
+# is tested on every run (`tests/test_trial_records.py`), PBT's clone on one-process trials
+# (`tests/test_pbt.py`).
+@pytest.mark.slow
+def test_pbt_pauses_worker_group_trials_and_the_clone_continues_from_its_source(storage, tmp_path):
+    """Two two-worker trials at once (workers of 0.45 CPU), compared at step 6 (synchronous
+    PBT pauses both there): the worse clones the better's checkpoint of step 6 and trains on
+    from it, the better continues from its own step 6, whatever its group saved after."""
+    interval, steps, good, bad = 6, 10, 3e-3, 1e-7
+    sweep = group_sweep(
+        "pbt",
+        train={
+            "lr": {"grid": [good, bad]},
+            "max_steps": steps,
+            "batch_size": BATCH,
+            "seq_len": 24,
+            "eval_every": EVERY,
+        },
+        resources={"workers": 2, "cpus_per_worker": 0.45, "max_failures": 0},
+        scheduler={
+            "type": "pbt",
+            "perturbation_interval": interval,
+            "quantile_fraction": 0.5,
+            "resample_probability": 0.0,
+            "synch": True,
+            "mutations": {"train.lr": {"loguniform": [1e-7, 1e-2]}},
+        },
+    )
+    result = engine.run(parse_sweep(sweep), storage=str(storage), progress=False)
+    trials = result.trials.set_index("name")
+    assert set(trials["status"]) == {"done"}, trials["error"].tolist()
+    (clone,) = [name for name, made in trials["cloned"].items() if len(made)]
+    (source,) = set(trials.index) - {clone}
+    assert list(trials.loc[clone, "cloned"]) == [f"{source}@{interval}"]
+    run = RunDir(Path(result.run_dir))
+    for name in (clone, source):
+        folders = records.trial_folders(run.tune, name)
+        attempts = [a for f in folders for a in records.read_attempts(f)]
+        pause = json.loads((folders[-1] / records.PAUSED).read_text())
+        assert pause["step"] == interval
+        assert attempts[-1]["pause"] == pause["id"] and attempts[-1]["resumed_from"] == interval
+        assert all(step > interval for step in attempts[-1]["discarded"])
+        kept = [records.checkpoint_info(c)["step"] for c in records.complete_checkpoints(folders)]
+        assert kept == ([8, 10] if name == clone else [2, 4, 6, 8, 10])
+    # the clone trained on from the source's step 6 with its own rate: one process on the
+    # same global batch takes the same steps
+    row = trials.loc[clone]
+    at_clone = [
+        c
+        for c in records.complete_checkpoints(records.trial_folders(run.tune, source))
+        if records.checkpoint_info(c)["step"] == interval
+    ][0]
+    attempt = records.read_attempts(records.trial_folders(run.tune, clone)[-1])[-1]
+    one = run.load_sweep().for_trial(attempt["cell"]["config"]["values"])
+    one = one.model_copy(
+        update={
+            "resources": one.resources.model_copy(update={"workers": 1}),
+            "train": one.train.model_copy(update={"batch_size": 2 * BATCH}),
+        }
+    )
+    session = RecordingSession(tmp_path, restore=at_clone)
+    train(trial_spec(run, one, {**row, "name": clone}), session)
+    assert_close(weights(session.checkpoints[-1]), weights(Path(row["checkpoint"])), atol=1e-4)
+    states = {pg["state"] for pg in ray_placement_groups()}
+    assert states == {"REMOVED"}
+
+
+def ray_placement_groups() -> list[dict]:
+    import ray
+
+    return list(ray.util.placement_group_table().values())

@@ -162,15 +162,27 @@ def test_bad_scheduler_settings_name_the_field(scheduler, message):
     assert message in str(err.value)
 
 
-def test_worker_group_trials_stop_early_but_are_not_paused():
-    for kind in ("asha", "median"):
-        sweep = parse_sweep(sweep_dict(scheduler={"type": kind}, resources={"workers": 2}))
+def test_worker_group_trials_that_a_scheduler_stops_or_pauses_get_a_process_each():
+    """A reused process would keep a stopped or paused trial's group training; only worker
+    groups under a scheduler that pauses get `paused.json` written."""
+    pbt = {"type": "pbt", "perturbation_interval": 2, "mutations": {"train.lr": [1e-3, 1e-2]}}
+    for scheduler in ({"type": "asha"}, {"type": "median"}, pbt):
+        sweep = parse_sweep(
+            sweep_dict(
+                train={"lr": {"grid": [1e-3, 1e-2]}, "max_steps": 4, "eval_every": 2},
+                checkpoint={"every": 2},
+                data_scale=None,
+                seeds=[0],
+                scheduler=scheduler,
+                resources={"workers": 2},
+            )
+        )
         assert sweep.uses_worker_group() and not reuses_processes(sweep)
+        assert sweep.scheduler.pauses_trials() == (scheduler is pbt)
     assert reuses_processes(parse_sweep(sweep_dict(resources={"workers": 2})))
     assert reuses_processes(parse_sweep(sweep_dict(scheduler={"type": "asha"})))
-    with pytest.raises(SweepError) as err:
-        bohb_sweep(resources={"workers": 2})
-    assert "scheduler.type: hyperband pauses and continues trials" in str(err.value)
+    bohb = bohb_sweep(resources={"workers": 2})
+    assert bohb.scheduler.pauses_trials() and not reuses_processes(bohb)
 
 
 def test_search_progress_counts_a_stopped_trial_up_to_its_stop():

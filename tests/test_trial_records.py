@@ -72,6 +72,31 @@ def test_a_stopped_trial_is_its_checkpoint_at_the_stop_even_with_later_ones(tmp_
     assert records.is_finished([trial])
 
 
+def test_a_paused_group_trial_starts_again_at_its_pause_and_takes_the_pause_up_once(tmp_path):
+    # A worker group can save checkpoints past the report its scheduler paused it at; its
+    # trial's next start deletes them, and a later start (after a driver was killed, say)
+    # keeps everything the continued trial saved since.
+    trial = tmp_path / "tune" / "abc_00000-s0"
+    records.record_attempt(trial, "s0", None)
+    at_pause = records.publish(checkpoint(tmp_path, 2, total=6), trial, 2)
+    for step in (4, 6):  # 6 is the last step: kept, it would make the trial done
+        records.publish(checkpoint(tmp_path, step, total=6), trial, step)
+    assert records.back_to_pause([trial]) is None  # never paused
+    assert records.record_pause(trial, 2) and not records.record_pause(trial, 2)
+    pause = records.back_to_pause([trial])
+    assert (pause["step"], pause["discarded"]) == (2, [4, 6])
+    assert records.complete_checkpoints([trial]) == [at_pause]
+    assert not records.is_finished([trial])
+    records.record_attempt(trial, "s0", 2, pause=pause)
+    assert records.read_attempts(trial)[-1]["discarded"] == [4, 6]
+    continued = [records.publish(checkpoint(tmp_path, s, total=6), trial, s) for s in (4, 6)]
+    assert records.back_to_pause([trial]) is None  # taken up by the attempt above
+    assert records.complete_checkpoints([trial]) == [at_pause, *continued]
+    assert records.record_pause(trial, 4)  # a new pause, at another step: a new id
+    assert records.back_to_pause([trial])["step"] == 4
+    assert records.complete_checkpoints([trial]) == [at_pause, continued[0]]
+
+
 def test_a_failed_trial_keeps_data_sizes_whole_and_merge_names_unchanged(tmp_path):
     sweep, run = sweep_of_four(), RunDir(tmp_path / "run")
     trials = identities(sweep, SIZES)

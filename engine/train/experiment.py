@@ -65,6 +65,7 @@ def run_trial(
     here = run.tune / records.folder_name(tune.get_context().get_trial_id(), trial.name)
     storage.pull_missing(run.tune)  # on object storage: earlier attempts' folders, any node's
     folders = records.trial_folders(run.tune, trial.name)
+    pause = records.back_to_pause(folders)  # a paused worker group may train past its pause
     done = records.complete_checkpoints(folders)
     latest = done[-1] if done else None
     if records.is_finished(folders):
@@ -79,7 +80,7 @@ def run_trial(
     else:
         clone = None
     resumed_from = records.checkpoint_info(latest).get("step") if latest else None
-    records.record_attempt(here, trial.name, resumed_from, config["trial"], clone)
+    records.record_attempt(here, trial.name, resumed_from, config["trial"], clone, pause)
     spec = TrialSpec(
         sweep=sweep.for_trial(trial.values),
         model_path=model_path,
@@ -255,6 +256,8 @@ def _new_tuner(
     if sweep.scheduler.stops_trials():
         # first, so the other callbacks read the stopped trial's folder as stopped
         callbacks = [schedulers.StopRecorder(run.tune, sweep.scheduler.type), *callbacks]
+    if sweep.uses_worker_group() and sweep.scheduler.pauses_trials():
+        callbacks = [schedulers.PauseRecorder(run.tune), *callbacks]
     scheduler = schedulers.build(sweep)
     if scheduler is not None:  # Tune saves no scheduler: this callback does, with its state
         callbacks = [*callbacks, schedulers.KeepState(scheduler)]
@@ -284,11 +287,11 @@ def _new_tuner(
 def reuses_processes(sweep: Sweep) -> bool:
     """Whether a trial's process runs the next trial too. Reusing saves each trial the start
     of a Ray worker and the import of torch and transformers; every trial seeds everything it
-    uses, so results do not change. Not when the scheduler stops worker-group trials: Tune
-    keeps a stopped trial's process for the next trial without telling it anything until
-    then, so its group would train on; a process Tune ends instead ends its group first
-    (`engine/train/stops.py`)."""
-    return not (sweep.uses_worker_group() and sweep.scheduler.stops_trials())
+    uses, so results do not change. Not when a scheduler stops or pauses worker-group trials:
+    Tune keeps a stopped or paused trial's process for the next trial without telling it
+    anything until then, so its group would train on; a process Tune ends instead ends its
+    group first (`engine/train/stops.py`)."""
+    return not (sweep.uses_worker_group() and sweep.scheduler.type != "fifo")
 
 
 def max_concurrent(sweep: Sweep) -> int | None:

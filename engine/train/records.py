@@ -8,6 +8,9 @@ without Ray or Tune.
 - `attempts.jsonl`: one line per start of the trial (when, where, from which step).
 - `stopped.json`: written by the driver when the sweep's scheduler stopped the trial before
   its last step (at which step, by which scheduler, the metric then).
+- `paused.json`: written by the driver when the scheduler pauses a worker-group trial (the
+  step of the report it was judged at, and an id); the next attempt continues from that step
+  and records the id, so the pause is taken up once.
 
 A trial is *done* when its newest complete checkpoint is at its last step, and *stopped* when
 the scheduler ended it before (its newest complete checkpoint is then its result). A trial that Tune
@@ -25,6 +28,7 @@ import shutil
 import socket
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +40,7 @@ PREFIX = "checkpoint_"
 MARKER = "complete.json"
 ATTEMPTS = "attempts.jsonl"
 STOPPED = "stopped.json"
+PAUSED = "paused.json"
 PARTIAL = ".partial-"
 
 
@@ -195,10 +200,13 @@ def record_attempt(
     resumed_from: int | None,
     cell: dict | None = None,
     clone: dict | None = None,
+    pause: dict | None = None,
 ) -> None:
     """Add a line to the trial's `attempts.jsonl`: who started it, where, from which step, its
-    cell (`engine/train/axes.py`: what a learning searcher suggested is known only here), and
-    the trial it cloned when population-based training made it exploit one."""
+    cell (`engine/train/axes.py`: what a learning searcher suggested is known only here), the
+    trial it cloned when population-based training made it exploit one, and the pause it
+    continues after (`back_to_pause`: its id, and the steps of the checkpoints its group had
+    saved past it, deleted)."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     line = {
         "name": name,
@@ -209,6 +217,7 @@ def record_attempt(
         "pid": os.getpid(),
         "resumed_from": resumed_from,
         **({"clone": clone} if clone else {}),
+        **({"pause": pause["id"], "discarded": pause.get("discarded", [])} if pause else {}),
     }
     with open(trial_dir / ATTEMPTS, "a") as handle:
         handle.write(json.dumps(line) + "\n")
@@ -286,6 +295,46 @@ def record_stop(trial_dir: Path, step: int, by: str, metrics: dict) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     line = {"step": step, "by": by, "at": time.time(), "metrics": metrics}
     write_atomic(trial_dir / STOPPED, json.dumps(line, indent=2))
+
+
+def record_pause(trial_dir: Path, step: int) -> bool:
+    """Write the trial's `paused.json`: the scheduler paused it at its report of `step` (an
+    id tells this pause from later ones). Returns whether the file changed: a record of the
+    same pause is kept."""
+    path = trial_dir / PAUSED
+    try:
+        if json.loads(path.read_text()).get("step") == step:
+            return False
+    except (OSError, ValueError, AttributeError):
+        pass
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    line = {"step": step, "id": uuid.uuid4().hex[:12], "at": time.time()}
+    write_atomic(path, json.dumps(line, indent=2))
+    return True
+
+
+def back_to_pause(folders: list[Path]) -> dict | None:
+    """Where a paused worker-group trial starts again: its checkpoints after the step it was
+    paused at are deleted (its group can save another before it learns of the pause, and
+    the scheduler judged the trial at that step). Returns the pause (`paused.json`, with the
+    steps of the checkpoints deleted as `discarded`) for the attempt to record; None when the
+    trial's newest pause was taken up by an earlier attempt, or there is none. The file stays:
+    the driver alone writes it."""
+    try:
+        pause = json.loads((folders[-1] / PAUSED).read_text()) if folders else None
+        step, taken = int(pause["step"]), {a.get("pause") for a in read_attempts(folders[-1])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pause.get("id") in taken:
+        return None
+    discarded = []
+    for later in complete_checkpoints(folders):
+        saved = int((marker(later) or {"step": step})["step"])
+        if saved > step:
+            storage.delete(later)  # first: a checkpoint on storage is never newer than here
+            shutil.rmtree(later, ignore_errors=True)
+            discarded.append(saved)
+    return {**pause, "discarded": discarded}
 
 
 def read_stop(folders: list[Path]) -> dict | None:

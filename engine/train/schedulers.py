@@ -3,7 +3,9 @@
 The scheduler sees every report of every trial (at each `train.eval_every`) with the sweep's
 `metric`; the time it counts is the report's `step` or `examples_seen`. A trial it stops is
 not a failure: `StopRecorder` writes the stop into the trial's folder (`stopped.json`), so the
-trial's newest checkpoint is its result and a resumed sweep never trains it again.
+trial's newest checkpoint is its result and a resumed sweep never trains it again. A
+worker-group trial it pauses gets `paused.json` from `PauseRecorder`, so that it continues
+from the step it was judged at.
 
 Tune saves its searcher with the experiment but not its scheduler (Ray #30838): a restored
 experiment would start with ASHA's rungs, the median rule's results and PBT's scores empty,
@@ -125,6 +127,27 @@ class StopRecorder(tune.Callback):
         folder = Path(storage.local(self.tune_dir)) / records.folder_name(trial.trial_id, name)
         kept = {k: v for k, v in last.items() if isinstance(v, (int, float, str))}
         records.record_stop(folder, step, self.scheduler, kept)
+
+
+class PauseRecorder(tune.Callback):
+    """Writes `paused.json` (the step of the report it was paused at) into the folder of each
+    worker-group trial the scheduler holds paused. A pause ends the trial's process, and its
+    group learns of that between two steps: by then it may have saved another checkpoint,
+    which the trial's next start deletes (`records.back_to_pause`)."""
+
+    def __init__(self, tune_dir: Path) -> None:
+        self.tune_dir = storage.shown(tune_dir)  # a location: Tune pickles its callbacks
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        for trial in trials:
+            last = trial.last_result or {}
+            if trial.status != Trial.PAUSED or "step" not in last or "name" not in last:
+                continue
+            folder = Path(storage.local(self.tune_dir)) / records.folder_name(
+                trial.trial_id, last["name"]
+            )
+            if records.record_pause(folder, int(last["step"])):
+                storage.upload(folder / records.PAUSED)  # on object storage: for any node
 
 
 class KeepState(tune.Callback):
