@@ -380,6 +380,8 @@ def test_pbt_pauses_worker_group_trials_and_the_clone_continues_from_its_source(
     """Two two-worker trials at once (workers of 0.45 CPU), compared at step 6 (synchronous
     PBT pauses both there): the worse clones the better's checkpoint of step 6 and trains on
     from it, the better continues from its own step 6, whatever its group saved after."""
+    import ray
+
     interval, steps, good, bad = 6, 10, 3e-3, 1e-7
     sweep = group_sweep(
         "pbt",
@@ -435,11 +437,45 @@ def test_pbt_pauses_worker_group_trials_and_the_clone_continues_from_its_source(
     session = RecordingSession(tmp_path, restore=at_clone)
     train(trial_spec(run, one, {**row, "name": clone}), session)
     assert_close(weights(session.checkpoints[-1]), weights(Path(row["checkpoint"])), atol=1e-4)
-    states = {pg["state"] for pg in ray_placement_groups()}
-    assert states == {"REMOVED"}
+    assert {pg["state"] for pg in ray.util.placement_group_table().values()} == {"REMOVED"}
 
 
-def ray_placement_groups() -> list[dict]:
+# Slow (about 3 minutes on 2 cores: two groups at once, each started again after a pause).
+@pytest.mark.slow
+def test_bohb_pauses_worker_group_trials_at_its_budgets_and_the_survivor_continues(storage):
+    """BOHB over two points of two-worker trials (two groups at once), budgets 1, 2 and 4
+    steps: every start after a pause continues from the checkpoint of the budget it was
+    paused at (whatever its group saved after), the trial HyperBand stops has its checkpoint
+    at the stop as its result, and the other trains to the end."""
     import ray
 
-    return list(ray.util.placement_group_table().values())
+    sweep = group_sweep(
+        "bohb",
+        train={
+            "lr": {"loguniform": [1e-7, 3e-3]},
+            "max_steps": 4,
+            "batch_size": BATCH,
+            "seq_len": 24,
+            "eval_every": 1,
+        },
+        checkpoint={"every": 1, "keep": None},
+        resources={"workers": 2, "cpus_per_worker": 0.45, "max_failures": 0},
+        num_samples=2,
+        search={"type": "bohb", "seed": 0},
+        scheduler={"type": "hyperband", "reduction_factor": 2},
+    )
+    result = engine.run(parse_sweep(sweep), storage=str(storage), progress=False)
+    trials = result.trials.set_index("name")
+    assert sorted(trials["status"]) == ["done", "stopped"], trials["error"].tolist()
+    starts = [records.read_attempts(Path(path)) for path in trials["path"]]
+    assert any(len(attempts) >= 2 for attempts in starts)  # at least one was paused and went on
+    for (_, trial), attempts in zip(trials.iterrows(), starts):
+        for attempt in attempts[1:]:  # each start after the first continued from a pause
+            assert attempt["pause"] and attempt["resumed_from"] in (1, 2)
+            assert all(step > attempt["resumed_from"] for step in attempt["discarded"])
+        last = 4 if trial["status"] == "done" else trial["stopped_at"]
+        kept = [records.checkpoint_info(Path(c))["step"] for c in trial["checkpoints"]]
+        assert kept == list(range(1, int(last) + 1)) and trial["steps"] == last
+    stopped = trials[trials["status"] == "stopped"].iloc[0]
+    assert stopped["stopped_by"] == "hyperband" and stopped["stopped_at"] in (1, 2)
+    assert {pg["state"] for pg in ray.util.placement_group_table().values()} == {"REMOVED"}
