@@ -291,7 +291,10 @@ def reuses_processes(sweep: Sweep) -> bool:
     Tune keeps a stopped or paused trial's process for the next trial without telling it
     anything until then, so its group would train on; a process Tune ends instead ends its
     group first (`engine/train/stops.py`)."""
-    return not (sweep.uses_worker_group() and sweep.scheduler.type != "fifo")
+    scheduler = sweep.scheduler
+    return not (
+        sweep.uses_worker_group() and (scheduler.stops_trials() or scheduler.pauses_trials())
+    )
 
 
 def max_concurrent(sweep: Sweep) -> int | None:
